@@ -1,0 +1,1 @@
+"""AANets (Adaptive Aggregation Networks) for class-incremental learning, in Keras 3."""
