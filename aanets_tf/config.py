@@ -1,0 +1,130 @@
+"""The one validated configuration object of a class-incremental run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+BRANCH_MODES = ("dual", "single")
+AGGREGATION_MODES = ("learned", "fixed")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run. Defaults are the paper's CIFAR-100 setting (N=5).
+
+    Field names are the command-line flag names of `tools/train.py`.
+    """
+    # Data.
+    dataset: str = "cifar100"
+    data_dir: str | None = None
+    download: bool = False
+    seed: int = 1993
+    num_base_classes: int = 50
+    classes_per_phase: int = 10
+    num_phases: int = 0  # 0 = every phase the class split allows
+    train_images_per_class: int = 0  # 0 = all
+    validation_images_per_class: int = 0  # carved from training data (tuning)
+    # Model.
+    arch: str = "resnet32"
+    branch_mode: str = "dual"
+    aggregation: str = "learned"
+    initial_aggregation: float = 0.5
+    # Level 1 (network parameters).
+    epochs: int = 160
+    batch_size: int = 128
+    learning_rate: float = 0.1
+    lr_decay_epochs: tuple[float, ...] = (0.5, 0.75)
+    lr_decay_factor: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lambda_base: float = 5.0
+    margin: float = 0.5
+    top_k: int = 2
+    # Level 2 (aggregation weights).
+    aggregation_lr: float = 0.01
+    aggregation_momentum: float = 0.9
+    # Exemplar memory.
+    exemplars_per_class: int = 20
+    memory_budget: int = 0  # fixed total; 0 = growing memory of exemplars_per_class
+    # Running.
+    eval_batch_size: int = 256
+    jit_compile: bool = False
+    deterministic: bool = False
+    workdir: str = "runs/aanets"
+    export_dir: str | None = None
+    model_name: str = "aanets"
+
+    def __post_init__(self):
+        problems = []
+
+        def need(ok: bool, name: str, rule: str):
+            if not ok:
+                problems.append(f"--{name} {rule}. Received: {name}={getattr(self, name)!r}")
+
+        need(bool(self.dataset), "dataset", "must name a TFDS dataset")
+        need(self.num_base_classes >= 1, "num_base_classes", "must be >= 1")
+        need(self.classes_per_phase >= 1, "classes_per_phase", "must be >= 1")
+        need(self.num_phases >= 0, "num_phases", "must be >= 0 (0 = all)")
+        need(self.train_images_per_class >= 0, "train_images_per_class", "must be >= 0")
+        need(self.validation_images_per_class >= 0, "validation_images_per_class",
+             "must be >= 0")
+        need(self.branch_mode in BRANCH_MODES, "branch_mode", f"must be one of {BRANCH_MODES}")
+        need(self.aggregation in AGGREGATION_MODES, "aggregation",
+             f"must be one of {AGGREGATION_MODES}")
+        need(0.0 <= self.initial_aggregation <= 1.0, "initial_aggregation",
+             "must lie in [0, 1]")
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        for name in ("learning_rate", "aggregation_lr"):
+            value = getattr(self, name)
+            need(value > 0 and math.isfinite(value), name, "must be a positive number")
+        need(all(0 < f < 1 for f in self.lr_decay_epochs)
+             and list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
+             "lr_decay_epochs", "must be increasing fractions of the epochs in (0, 1)")
+        need(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must lie in (0, 1]")
+        need(0 <= self.momentum < 1, "momentum", "must lie in [0, 1)")
+        need(0 <= self.aggregation_momentum < 1, "aggregation_momentum", "must lie in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.lambda_base >= 0, "lambda_base", "must be >= 0")
+        need(self.margin >= 0, "margin", "must be >= 0")
+        need(self.top_k >= 1, "top_k", "must be >= 1")
+        need(self.exemplars_per_class >= 1, "exemplars_per_class", "must be >= 1")
+        need(self.memory_budget >= 0, "memory_budget", "must be >= 0 (0 = growing memory)")
+        need(bool(self.workdir), "workdir", "must be a directory path")
+        need(bool(self.model_name) and "/" not in self.model_name, "model_name",
+             "must be a non-empty name without '/'")
+        if problems:
+            raise ValueError("Invalid configuration:\n  " + "\n  ".join(problems))
+
+    @property
+    def aggregation_learnable(self) -> bool:
+        return self.aggregation == "learned"
+
+    def lr_boundaries(self) -> list[int]:
+        """Epochs at which the learning rate is divided (e.g. 80 and 120 of 160)."""
+        return [int(round(f * self.epochs)) for f in self.lr_decay_epochs]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_decay_epochs"] = list(self.lr_decay_epochs)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown configuration keys: {unknown}")
+        d = dict(d)
+        if "lr_decay_epochs" in d:
+            d["lr_decay_epochs"] = tuple(d["lr_decay_epochs"])
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,379 @@
+"""The class-incremental protocol: phases, exemplar memory, training, evaluation.
+
+`run(config)` is the whole AANets run of SPEC sections 1, 3 and 5: phase 0
+trains a plain ResNet with cross-entropy; every later phase builds the next
+network (an AANet from the phase-0 ResNet in `dual` mode, a copy of the last
+backbone otherwise), grows the classifier, trains Level 1 and Level 2 against
+the frozen previous network, selects exemplars by herding, and evaluates CNN
+and NME accuracy on all classes seen so far. Each finished phase is
+checkpointed, so a rerun with the same workdir resumes after the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from aanets_tf import atomic_io, metrics as metrics_lib, pipeline, reporting
+from aanets_tf.backbones import (aanet_from_resnet, aggregation_weights, build_resnet,
+                                 clone_backbone, is_aanet)
+from aanets_tf.class_order import PhasePlan, class_order
+from aanets_tf.config import TrainConfig
+from aanets_tf.herding import ExemplarMemory
+from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
+                               step_schedule)
+from aanets_tf.losses import less_forget_weight
+from aanets_tf.network import backbone_of, build_network, grow_network
+
+# Settings that may differ between a run and its resumption.
+RELOCATABLE_KEYS = ("workdir", "data_dir", "export_dir", "download", "eval_batch_size",
+                    "jit_compile")
+
+
+class WorkdirConflictError(RuntimeError):
+    """The workdir holds a run with a different configuration."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint could not be read."""
+
+
+def checkpoint_path(workdir: str, phase: int) -> str:
+    return os.path.join(workdir, "checkpoints", f"phase_{phase}.keras")
+
+
+def load_network(path: str) -> keras.Model:
+    """Load a phase checkpoint, with a clear error for a truncated or corrupt file."""
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CorruptCheckpointError(f"Checkpoint {path} is unreadable ({type(e).__name__}: "
+                                     f"{str(e)[:200]}).") from e
+
+
+def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run `model` over uint8 or float images in fixed-size batches; no augmentation."""
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(
+        lambda x: tf.cast(x, tf.float32)).prefetch(tf.data.AUTOTUNE)
+    return model.predict(dataset, verbose=0)
+
+
+def state_path(workdir: str, phase: int) -> str:
+    return os.path.join(workdir, "checkpoints", f"phase_{phase}.state.json")
+
+
+class _RunState:
+    """What a resumed run needs besides the networks: memory and results so far.
+
+    Saved beside each phase's checkpoint, so falling back to an earlier
+    checkpoint also falls back to the memory and results of that phase.
+    """
+
+    def __init__(self):
+        self.memory = ExemplarMemory()
+        self.phases: list[dict] = []
+        self.per_class_history: dict[str, list[np.ndarray]] = {"cnn": [], "nme": []}
+
+    def save(self, path: str) -> None:
+        atomic_io.write_json(path, reporting.clean({
+            "completed_phases": len(self.phases),
+            "memory": self.memory.to_dict(),
+            "phases": self.phases,
+            "per_class_history": self.per_class_history,
+        }))
+
+    @classmethod
+    def load(cls, path: str) -> "_RunState":
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+            state = cls()
+            state.memory = ExemplarMemory.from_dict(saved["memory"])
+            state.phases = saved["phases"]
+            state.per_class_history = {
+                k: [np.array([np.nan if a is None else a for a in row], dtype=float)
+                    for row in rows]
+                for k, rows in saved["per_class_history"].items()}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpointError(f"Run state {path} is unreadable "
+                                         f"({type(e).__name__}: {e}).") from e
+        return state
+
+
+def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.Model | None]:
+    """The state and network of the last phase whose checkpoint reads back intact."""
+    directory = os.path.join(workdir, "checkpoints")
+    phases = sorted(int(name[len("phase_"):-len(".keras")]) for name in
+                    (os.listdir(directory) if os.path.isdir(directory) else [])
+                    if name.startswith("phase_") and name.endswith(".keras"))
+    for phase in reversed(phases):
+        try:
+            state = _RunState.load(state_path(workdir, phase))
+            network = load_network(checkpoint_path(workdir, phase))
+        except CorruptCheckpointError as e:
+            log(f"{e} Falling back to the phase before it.")
+            continue
+        log(f"Resuming {workdir} after phase {phase}.")
+        return state, network
+    return _RunState(), None
+
+
+def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
+    os.makedirs(config.workdir, exist_ok=True)
+    path = os.path.join(config.workdir, "config.json")
+    if os.path.exists(path) and not overwrite:
+        with open(path) as f:
+            old = json.load(f)
+        new = config.to_dict()
+        diff = sorted(k for k in set(old) | set(new)
+                      if k not in RELOCATABLE_KEYS and old.get(k) != new.get(k))
+        if diff:
+            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            raise WorkdirConflictError(
+                f"--workdir={config.workdir} holds a run with a different configuration "
+                f"({details}). Use another --workdir, or --overwrite to start over.")
+    if overwrite:
+        for name in ("checkpoints", "tensorboard", "plots", "metrics.json"):
+            p = os.path.join(config.workdir, name)
+            if os.path.isdir(p):
+                shutil.rmtree(p)
+            elif os.path.exists(p):
+                os.remove(p)
+    atomic_io.write_text(path, config.to_json() + "\n")
+
+
+def _balanced_subset(rng: np.random.RandomState, labels: np.ndarray, new_classes: list[int],
+                     per_class: int, new_indices: np.ndarray,
+                     exemplar_indices: np.ndarray) -> np.ndarray:
+    """Level-2 data: each new class downsampled to `per_class`, plus every exemplar."""
+    chosen = [exemplar_indices]
+    for c in new_classes:
+        idx = new_indices[labels[new_indices] == c]
+        chosen.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def _next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> keras.Model:
+    backbone = backbone_of(previous)
+    if config.branch_mode == "dual" and not is_aanet(backbone):
+        return aanet_from_resnet(backbone, learnable_aggregation=config.aggregation_learnable,
+                                 initial_aggregation=config.initial_aggregation,
+                                 name=f"aanet_phase{phase}")
+    return clone_backbone(backbone, name=f"{backbone.name.split('_phase')[0]}_phase{phase}")
+
+
+def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = None,
+        eval_split: str = "test", overwrite: bool = False, verbose: int | str = "auto",
+        log: Callable[[str], None] = print,
+        phase_end_hooks: tuple[Callable[[int, keras.Model, dict], None], ...] = ()) -> dict:
+    """Run (or resume) the class-incremental protocol; returns the metrics dict.
+
+    Args:
+        config: the validated run configuration.
+        data: preloaded data (tests, tuning); loaded from TFDS when None.
+        eval_split: `"test"`, or `"validation"` (tuning: the test split is never read).
+        overwrite: start over in a workdir that holds another run.
+        verbose: Keras `fit` verbosity (1: progress bar, 2: a line per epoch).
+        log: where progress lines go.
+        phase_end_hooks: called as `hook(phase, network, phase_metrics)` after
+            each phase is evaluated and checkpointed (exports, tuning reports).
+    """
+    if eval_split not in ("test", "validation"):
+        raise ValueError(f"`eval_split` must be 'test' or 'validation'. "
+                         f"Received: eval_split={eval_split!r}")
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if data is None:
+        data = pipeline.load_dataset(
+            config.dataset, config.data_dir, download=config.download,
+            train_images_per_class=config.train_images_per_class,
+            validation_images_per_class=config.validation_images_per_class, seed=config.seed)
+    plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
+                     config.num_base_classes, config.classes_per_phase)
+    num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
+    if num_phases > plan.num_phases:
+        raise ValueError(f"--num_phases={config.num_phases} exceeds the "
+                         f"{plan.num_phases} phases that {data.num_classes} classes allow.")
+    if eval_split == "validation" and data.validation is None:
+        raise ValueError("eval_split='validation' needs --validation_images_per_class > 0.")
+    evaluation = data.validation if eval_split == "validation" else data.test
+    _prepare_workdir(config, overwrite)
+
+    position = np.asarray(plan.position_of)
+    train_positions = position[data.train.labels]
+    eval_positions = position[evaluation.labels]
+    state, previous = _resume(config.workdir, log)
+
+    for phase in range(len(state.phases), num_phases):
+        new_classes = plan.new_classes(phase)
+        num_old = plan.num_old_classes(phase)
+        num_seen = plan.num_seen_classes(phase)
+        log(f"=== Phase {phase}: {len(new_classes)} new classes, {num_seen} seen ===")
+        new_indices = np.flatnonzero(np.isin(data.train.labels, new_classes))
+        exemplar_indices = np.zeros((0,), np.int64)
+        old_per_class = 0
+        if phase:
+            old_per_class = ExemplarMemory.per_class_budget(
+                num_old, config.exemplars_per_class, config.memory_budget)
+            exemplar_indices = state.memory.all_indices(old_per_class)
+        train_indices = np.concatenate([new_indices, exemplar_indices])
+
+        # === The phase's network ===
+        if phase == 0:
+            backbone = build_resnet(config.arch, data.image_shape, name="resnet_phase0")
+            network = build_network(backbone, 0, len(new_classes), name="network_phase0")
+        else:
+            backbone = _next_backbone(config, previous, phase)
+            features = predict(backbone, data.train.images[new_indices], config.eval_batch_size)
+            network = grow_network(previous, backbone, len(new_classes), features,
+                                   train_positions[new_indices] - num_old,
+                                   name=f"network_phase{phase}")
+
+        steps = int(np.ceil(len(train_indices) / config.batch_size))
+        level2 = None
+        trajectory: list[list[float]] = []
+        callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
+        if phase and is_aanet(backbone) and config.aggregation_learnable:
+            balanced = _balanced_subset(np.random.RandomState(config.seed + phase),
+                                        data.train.labels, new_classes, old_per_class,
+                                        new_indices, exemplar_indices)
+            level2_steps = int(np.ceil(len(balanced) / config.batch_size))
+            level2 = keras.optimizers.SGD(
+                step_schedule(config.aggregation_lr, config.lr_boundaries(),
+                              config.lr_decay_factor, level2_steps),
+                momentum=config.aggregation_momentum)
+            callbacks.insert(0, AggregationCallback(
+                pipeline.train_dataset(data.train.images[balanced], train_positions[balanced],
+                                       config.batch_size, seed=config.seed + 7919 * phase + 1),
+                trajectory))
+        callbacks.append(keras.callbacks.TensorBoard(
+            os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
+            write_graph=False, profile_batch=0))
+        learner = IncrementalLearner(
+            network, previous, num_old_classes=num_old,
+            less_forget_weight=(less_forget_weight(config.lambda_base, num_old, len(new_classes))
+                                if num_old else 0.0),
+            margin=config.margin, top_k=config.top_k, weight_decay=config.weight_decay,
+            level2_optimizer=level2)
+        learner.compile(
+            optimizer=keras.optimizers.SGD(
+                step_schedule(config.learning_rate, config.lr_boundaries(),
+                              config.lr_decay_factor, steps),
+                momentum=config.momentum),
+            jit_compile=config.jit_compile)
+        learner.build_optimizers()
+        train_data = pipeline.train_dataset(
+            data.train.images[train_indices], train_positions[train_indices],
+            config.batch_size, seed=config.seed + 7919 * phase)
+        start = time.perf_counter()
+        learner.fit(train_data, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+        train_seconds = time.perf_counter() - start
+
+        # === Exemplars (herding, each class ranked once) ===
+        start = time.perf_counter()
+        new_features = predict(backbone, data.train.images[new_indices], config.eval_batch_size)
+        for c in new_classes:
+            mask = data.train.labels[new_indices] == c
+            state.memory.add_class(int(c), new_indices[mask], new_features[mask])
+        per_class = ExemplarMemory.per_class_budget(
+            num_seen, config.exemplars_per_class, config.memory_budget)
+        memory_indices = state.memory.all_indices(per_class)
+
+        # === Evaluation on every class seen so far ===
+        images = data.train.images[memory_indices]
+        means = metrics_lib.class_means(
+            predict(backbone, images, config.eval_batch_size),
+            train_positions[memory_indices], num_seen,
+            flipped_features=predict(backbone, images[:, :, ::-1, :], config.eval_batch_size))
+        seen_mask = eval_positions < num_seen
+        labels = eval_positions[seen_mask]
+        outputs = predict(network, evaluation.images[seen_mask], config.eval_batch_size)
+        predictions = {"cnn": np.argmax(outputs["logits"], axis=1),
+                       "nme": metrics_lib.nme_predict(outputs["features"], means)}
+        groups = [(plan.num_old_classes(p), plan.num_seen_classes(p)) for p in range(phase + 1)]
+        phase_metrics = {
+            "phase": phase,
+            "new_classes": [int(c) for c in new_classes],
+            "num_seen_classes": num_seen,
+            "cnn_accuracy": metrics_lib.accuracy(predictions["cnn"], labels),
+            "nme_accuracy": metrics_lib.accuracy(predictions["nme"], labels),
+            "old_accuracy": (metrics_lib.accuracy(predictions["cnn"][labels < num_old],
+                                                  labels[labels < num_old]) if num_old else None),
+            "new_accuracy": metrics_lib.accuracy(predictions["cnn"][labels >= num_old],
+                                                 labels[labels >= num_old]),
+            "nme_old_accuracy": (metrics_lib.accuracy(predictions["nme"][labels < num_old],
+                                                      labels[labels < num_old])
+                                 if num_old else None),
+            "nme_new_accuracy": metrics_lib.accuracy(predictions["nme"][labels >= num_old],
+                                                     labels[labels >= num_old]),
+            "accuracy_by_phase_classes": {
+                k: metrics_lib.group_accuracies(v, labels, groups) for k, v in predictions.items()},
+            "aggregation_weights": aggregation_weights(backbone) or None,
+            "aggregation_trajectory": trajectory or None,
+            "num_exemplars": int(len(memory_indices)),
+            "num_train_images": int(len(train_indices)),
+            "train_seconds": train_seconds,
+            "eval_seconds": time.perf_counter() - start,
+            "final_losses": {k: float(v[-1]) for k, v in learner.history.history.items()},
+        }
+        for k, v in predictions.items():
+            state.per_class_history[k].append(
+                metrics_lib.per_class_accuracy(v, labels, num_seen))
+
+        # === Checkpoint, then the state that points at it ===
+        with atomic_io.staged_path(checkpoint_path(config.workdir, phase), ".keras") as tmp:
+            network.save(tmp)
+        state.phases.append(reporting.clean(phase_metrics))
+        state.save(state_path(config.workdir, phase))
+        results = _assemble_metrics(config, data, plan, state, eval_split)
+        _write_outputs(config.workdir, results)
+        log(f"Phase {phase}: CNN {phase_metrics['cnn_accuracy']:.2f}%  "
+            f"NME {phase_metrics['nme_accuracy']:.2f}%  ({train_seconds:.0f}s training)")
+        for hook in phase_end_hooks:
+            hook(phase, network, phase_metrics)
+        previous = network
+
+    results = _assemble_metrics(config, data, plan, state, eval_split)
+    _write_outputs(config.workdir, results)
+    return results
+
+
+def _assemble_metrics(config: TrainConfig, data, plan: PhasePlan, state: _RunState,
+                      eval_split: str) -> dict:
+    phases = state.phases
+    out = {
+        "dataset": config.dataset,
+        "eval_split": eval_split,
+        "class_order": [int(c) for c in plan.class_order],
+        "label_names": list(data.label_names),
+        "branch_mode": config.branch_mode,
+        "aggregation": config.aggregation,
+        "phases": phases,
+        "average_incremental_accuracy": None,
+        "forgetting": None,
+        "accuracy_matrix": {
+            k: [p["accuracy_by_phase_classes"][k] + [None] * (len(phases) - len(
+                p["accuracy_by_phase_classes"][k])) for p in phases] for k in ("cnn", "nme")},
+    }
+    if phases:
+        out["average_incremental_accuracy"] = {
+            k: metrics_lib.average_incremental_accuracy([p[f"{k}_accuracy"] for p in phases])
+            for k in ("cnn", "nme")}
+        out["forgetting"] = {k: metrics_lib.forgetting(state.per_class_history[k])
+                             for k in ("cnn", "nme")}
+    return out
+
+
+def _write_outputs(workdir: str, results: dict) -> None:
+    reporting.write_metrics(os.path.join(workdir, "metrics.json"), results)
+    if results["phases"]:
+        reporting.plot_accuracy(results, os.path.join(workdir, "plots", "accuracy.png"))
+        reporting.plot_aggregation(results, os.path.join(workdir, "plots", "aggregation.png"))

@@ -1,0 +1,117 @@
+"""The incremental network: a backbone and a growing cosine classifier.
+
+The network maps images `(b, H, W, 3)` (float pixel values) to a dict
+`{"logits": (b, num_classes), "features": (b, d)}`. Logit column i is the
+class at position i of the class order; callers map positions to the
+dataset's label ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
+
+
+def build_network(backbone: keras.Model, num_old_classes: int, num_new_classes: int,
+                  name: str = "network") -> keras.Model:
+    """Stack a cosine classifier on `backbone`."""
+    # === Functional Model ===
+    inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
+    features = backbone(inputs)
+    logits = CosineClassifier(num_old_classes, num_new_classes, name="classifier")(features)
+    return keras.Model(inputs, {"logits": logits, "features": features}, name=name)
+
+
+def backbone_of(network: keras.Model) -> keras.Model:
+    return network.layers[1]
+
+
+def classifier_of(network: keras.Model) -> CosineClassifier:
+    return network.get_layer("classifier")
+
+
+def grow_network(previous: keras.Model, backbone: keras.Model, num_new_classes: int,
+                 new_class_features: np.ndarray, new_class_labels: np.ndarray,
+                 name: str = "network") -> keras.Model:
+    """The next phase's network: old class weights copied and frozen, new ones imprinted.
+
+    Args:
+        previous: the last phase's network (its classifier supplies the old rows
+            and sigma).
+        backbone: the backbone for the new phase (already holding its weights).
+        num_new_classes: classes the new phase adds.
+        new_class_features: `(n, d)` features of the new classes' training images.
+        new_class_labels: `(n,)` class index within the new phase, in
+            `[0, num_new_classes)`.
+    """
+    old_head = classifier_of(previous)
+    old_weights = keras.ops.convert_to_numpy(old_head.class_weights())
+    network = build_network(backbone, old_head.num_classes, num_new_classes, name=name)
+    head = classifier_of(network)
+    head.old_weights.assign(old_weights)
+    head.new_weights.assign(imprint_weights(new_class_features, new_class_labels,
+                                            num_new_classes, old_weights))
+    head.sigma.assign(old_head.sigma)
+    return network
+
+
+@dataclasses.dataclass
+class VariableGroups:
+    """The network's variables by role.
+
+    frozen: never trained (stable kernels, old-class weights, fixed aggregation).
+    level1: network parameters trained by Level 1.
+    level2: aggregation weights trained by Level 2.
+    statistics: running statistics updated by forward passes (BatchNorm,
+        input normalisation), trained by neither level.
+    """
+    frozen: list
+    level1: list
+    level2: list
+    statistics: list
+
+
+def _variable_name(variable) -> str:
+    return variable.path.rsplit("/", 1)[-1]
+
+
+def variable_groups(network: keras.Model) -> VariableGroups:
+    """Split a network's (or backbone's) variables into `VariableGroups`.
+
+    Roles are read from variable paths: `alpha` belongs to an `Aggregation`
+    layer, `moving_mean`/`moving_variance` to a BatchNorm.
+    """
+    groups = VariableGroups([], [], [], [])
+    for v in network.weights:
+        name = _variable_name(v)
+        if name in ("moving_mean", "moving_variance"):
+            groups.statistics.append(v)
+        elif not v.trainable:
+            groups.frozen.append(v)
+        elif name == "alpha":
+            groups.level2.append(v)
+        else:
+            groups.level1.append(v)
+    return groups
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    """Parameter counts by group, for summaries and tests."""
+    groups = variable_groups(model)
+
+    def size(variables):
+        return int(sum(np.prod(v.shape) for v in variables))
+
+    return {
+        "total": size(model.weights),
+        "frozen": size(groups.frozen),
+        "level1_trainable": size(groups.level1),
+        "level2_aggregation": size(groups.level2),
+        "statistics": size(groups.statistics),
+        "scaling_weights": size(v for v in model.weights if _variable_name(v) == "scale"),
+        "aggregation_weights": size(v for v in model.weights if _variable_name(v) == "alpha"),
+    }

@@ -1,0 +1,233 @@
+"""Residual building blocks, plain (plastic) or stable, and residual levels."""
+
+from __future__ import annotations
+
+import keras
+
+from aanets_tf.stable_conv import StableConv2D, conv_initializer
+
+# PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def make_conv(filters: int, kernel_size: int, strides: int, stable: bool,
+              name: str) -> keras.layers.Layer:
+    """A bias-free convolution: `StableConv2D` if `stable`, else `Conv2D`."""
+    if stable:
+        return StableConv2D(filters, kernel_size, strides=strides, padding="same", name=name)
+    return keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding="same", use_bias=False,
+        kernel_initializer=conv_initializer(), name=name)
+
+
+def make_batch_norm(name: str) -> keras.layers.BatchNormalization:
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+@keras.saving.register_keras_serializable(package="aanets_tf")
+class ResidualBlock(keras.layers.Layer):
+    """A ResNet BasicBlock: two 3x3 convolutions with BatchNorm and a shortcut.
+
+    A 1x1 projection (convolution + BatchNorm) replaces the identity shortcut
+    where the stride or the channel count changes. With `stable=True` every
+    convolution, the projection included, is a `StableConv2D`.
+
+    Args:
+        filters: output channels.
+        strides: stride of the first convolution and of the projection.
+        stable: build a stable block (frozen kernels times scaling weights).
+        final_relu: apply ReLU after the addition (False for the last block of
+            a LUCIR backbone, whose features feed a cosine classifier).
+
+    Input shape: `(batch, H, W, in)`. Output: `(batch, H / strides, W / strides, filters)`.
+    """
+
+    def __init__(self, filters: int, strides: int = 1, stable: bool = False,
+                 final_relu: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if filters < 1:
+            raise ValueError(f"`filters` must be positive. Received: filters={filters}")
+        if strides not in (1, 2):
+            raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides}")
+        self.filters = filters
+        self.strides = strides
+        self.stable = stable
+        self.final_relu = final_relu
+        # === Layers ===
+        self.conv1 = make_conv(filters, 3, strides, stable, "conv1")
+        self.bn1 = make_batch_norm("bn1")
+        self.conv2 = make_conv(filters, 3, 1, stable, "conv2")
+        self.bn2 = make_batch_norm("bn2")
+        self.projection_conv = None
+        self.projection_bn = None
+
+    def build(self, input_shape):
+        in_channels = int(input_shape[-1])
+        self.conv1.build(input_shape)
+        mid_shape = self.conv1.compute_output_shape(input_shape)
+        self.bn1.build(mid_shape)
+        self.conv2.build(mid_shape)
+        self.bn2.build(mid_shape)
+        if self.strides != 1 or in_channels != self.filters:
+            self.projection_conv = make_conv(self.filters, 1, self.strides, self.stable,
+                                             "projection_conv")
+            self.projection_bn = make_batch_norm("projection_bn")
+            self.projection_conv.build(input_shape)
+            self.projection_bn.build(mid_shape)
+
+    def call(self, inputs, training=None):
+        x = self.conv1(inputs)
+        x = self.bn1(x, training=training)
+        x = keras.ops.relu(x)
+        x = self.conv2(x)
+        x = self.bn2(x, training=training)
+        shortcut = inputs
+        if self.projection_conv is not None:
+            shortcut = self.projection_bn(self.projection_conv(inputs), training=training)
+        x = x + shortcut
+        return keras.ops.relu(x) if self.final_relu else x
+
+    def compute_output_shape(self, input_shape):
+        return self.conv1.compute_output_shape(input_shape)
+
+    def conv_bn_pairs(self) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+        """The block's (convolution, BatchNorm) pairs in a fixed order."""
+        pairs = [(self.conv1, self.bn1), (self.conv2, self.bn2)]
+        if self.projection_conv is not None:
+            pairs.append((self.projection_conv, self.projection_bn))
+        return pairs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "strides": self.strides,
+            "stable": self.stable,
+            "final_relu": self.final_relu,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="aanets_tf")
+class ResidualLevel(keras.layers.Layer):
+    """One residual level: `num_blocks` BasicBlocks, the first one strided.
+
+    In an AANet each level exists twice, as a stable level and a plastic
+    level fed with the same input.
+
+    Args:
+        filters: output channels of every block.
+        num_blocks: number of blocks.
+        strides: stride of the first block.
+        stable: build stable blocks.
+        final_relu: ReLU after the last block (False for a backbone's last level).
+    """
+
+    def __init__(self, filters: int, num_blocks: int, strides: int = 1,
+                 stable: bool = False, final_relu: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if num_blocks < 1:
+            raise ValueError(
+                f"`num_blocks` must be positive. Received: num_blocks={num_blocks}")
+        self.filters = filters
+        self.num_blocks = num_blocks
+        self.strides = strides
+        self.stable = stable
+        self.final_relu = final_relu
+        # === Layers ===
+        self.blocks = [
+            ResidualBlock(
+                filters,
+                strides=strides if i == 0 else 1,
+                stable=stable,
+                final_relu=final_relu or i < num_blocks - 1,
+                name=f"block{i + 1}",
+            )
+            for i in range(num_blocks)
+        ]
+
+    def build(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = input_shape
+        for block in self.blocks:
+            shape = block.compute_output_shape(shape)
+        return shape
+
+    def conv_bn_pairs(self) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+        return [pair for block in self.blocks for pair in block.conv_bn_pairs()]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "num_blocks": self.num_blocks,
+            "strides": self.strides,
+            "stable": self.stable,
+            "final_relu": self.final_relu,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="aanets_tf")
+class Stem(keras.layers.Layer):
+    """The stem: one convolution, BatchNorm, ReLU, and an optional max-pool.
+
+    CIFAR: 3x3 convolution, stride 1. ImageNet: 7x7, stride 2, then a 3x3
+    max-pool of stride 2. In an AANet the stem is stable (shared by both
+    branches), so its convolution carries scaling weights too.
+    """
+
+    def __init__(self, filters: int, kernel_size: int = 3, strides: int = 1,
+                 max_pool: bool = False, stable: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.max_pool = max_pool
+        self.stable = stable
+        # === Layers ===
+        self.conv = make_conv(filters, kernel_size, strides, stable, "conv")
+        self.bn = make_batch_norm("bn")
+        self.pool = (keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool")
+                     if max_pool else None)
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        x = keras.ops.relu(self.bn(self.conv(inputs), training=training))
+        return self.pool(x) if self.pool is not None else x
+
+    def compute_output_shape(self, input_shape):
+        shape = self.conv.compute_output_shape(input_shape)
+        if self.pool is not None:
+            shape = self.pool.compute_output_shape(shape)
+        return shape
+
+    def conv_bn_pairs(self) -> list[tuple[keras.layers.Layer, keras.layers.Layer]]:
+        return [(self.conv, self.bn)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "max_pool": self.max_pool,
+            "stable": self.stable,
+        })
+        return config

@@ -1,0 +1,109 @@
+"""Command-line flags for a class-incremental run, turned into one `TrainConfig`.
+
+Shared by `tools/train.py` and `tools/tune.py`. Every `TrainConfig` field is a
+flag of the same name, with the same default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from aanets_tf.config import AGGREGATION_MODES, BRANCH_MODES, TrainConfig
+
+HELP = {
+    "dataset": "TFDS image-classification dataset (cifar100, cifar10, ...).",
+    "data_dir": "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets).",
+    "download": "Let TFDS download and prepare the dataset if it is missing.",
+    "seed": "Seed of the class order (1993 = the paper's) and of all randomness.",
+    "num_base_classes": "Classes of phase 0 (B).",
+    "classes_per_phase": "Classes added by each later phase (C).",
+    "num_phases": "Run only the first N phases, phase 0 included (0 = all).",
+    "train_images_per_class": "Keep the first N training images of each class (0 = all).",
+    "validation_images_per_class": "Carve N images per class from the training data as a "
+                                   "validation split (tuning).",
+    "arch": "Backbone: resnet32 (32x32 inputs) or resnet18 (ImageNet-size inputs).",
+    "branch_mode": "dual = AANets (stable + plastic blocks); single = plain LUCIR.",
+    "aggregation": "learned = Level 2 trains the aggregation weights; fixed = they stay "
+                   "at --initial_aggregation (ablation).",
+    "initial_aggregation": "Initial aggregation weight alpha of every level.",
+    "epochs": "Epochs per phase.",
+    "batch_size": "Global batch size.",
+    "learning_rate": "Level-1 SGD learning rate.",
+    "lr_decay_epochs": "Fractions of --epochs at which the learning rates are divided.",
+    "lr_decay_factor": "Factor applied to the learning rates at each decay epoch.",
+    "momentum": "Level-1 SGD momentum.",
+    "weight_decay": "L2 weight decay of the Level-1 parameters.",
+    "lambda_base": "Base weight of the less-forget loss (lambda = base * sqrt(old/new)).",
+    "margin": "Margin of the margin-ranking loss.",
+    "top_k": "Hard negatives (new classes) per old-class sample in the margin-ranking loss.",
+    "aggregation_lr": "Level-2 SGD learning rate of the aggregation weights.",
+    "aggregation_momentum": "Level-2 SGD momentum.",
+    "exemplars_per_class": "Exemplars kept per class (growing memory; the paper: 20).",
+    "memory_budget": "Fixed total exemplar budget shared by all seen classes (0 = off).",
+    "eval_batch_size": "Batch size of feature extraction and evaluation.",
+    "jit_compile": "Compile the training steps with XLA.",
+    "deterministic": "Enable TensorFlow op determinism (slower, reproducible).",
+    "workdir": "Directory for config.json, metrics.json, checkpoints, logs and plots.",
+    "export_dir": "Base directory of the SavedModel exports (default: <workdir>/export).",
+    "model_name": "Model name under --export_dir (TF Serving's model name).",
+}
+
+
+def define_flags() -> None:
+    """Define one flag per `TrainConfig` field (idempotent)."""
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in flags.FLAGS:
+            continue
+        default = getattr(defaults, field.name)
+        help_text = HELP[field.name]
+        if field.name == "branch_mode":
+            flags.DEFINE_enum(field.name, default, BRANCH_MODES, help_text)
+        elif field.name == "aggregation":
+            flags.DEFINE_enum(field.name, default, AGGREGATION_MODES, help_text)
+        elif isinstance(default, bool):
+            flags.DEFINE_boolean(field.name, default, help_text)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(field.name, default, help_text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(field.name, default, help_text)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(field.name, [str(v) for v in default], help_text)
+        else:
+            flags.DEFINE_string(field.name, default, help_text)
+    if "overwrite" not in flags.FLAGS:
+        flags.DEFINE_boolean("overwrite", False,
+                             "Start over in a --workdir that holds a different run.")
+
+
+def config_from_flags(flag_values=None) -> TrainConfig:
+    """Build and validate the `TrainConfig` from parsed flags."""
+    fv = flag_values or flags.FLAGS
+    values = {}
+    for field in dataclasses.fields(TrainConfig):
+        value = fv[field.name].value
+        if field.name == "lr_decay_epochs":
+            try:
+                value = tuple(float(v) for v in value)
+            except ValueError as e:
+                raise ValueError(f"--lr_decay_epochs must be numbers. Received: {value}") from e
+        values[field.name] = value
+    return TrainConfig(**values)
+
+
+def config_to_flagfile(config: TrainConfig, header: str = "") -> str:
+    """A flagfile that `tools/train.py --flagfile=...` accepts as it is."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"--{'' if value else 'no'}{field.name}")
+        elif isinstance(value, tuple):
+            lines.append(f"--{field.name}={','.join(repr(float(v)) for v in value)}")
+        else:
+            lines.append(f"--{field.name}={value}")
+    return "\n".join(lines) + "\n"
