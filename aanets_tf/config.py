@@ -26,6 +26,7 @@ class TrainConfig:
     num_phases: int = 0  # 0 = every phase the class split allows
     train_images_per_class: int = 0  # 0 = all
     validation_images_per_class: int = 0  # carved from training data (tuning)
+    test_images_per_class: int = 0  # 0 = all
     # Model.
     arch: str = "resnet32"
     branch_mode: str = "dual"
@@ -70,6 +71,7 @@ class TrainConfig:
         need(self.train_images_per_class >= 0, "train_images_per_class", "must be >= 0")
         need(self.validation_images_per_class >= 0, "validation_images_per_class",
              "must be >= 0")
+        need(self.test_images_per_class >= 0, "test_images_per_class", "must be >= 0")
         need(self.branch_mode in BRANCH_MODES, "branch_mode", f"must be one of {BRANCH_MODES}")
         need(self.aggregation in AGGREGATION_MODES, "aggregation",
              f"must be one of {AGGREGATION_MODES}")

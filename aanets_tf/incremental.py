@@ -60,9 +60,7 @@ def load_network(path: str) -> keras.Model:
 
 def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Run `model` over uint8 or float images in fixed-size batches; no augmentation."""
-    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(
-        lambda x: tf.cast(x, tf.float32)).prefetch(tf.data.AUTOTUNE)
-    return model.predict(dataset, verbose=0)
+    return model.predict(pipeline.eval_dataset(images, batch_size), verbose=0)
 
 
 def state_path(workdir: str, phase: int) -> str:
@@ -195,7 +193,8 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
         data = pipeline.load_dataset(
             config.dataset, config.data_dir, download=config.download,
             train_images_per_class=config.train_images_per_class,
-            validation_images_per_class=config.validation_images_per_class, seed=config.seed)
+            validation_images_per_class=config.validation_images_per_class,
+            test_images_per_class=config.test_images_per_class)
     plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
                      config.num_base_classes, config.classes_per_phase)
     num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
@@ -237,7 +236,7 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
                                    train_positions[new_indices] - num_old,
                                    name=f"network_phase{phase}")
 
-        steps = int(np.ceil(len(train_indices) / config.batch_size))
+        steps = pipeline.steps_per_epoch(len(train_indices), config.batch_size)
         level2 = None
         trajectory: list[list[float]] = []
         callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
@@ -245,15 +244,16 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
             balanced = _balanced_subset(np.random.RandomState(config.seed + phase),
                                         data.train.labels, new_classes, old_per_class,
                                         new_indices, exemplar_indices)
-            level2_steps = int(np.ceil(len(balanced) / config.batch_size))
+            level2_steps = pipeline.steps_per_epoch(len(balanced), config.batch_size)
             level2 = keras.optimizers.SGD(
                 step_schedule(config.aggregation_lr, config.lr_boundaries(),
                               config.lr_decay_factor, level2_steps),
                 momentum=config.aggregation_momentum)
             callbacks.insert(0, AggregationCallback(
                 pipeline.train_dataset(data.train.images[balanced], train_positions[balanced],
-                                       config.batch_size, seed=config.seed + 7919 * phase + 1),
-                trajectory))
+                                       config.batch_size, seed=config.seed + 7919 * phase + 1,
+                                       epochs=config.epochs),
+                level2_steps, trajectory))
         callbacks.append(keras.callbacks.TensorBoard(
             os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
             write_graph=False, profile_batch=0))
@@ -272,19 +272,21 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
         learner.build_optimizers()
         train_data = pipeline.train_dataset(
             data.train.images[train_indices], train_positions[train_indices],
-            config.batch_size, seed=config.seed + 7919 * phase)
+            config.batch_size, seed=config.seed + 7919 * phase, epochs=config.epochs)
         start = time.perf_counter()
-        learner.fit(train_data, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+        learner.fit(train_data, epochs=config.epochs, steps_per_epoch=steps,
+                    callbacks=callbacks, verbose=verbose)
         train_seconds = time.perf_counter() - start
 
         # === Exemplars (herding, each class ranked once) ===
         start = time.perf_counter()
         new_features = predict(backbone, data.train.images[new_indices], config.eval_batch_size)
-        for c in new_classes:
-            mask = data.train.labels[new_indices] == c
-            state.memory.add_class(int(c), new_indices[mask], new_features[mask])
         per_class = ExemplarMemory.per_class_budget(
             num_seen, config.exemplars_per_class, config.memory_budget)
+        for c in new_classes:
+            mask = data.train.labels[new_indices] == c
+            state.memory.add_class(int(c), new_indices[mask], new_features[mask],
+                                   max_rank=per_class)
         memory_indices = state.memory.all_indices(per_class)
 
         # === Evaluation on every class seen so far ===

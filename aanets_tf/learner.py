@@ -153,18 +153,28 @@ class AggregationCallback(keras.callbacks.Callback):
     """Runs one Level-2 pass after every Level-1 epoch and records the trajectory.
 
     Args:
-        dataset: the class-balanced subset, batched `(images, labels)`.
+        dataset: batched `(images, labels)` of the class-balanced subset,
+            covering every epoch in sequence (`pipeline.train_dataset`).
+        steps_per_epoch: batches per Level-2 pass.
         trajectory: a list that receives, per epoch, the aggregation weights
             after the pass.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, trajectory: list):
+    def __init__(self, dataset: tf.data.Dataset, steps_per_epoch: int, trajectory: list):
         super().__init__()
         self.dataset = dataset
+        self.steps_per_epoch = int(steps_per_epoch)
         self.trajectory = trajectory
+        self._iterator = None
+
+    def on_train_begin(self, logs=None):
+        self._iterator = iter(self.dataset)
 
     def on_epoch_end(self, epoch, logs=None):
-        values = [float(self.model.level2_step(x, y)) for x, y in self.dataset]
+        values = []
+        for _ in range(self.steps_per_epoch):
+            x, y = next(self._iterator)
+            values.append(float(self.model.level2_step(x, y)))
         alphas = [float(keras.ops.convert_to_numpy(v)) for v in self.model.level2_variables()]
         self.trajectory.append(alphas)
         if logs is not None:

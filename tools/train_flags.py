@@ -23,6 +23,7 @@ HELP = {
     "train_images_per_class": "Keep the first N training images of each class (0 = all).",
     "validation_images_per_class": "Carve N images per class from the training data as a "
                                    "validation split (tuning).",
+    "test_images_per_class": "Keep the first N test images of each class (0 = all).",
     "arch": "Backbone: resnet32 (32x32 inputs) or resnet18 (ImageNet-size inputs).",
     "branch_mode": "dual = AANets (stable + plastic blocks); single = plain LUCIR.",
     "aggregation": "learned = Level 2 trains the aggregation weights; fixed = they stay "
