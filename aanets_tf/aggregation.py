@@ -6,12 +6,21 @@ import keras
 
 
 @keras.saving.register_keras_serializable(package="aanets_tf")
+class UnitInterval(keras.constraints.Constraint):
+    """Keeps a weight in [0, 1], so the mix stays a convex combination."""
+
+    def __call__(self, w):
+        return keras.ops.clip(w, 0.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="aanets_tf")
 class Aggregation(keras.layers.Layer):
     """`alpha * stable + (1 - alpha) * plastic` with one scalar `alpha`.
 
     `alpha` is the level's aggregation weight (SPEC section 2), initialised to
     `initial_value` (0.5). It is trained by Level 2 only; with
-    `learnable=False` it stays fixed (the fixed-aggregation ablation).
+    `learnable=False` it stays fixed (the fixed-aggregation ablation). After
+    each update it is clipped to [0, 1].
 
     Call with `[stable, plastic]`, two tensors of one shape; returns that shape.
     """
@@ -29,7 +38,7 @@ class Aggregation(keras.layers.Layer):
         self.alpha = self.add_weight(
             name="alpha", shape=(),
             initializer=keras.initializers.Constant(self.initial_value),
-            trainable=self.learnable)
+            trainable=self.learnable, constraint=UnitInterval())
 
     def call(self, inputs):
         stable, plastic = inputs

@@ -51,6 +51,12 @@ class Architecture:
 
 
 ARCHITECTURES = {
+    # ResNet-8: the CIFAR layout with one block per level, for smoke runs and tests.
+    "resnet8": Architecture(
+        name="resnet8", stem_filters=16, stem_kernel_size=3, stem_strides=1,
+        stem_max_pool=False, level_filters=(16, 32, 64), level_blocks=(1, 1, 1),
+        level_strides=(1, 2, 2), input_shape=(32, 32, 3),
+        mean=CIFAR_MEAN, std=CIFAR_STD),
     "resnet32": Architecture(
         name="resnet32", stem_filters=16, stem_kernel_size=3, stem_strides=1,
         stem_max_pool=False, level_filters=(16, 32, 64), level_blocks=(5, 5, 5),

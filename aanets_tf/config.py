@@ -8,6 +8,8 @@ import math
 
 BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
+# Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
+ARCHS = ("resnet8", "resnet32", "resnet18")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,7 @@ class TrainConfig:
         need(self.validation_images_per_class >= 0, "validation_images_per_class",
              "must be >= 0")
         need(self.test_images_per_class >= 0, "test_images_per_class", "must be >= 0")
+        need(self.arch in ARCHS, "arch", f"must be one of {ARCHS}")
         need(self.branch_mode in BRANCH_MODES, "branch_mode", f"must be one of {BRANCH_MODES}")
         need(self.aggregation in AGGREGATION_MODES, "aggregation",
              f"must be one of {AGGREGATION_MODES}")

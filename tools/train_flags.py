@@ -10,7 +10,7 @@ import dataclasses
 
 from absl import flags
 
-from aanets_tf.config import AGGREGATION_MODES, BRANCH_MODES, TrainConfig
+from aanets_tf.config import AGGREGATION_MODES, ARCHS, BRANCH_MODES, TrainConfig
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, ...).",
@@ -24,7 +24,8 @@ HELP = {
     "validation_images_per_class": "Carve N images per class from the training data as a "
                                    "validation split (tuning).",
     "test_images_per_class": "Keep the first N test images of each class (0 = all).",
-    "arch": "Backbone: resnet32 (32x32 inputs) or resnet18 (ImageNet-size inputs).",
+    "arch": "Backbone: resnet32 (CIFAR, 32x32), resnet18 (ImageNet-size inputs) or resnet8 "
+            "(CIFAR layout, one block per level: smoke runs and tests).",
     "branch_mode": "dual = AANets (stable + plastic blocks); single = plain LUCIR.",
     "aggregation": "learned = Level 2 trains the aggregation weights; fixed = they stay "
                    "at --initial_aggregation (ablation).",
@@ -60,7 +61,9 @@ def define_flags() -> None:
             continue
         default = getattr(defaults, field.name)
         help_text = HELP[field.name]
-        if field.name == "branch_mode":
+        if field.name == "arch":
+            flags.DEFINE_enum(field.name, default, ARCHS, help_text)
+        elif field.name == "branch_mode":
             flags.DEFINE_enum(field.name, default, BRANCH_MODES, help_text)
         elif field.name == "aggregation":
             flags.DEFINE_enum(field.name, default, AGGREGATION_MODES, help_text)
