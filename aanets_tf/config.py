@@ -56,6 +56,7 @@ class TrainConfig:
     jit_compile: bool = False
     deterministic: bool = False
     workdir: str = "runs/aanets"
+    export: bool = True  # a SavedModel per phase
     export_dir: str | None = None
     model_name: str = "aanets"
 

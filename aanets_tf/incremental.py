@@ -21,9 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import atomic_io, metrics as metrics_lib, pipeline, reporting
+from aanets_tf import atomic_io, checkpointing, metrics as metrics_lib, pipeline, reporting
 from aanets_tf.backbones import (aanet_from_resnet, aggregation_weights, build_resnet,
                                  clone_backbone, is_aanet)
+from aanets_tf.checkpointing import CorruptCheckpointError, EpochCheckpoint, EpochState
 from aanets_tf.class_order import PhasePlan, class_order
 from aanets_tf.config import TrainConfig
 from aanets_tf.herding import ExemplarMemory
@@ -33,38 +34,12 @@ from aanets_tf.losses import less_forget_weight
 from aanets_tf.network import backbone_of, build_network, grow_network
 
 # Settings that may differ between a run and its resumption.
-RELOCATABLE_KEYS = ("workdir", "data_dir", "export_dir", "download", "eval_batch_size",
+RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
                     "jit_compile")
 
 
 class WorkdirConflictError(RuntimeError):
     """The workdir holds a run with a different configuration."""
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint could not be read."""
-
-
-def checkpoint_path(workdir: str, phase: int) -> str:
-    return os.path.join(workdir, "checkpoints", f"phase_{phase}.keras")
-
-
-def load_network(path: str) -> keras.Model:
-    """Load a phase checkpoint, with a clear error for a truncated or corrupt file."""
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise CorruptCheckpointError(f"Checkpoint {path} is unreadable ({type(e).__name__}: "
-                                     f"{str(e)[:200]}).") from e
-
-
-def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run `model` over uint8 or float images in fixed-size batches; no augmentation."""
-    return model.predict(pipeline.eval_dataset(images, batch_size), verbose=0)
-
-
-def state_path(workdir: str, phase: int) -> str:
-    return os.path.join(workdir, "checkpoints", f"phase_{phase}.state.json")
 
 
 class _RunState:
@@ -105,18 +80,24 @@ class _RunState:
         return state
 
 
+def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run `model` over uint8 or float images in fixed-size batches; no augmentation."""
+    return model.predict(pipeline.eval_dataset(images, batch_size), verbose=0)
+
+
 def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.Model | None]:
     """The state and network of the last phase whose checkpoint reads back intact."""
-    directory = os.path.join(workdir, "checkpoints")
-    phases = sorted(int(name[len("phase_"):-len(".keras")]) for name in
-                    (os.listdir(directory) if os.path.isdir(directory) else [])
-                    if name.startswith("phase_") and name.endswith(".keras"))
-    for phase in reversed(phases):
+    for phase in reversed(checkpointing.completed_phases(workdir)):
         try:
-            state = _RunState.load(state_path(workdir, phase))
-            network = load_network(checkpoint_path(workdir, phase))
+            state = _RunState.load(checkpointing.phase_state_path(workdir, phase))
+            network = checkpointing.load_network(
+                checkpointing.phase_checkpoint_path(workdir, phase))
         except CorruptCheckpointError as e:
             log(f"{e} Falling back to the phase before it.")
+            continue
+        if len(state.phases) != phase + 1:
+            log(f"Run state of phase {phase} lists {len(state.phases)} phases; "
+                "falling back to the phase before it.")
             continue
         log(f"Resuming {workdir} after phase {phase}.")
         return state, network
@@ -201,6 +182,9 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
     if num_phases > plan.num_phases:
         raise ValueError(f"--num_phases={config.num_phases} exceeds the "
                          f"{plan.num_phases} phases that {data.num_classes} classes allow.")
+    if config.memory_budget and config.memory_budget < data.num_classes:
+        raise ValueError(f"--memory_budget={config.memory_budget} cannot keep one exemplar "
+                         f"for each of the {data.num_classes} classes of {data.name}.")
     if eval_split == "validation" and data.validation is None:
         raise ValueError("eval_split='validation' needs --validation_images_per_class > 0.")
     evaluation = data.validation if eval_split == "validation" else data.test
@@ -216,6 +200,8 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
         num_old = plan.num_old_classes(phase)
         num_seen = plan.num_seen_classes(phase)
         log(f"=== Phase {phase}: {len(new_classes)} new classes, {num_seen} seen ===")
+        # Seeded per phase, so a resumed run draws what an uninterrupted one would.
+        keras.utils.set_random_seed(config.seed + phase)
         new_indices = np.flatnonzero(np.isin(data.train.labels, new_classes))
         exemplar_indices = np.zeros((0,), np.int64)
         old_per_class = 0
@@ -238,7 +224,7 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
 
         steps = pipeline.steps_per_epoch(len(train_indices), config.batch_size)
         level2 = None
-        trajectory: list[list[float]] = []
+        progress = EpochState()
         callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
         if phase and is_aanet(backbone) and config.aggregation_learnable:
             balanced = _balanced_subset(np.random.RandomState(config.seed + phase),
@@ -249,14 +235,6 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
                 step_schedule(config.aggregation_lr, config.lr_boundaries(),
                               config.lr_decay_factor, level2_steps),
                 momentum=config.aggregation_momentum)
-            callbacks.insert(0, AggregationCallback(
-                pipeline.train_dataset(data.train.images[balanced], train_positions[balanced],
-                                       config.batch_size, seed=config.seed + 7919 * phase + 1,
-                                       epochs=config.epochs),
-                level2_steps, trajectory))
-        callbacks.append(keras.callbacks.TensorBoard(
-            os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
-            write_graph=False, profile_batch=0))
         learner = IncrementalLearner(
             network, previous, num_old_classes=num_old,
             less_forget_weight=(less_forget_weight(config.lambda_base, num_old, len(new_classes))
@@ -270,13 +248,30 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
                 momentum=config.momentum),
             jit_compile=config.jit_compile)
         learner.build_optimizers()
-        train_data = pipeline.train_dataset(
-            data.train.images[train_indices], train_positions[train_indices],
-            config.batch_size, seed=config.seed + 7919 * phase, epochs=config.epochs)
-        start = time.perf_counter()
-        learner.fit(train_data, epochs=config.epochs, steps_per_epoch=steps,
-                    callbacks=callbacks, verbose=verbose)
-        train_seconds = time.perf_counter() - start
+        progress = checkpointing.restore_epoch(learner, config.workdir, phase, log)
+        first_epoch = progress.epochs_done
+        if first_epoch < config.epochs:
+            if level2 is not None:
+                callbacks.insert(0, AggregationCallback(
+                    pipeline.train_dataset(
+                        data.train.images[balanced], train_positions[balanced],
+                        config.batch_size, seed=config.seed + 7919 * phase + 1,
+                        epochs=config.epochs, initial_epoch=first_epoch),
+                    level2_steps, progress.trajectory))
+            start = time.perf_counter()
+            callbacks.append(EpochCheckpoint(config.workdir, phase, progress,
+                                             clock=lambda: time.perf_counter() - start))
+            callbacks.append(keras.callbacks.TensorBoard(
+                os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
+                write_graph=False, profile_batch=0))
+            train_data = pipeline.train_dataset(
+                data.train.images[train_indices], train_positions[train_indices],
+                config.batch_size, seed=config.seed + 7919 * phase, epochs=config.epochs,
+                initial_epoch=first_epoch)
+            learner.fit(train_data, epochs=config.epochs, initial_epoch=first_epoch,
+                        steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                        shuffle=False)
+        train_seconds = progress.train_seconds
 
         # === Exemplars (herding, each class ranked once) ===
         start = time.perf_counter()
@@ -319,22 +314,24 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
             "accuracy_by_phase_classes": {
                 k: metrics_lib.group_accuracies(v, labels, groups) for k, v in predictions.items()},
             "aggregation_weights": aggregation_weights(backbone) or None,
-            "aggregation_trajectory": trajectory or None,
+            "aggregation_trajectory": progress.trajectory or None,
             "num_exemplars": int(len(memory_indices)),
             "num_train_images": int(len(train_indices)),
             "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - start,
-            "final_losses": {k: float(v[-1]) for k, v in learner.history.history.items()},
+            "final_losses": {k: v[-1] for k, v in progress.history.items()},
         }
         for k, v in predictions.items():
             state.per_class_history[k].append(
                 metrics_lib.per_class_accuracy(v, labels, num_seen))
 
         # === Checkpoint, then the state that points at it ===
-        with atomic_io.staged_path(checkpoint_path(config.workdir, phase), ".keras") as tmp:
-            network.save(tmp)
+        checkpointing.save_network(network, config.workdir, phase)
+        if config.export:
+            _export(config, network, phase, plan, data.label_names, overwrite, log)
         state.phases.append(reporting.clean(phase_metrics))
-        state.save(state_path(config.workdir, phase))
+        state.save(checkpointing.phase_state_path(config.workdir, phase))
+        checkpointing.clear_epochs(config.workdir, phase)
         results = _assemble_metrics(config, data, plan, state, eval_split)
         _write_outputs(config.workdir, results)
         log(f"Phase {phase}: CNN {phase_metrics['cnn_accuracy']:.2f}%  "
@@ -346,6 +343,36 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
     results = _assemble_metrics(config, data, plan, state, eval_split)
     _write_outputs(config.workdir, results)
     return results
+
+
+def export_base_dir(config: TrainConfig) -> str:
+    """`<export_dir>/<model_name>`: TF Serving's base path of the run's model."""
+    return os.path.join(config.export_dir or os.path.join(config.workdir, "export"),
+                        config.model_name)
+
+
+def _export(config: TrainConfig, network: keras.Model, phase: int, plan: PhasePlan,
+            label_names: list[str], overwrite: bool, log: Callable[[str], None]) -> None:
+    """Export the phase's SavedModel as version `phase + 1`.
+
+    A version that already exists under the run's own workdir was left by an
+    interrupted attempt at this phase (the workdir's configuration matched),
+    and is replaced with a log line. Elsewhere (a shared `--export_dir`) an
+    existing version is replaced only with `--overwrite`.
+    """
+    from aanets_tf import serving
+
+    base = export_base_dir(config)
+    version = phase + 1
+    existing = os.path.isdir(os.path.join(base, str(version)))
+    inside_workdir = os.path.abspath(base).startswith(os.path.abspath(config.workdir) + os.sep)
+    replace = existing and (inside_workdir or overwrite)
+    if replace:
+        log(f"Replacing export version {version} in {base}.")
+    path = serving.export_phase(network, base, version,
+                                list(plan.seen_classes(phase)), list(label_names),
+                                overwrite=replace)
+    log(f"Exported {path}")
 
 
 def _assemble_metrics(config: TrainConfig, data, plan: PhasePlan, state: _RunState,

@@ -27,7 +27,10 @@ class TrainingDivergedError(RuntimeError):
 def step_schedule(learning_rate: float, boundaries_epochs: list[int], factor: float,
                   steps_per_epoch: int):
     """Piecewise-constant learning rate, divided by `1/factor` at each boundary epoch."""
-    boundaries = [int(e * steps_per_epoch) for e in boundaries_epochs]
+    # The optimizer evaluates the schedule at its step count before the update,
+    # and `PiecewiseConstantDecay` keeps the old value at `step == boundary`:
+    # the last step of the previous epoch is the boundary.
+    boundaries = [int(e * steps_per_epoch) - 1 for e in boundaries_epochs]
     values = [learning_rate * factor ** i for i in range(len(boundaries) + 1)]
     if not boundaries:
         return learning_rate
@@ -73,6 +76,9 @@ class IncrementalLearner(keras.Model):
         self.mr_tracker = keras.metrics.Mean(name="mr")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._level2_function = None
+        # The wrapped network is built; saving the learner (epoch checkpoints)
+        # needs Keras to know it.
+        self.built = True
 
     @property
     def metrics(self):

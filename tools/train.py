@@ -36,7 +36,8 @@ def main(argv):
     try:
         results = incremental.run(config, overwrite=FLAGS.overwrite,
                                   verbose=1 if sys.stdout.isatty() else 2)
-    except (DatasetNotFoundError, incremental.WorkdirConflictError, ValueError) as e:
+    except (DatasetNotFoundError, incremental.WorkdirConflictError, FileExistsError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

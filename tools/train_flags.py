@@ -48,6 +48,7 @@ HELP = {
     "jit_compile": "Compile the training steps with XLA.",
     "deterministic": "Enable TensorFlow op determinism (slower, reproducible).",
     "workdir": "Directory for config.json, metrics.json, checkpoints, logs and plots.",
+    "export": "Export a SavedModel for TF Serving after every phase.",
     "export_dir": "Base directory of the SavedModel exports (default: <workdir>/export).",
     "model_name": "Model name under --export_dir (TF Serving's model name).",
 }

@@ -1,0 +1,161 @@
+"""Checkpoints of a run: one network per finished phase, and the last finished epoch.
+
+Layout under `<workdir>/checkpoints/`:
+- `phase_{p}.keras`: the network after phase `p` (a `.keras` archive);
+- `phase_{p}.state.json`: exemplar memory and metrics after phase `p`;
+- `phase_{p}.epoch_{e}.weights.h5`: the learner after epoch `e` of the phase
+  in progress (network, teacher, both optimizers' slots and step counters);
+- `phase_{p}.epoch.json`: which epoch file is current, with the Level-2
+  trajectory and the per-epoch logs so far.
+
+Every file is written under a temporary name and renamed, and the epoch JSON
+is written only after the weights it names, so a crash at any instant leaves
+a consistent set: a resumed run continues after the last complete epoch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import keras
+
+from aanets_tf import atomic_io
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint exists but could not be read."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def phase_checkpoint_path(workdir: str, phase: int) -> str:
+    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.keras")
+
+
+def phase_state_path(workdir: str, phase: int) -> str:
+    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.state.json")
+
+
+def epoch_state_path(workdir: str, phase: int) -> str:
+    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch.json")
+
+
+def epoch_weights_path(workdir: str, phase: int, epoch: int) -> str:
+    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch_{epoch}.weights.h5")
+
+
+def completed_phases(workdir: str) -> list[int]:
+    """Phases with a network checkpoint, ascending."""
+    directory = checkpoint_dir(workdir)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return sorted(int(n[len("phase_"):-len(".keras")]) for n in names
+                  if n.startswith("phase_") and n.endswith(".keras")
+                  and n[len("phase_"):-len(".keras")].isdigit())
+
+
+def save_network(network: keras.Model, workdir: str, phase: int) -> None:
+    with atomic_io.staged_path(phase_checkpoint_path(workdir, phase), ".keras") as tmp:
+        network.save(tmp)
+
+
+def load_network(path: str) -> keras.Model:
+    """Load a phase checkpoint, with a clear error for a truncated or corrupt file."""
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CorruptCheckpointError(f"Checkpoint {path} is unreadable ({type(e).__name__}: "
+                                     f"{str(e)[:200]}).") from e
+
+
+class EpochState:
+    """What a phase in progress needs to continue: epochs done, trajectory, logs."""
+
+    def __init__(self, epochs_done: int = 0, trajectory: list | None = None,
+                 history: dict | None = None, train_seconds: float = 0.0):
+        self.epochs_done = epochs_done
+        self.trajectory = trajectory if trajectory is not None else []
+        self.history = history if history is not None else {}
+        self.train_seconds = train_seconds
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the learner and the phase's progress after every epoch.
+
+    Place it after the callbacks that change the model at epoch end (the
+    Level-2 pass) and after the divergence guard, so a saved epoch is complete
+    and finite.
+
+    Args:
+        workdir: the run's directory.
+        phase: the phase being trained.
+        state: the phase's `EpochState`, updated in place (its trajectory list
+            is the one the Level-2 callback appends to).
+        clock: returns the seconds of training so far in this process.
+    """
+
+    def __init__(self, workdir: str, phase: int, state: EpochState, clock):
+        super().__init__()
+        self.workdir = workdir
+        self.phase = phase
+        self.state = state
+        self.clock = clock
+        self._base_seconds = state.train_seconds
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.state.history.setdefault(key, []).append(float(value))
+        self.state.epochs_done = epoch + 1
+        self.state.train_seconds = self._base_seconds + self.clock()
+        save_epoch(self.model, self.workdir, self.phase, self.state)
+
+
+def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState) -> None:
+    weights = epoch_weights_path(workdir, phase, state.epochs_done)
+    with atomic_io.staged_path(weights) as tmp:
+        learner.save_weights(tmp)
+    atomic_io.write_json(epoch_state_path(workdir, phase), {
+        "phase": phase,
+        "epochs_done": state.epochs_done,
+        "weights": os.path.basename(weights),
+        "trajectory": state.trajectory,
+        "history": state.history,
+        "train_seconds": state.train_seconds,
+    })
+    for old in glob.glob(os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch_*.weights.h5")):
+        if os.path.basename(old) != os.path.basename(weights):
+            os.remove(old)
+
+
+def restore_epoch(learner: keras.Model, workdir: str, phase: int,
+                  log=print) -> EpochState:
+    """Load the last saved epoch of `phase` into `learner` (built, optimizers built).
+
+    Returns a fresh `EpochState` when there is none or it is unreadable (the
+    phase then restarts from its first epoch).
+    """
+    path = epoch_state_path(workdir, phase)
+    if not os.path.exists(path):
+        return EpochState()
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        learner.load_weights(os.path.join(checkpoint_dir(workdir), saved["weights"]))
+        state = EpochState(int(saved["epochs_done"]), saved["trajectory"], saved["history"],
+                           float(saved["train_seconds"]))
+    except Exception as e:  # noqa: BLE001 - any failure: restart the phase
+        log(f"Epoch checkpoint of phase {phase} is unreadable ({type(e).__name__}: "
+            f"{str(e)[:200]}); restarting the phase from its first epoch.")
+        return EpochState()
+    log(f"Resuming phase {phase} after epoch {state.epochs_done}.")
+    return state
+
+
+def clear_epochs(workdir: str, phase: int) -> None:
+    """Remove a finished phase's epoch checkpoints."""
+    for path in glob.glob(os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch*")):
+        os.remove(path)
+

@@ -1,0 +1,192 @@
+"""End-to-end runs of the protocol on tiny real data: outputs, resume, determinism, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from aanets_tf import checkpointing, incremental, pipeline
+from aanets_tf.config import TrainConfig
+from aanets_tf.learner import TrainingDivergedError
+from conftest import REPO_ROOT, SHARED_DATA_DIR
+
+pytestmark = pytest.mark.slow
+
+# ResNet-8, 4 base classes + 1 phase of 2, 12 training images per class.
+TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
+            classes_per_phase=2, num_phases=2, train_images_per_class=12,
+            test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
+            eval_batch_size=64, export=False, aggregation_lr=0.5)
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def _without_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def _metrics(workdir):
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return pipeline.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
+                                 test_images_per_class=10)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    config = TrainConfig(**TINY, workdir=workdir, deterministic=True)
+    results = incremental.run(config, data=data, verbose=0, log=lambda _: None)
+    return config, results
+
+
+def test_metrics_json_schema(finished_run):
+    config, results = finished_run
+    metrics = _metrics(config.workdir)
+    assert metrics == json.loads(json.dumps(results))
+    assert metrics["dataset"] == "cifar10"
+    assert metrics["class_order"] == [4, 2, 7, 6, 0, 3, 5, 8, 9, 1]
+    assert metrics["branch_mode"] == "dual"
+    phase0, phase1 = metrics["phases"]
+    assert phase0["new_classes"] == [4, 2, 7, 6] and phase1["new_classes"] == [0, 3]
+    assert [phase0["num_seen_classes"], phase1["num_seen_classes"]] == [4, 6]
+    for p in (phase0, phase1):
+        for key in ("cnn_accuracy", "nme_accuracy", "new_accuracy"):
+            assert 0.0 <= p[key] <= 100.0
+        assert p["train_seconds"] > 0
+    assert phase0["old_accuracy"] is None and phase0["aggregation_weights"] is None
+    assert 0.0 <= phase1["old_accuracy"] <= 100.0
+    assert len(phase1["aggregation_weights"]) == 3
+    assert len(phase1["aggregation_trajectory"]) == config.epochs
+    assert phase0["num_exemplars"] == 4 * 3 and phase1["num_exemplars"] == 6 * 3
+    # Phase 1 trains on the new classes' images plus the old exemplars.
+    assert phase1["num_train_images"] == 2 * 12 + 4 * 3
+    average = metrics["average_incremental_accuracy"]
+    assert average["cnn"] == pytest.approx(
+        (phase0["cnn_accuracy"] + phase1["cnn_accuracy"]) / 2)
+    assert set(metrics["forgetting"]) == {"cnn", "nme"}
+    assert len(metrics["accuracy_matrix"]["cnn"]) == 2
+
+
+def test_alphas_move_with_level2(finished_run):
+    _, results = finished_run
+    trajectory = np.array(results["phases"][1]["aggregation_trajectory"])
+    assert np.abs(trajectory[-1] - 0.5).max() > 1e-4
+
+
+def test_run_writes_outputs(finished_run):
+    config, _ = finished_run
+    for name in ("config.json", "metrics.json", "plots/accuracy.png",
+                 "plots/aggregation.png", "checkpoints/phase_0.keras",
+                 "checkpoints/phase_1.keras"):
+        assert os.path.exists(os.path.join(config.workdir, name)), name
+    assert os.listdir(os.path.join(config.workdir, "tensorboard"))
+    # Finished phases leave no epoch checkpoints behind.
+    assert not [n for n in os.listdir(os.path.join(config.workdir, "checkpoints"))
+                if ".epoch" in n]
+    with open(os.path.join(config.workdir, "config.json")) as f:
+        assert TrainConfig.from_dict(json.load(f)) == config
+
+
+def test_rerun_of_finished_run_trains_nothing(finished_run, data):
+    config, results = finished_run
+    lines = []
+    again = incremental.run(config, data=data, verbose=0, log=lines.append)
+    assert again == results
+    assert not any("=== Phase" in line for line in lines)
+
+
+def test_changed_configuration_is_refused(finished_run, data):
+    config, _ = finished_run
+    with pytest.raises(incremental.WorkdirConflictError, match=r"margin: 0.5 -> 0.3"):
+        incremental.run(config.replace(margin=0.3), data=data, verbose=0, log=lambda _: None)
+
+
+def test_corrupt_checkpoint_falls_back_to_last_good(finished_run, data, tmp_path):
+    config, results = finished_run
+    workdir = str(tmp_path / "copy")
+    import shutil
+    shutil.copytree(config.workdir, workdir)
+    with open(checkpointing.phase_checkpoint_path(workdir, 1), "r+b") as f:
+        f.truncate(100)
+    lines = []
+    again = incremental.run(config.replace(workdir=workdir), data=data, verbose=0,
+                            log=lines.append)
+    assert any("unreadable" in line for line in lines)
+    assert any("=== Phase 1" in line for line in lines)
+    assert not any("=== Phase 0" in line for line in lines)
+    assert _without_timings(again) == _without_timings(results)
+
+
+def test_budget_too_small_is_refused(data, tmp_path):
+    config = TrainConfig(**TINY, workdir=str(tmp_path), memory_budget=5)
+    with pytest.raises(ValueError, match="--memory_budget=5"):
+        incremental.run(config, data=data, verbose=0, log=lambda _: None)
+    assert not os.path.exists(os.path.join(tmp_path, "config.json"))
+
+
+def test_too_many_base_classes_is_refused(data, tmp_path):
+    config = TrainConfig(**{**TINY, "num_base_classes": 12}, workdir=str(tmp_path))
+    with pytest.raises(ValueError, match="num_base_classes=12"):
+        incremental.run(config, data=data, verbose=0, log=lambda _: None)
+
+
+def test_divergence_stops_with_phase_and_keeps_checkpoint(finished_run, data, tmp_path):
+    config, _ = finished_run
+    workdir = str(tmp_path / "diverge")
+    import shutil
+    shutil.copytree(config.workdir, workdir)
+    for name in os.listdir(os.path.join(workdir, "checkpoints")):
+        if name.startswith("phase_1"):
+            os.remove(os.path.join(workdir, "checkpoints", name))
+    # Same configuration except a learning rate that overflows in phase 1.
+    diverging = config.replace(workdir=workdir, learning_rate=1e30)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(diverging.to_json())
+    with pytest.raises(TrainingDivergedError, match=r"phase 1, epoch 1"):
+        incremental.run(diverging, data=data, verbose=0, log=lambda _: None)
+    assert checkpointing.completed_phases(workdir) == [0]
+    assert not os.path.exists(checkpointing.epoch_state_path(workdir, 1))
+
+
+def _train_command(workdir):
+    flags = [f"--{k}={v}" for k, v in TINY.items() if not isinstance(v, bool)]
+    return [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"), *flags,
+            "--noexport", "--deterministic", f"--workdir={workdir}"]
+
+
+def test_sigkill_mid_phase_then_resume_matches_uninterrupted(finished_run, tmp_path):
+    """Killed after phase 1's first epoch, resumed: metrics identical (timings aside)."""
+    config, results = finished_run
+    workdir = str(tmp_path / "killed")
+    process = subprocess.Popen(_train_command(workdir), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
+    epoch_file = checkpointing.epoch_state_path(workdir, 1)
+    deadline = time.time() + 300
+    while not os.path.exists(epoch_file) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed mid-phase"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with open(epoch_file) as f:
+        assert json.load(f)["epochs_done"] == 1
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "phase_1.keras"))
+
+    resumed = subprocess.run(_train_command(workdir), capture_output=True, text=True,
+                             cwd=REPO_ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming phase 1 after epoch 1" in resumed.stdout
+    assert _without_timings(_metrics(workdir)) == _without_timings(json.loads(
+        json.dumps(results)))

@@ -1,0 +1,149 @@
+r"""Kill a training run at random moments, resume it each time, compare the result.
+
+Runs `tools/train.py` on a configuration (the smoke flagfile by default) with
+`--deterministic` once without interruption, then again in a second workdir
+where it is killed with SIGKILL at `--kills` random moments, each followed
+by a rerun that resumes. The final `metrics.json` of both must be equal
+(timings aside). Writes a JSON report and exits non-zero on a mismatch.
+
+    python tools/fault_injection.py --kills=5 --out=runs/fault_injection
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+# Keys whose values are wall-clock measurements, not results.
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def without_timings(obj):
+    """`obj` with every timing entry removed, recursively."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def differences(a, b, path="") -> list[str]:
+    """Paths at which two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += (differences(a[k], b[k], f"{path}.{k}") if k in a and k in b
+                    else [f"{path}.{k} (missing on one side)"])
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def train_command(flagfile: str, workdir: str, extra: list[str]) -> list[str]:
+    return [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
+            f"--flagfile={flagfile}", f"--workdir={workdir}", "--deterministic",
+            "--noexport", *extra]
+
+
+def run_to_end(command: list[str], log_path: str) -> float:
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flagfile", default=os.path.join(REPO_ROOT, "flags", "smoke.flags"))
+    parser.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "fault_injection"))
+    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the kill moments.")
+    parser.add_argument("--extra", default="--epochs=3",
+                        help="Extra flags for tools/train.py, space-separated (3 epochs "
+                             "per phase, so kills land inside phases).")
+    args = parser.parse_args()
+    if args.kills < 1:
+        parser.error(f"--kills must be >= 1. Received: {args.kills}")
+    extra = args.extra.split()
+    os.makedirs(args.out, exist_ok=True)
+    reference_dir = os.path.join(args.out, "uninterrupted")
+    resumed_dir = os.path.join(args.out, "killed_and_resumed")
+    log_path = os.path.join(args.out, "train.log")
+
+    print("Uninterrupted run ...", flush=True)
+    duration = run_to_end(train_command(args.flagfile, reference_dir,
+                                        [*extra, "--overwrite"]), log_path)
+    print(f"  {duration:.0f}s", flush=True)
+
+    rng = random.Random(args.seed)
+    kills = []
+    command = train_command(args.flagfile, resumed_dir, extra)
+    first = True
+    for k in range(args.kills):
+        # Kill moments spread over the run; startup (~10 s) is part of every attempt.
+        delay = rng.uniform(0.15, 0.9) * duration
+        with open(log_path, "a") as log:
+            process = subprocess.Popen(command + (["--overwrite"] if first else []),
+                                       stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            first = False
+            try:
+                process.wait(timeout=delay)
+                finished = True
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                finished = False
+        done = _progress(resumed_dir)
+        kills.append({"attempt": k + 1, "after_seconds": round(delay, 1),
+                      "killed": not finished, "progress_at_kill": done})
+        print(f"Attempt {k + 1}: {'killed' if not finished else 'finished'} after "
+              f"{delay:.0f}s at {done}", flush=True)
+        if finished:
+            break
+    print("Resuming to the end ...", flush=True)
+    run_to_end(command, log_path)
+
+    with open(os.path.join(reference_dir, "metrics.json")) as f:
+        reference = without_timings(json.load(f))
+    with open(os.path.join(resumed_dir, "metrics.json")) as f:
+        resumed = without_timings(json.load(f))
+    diff = differences(reference, resumed)
+    report = {"flagfile": os.path.relpath(args.flagfile, REPO_ROOT), "extra_flags": extra,
+              "kills": kills, "num_killed": sum(k["killed"] for k in kills),
+              "identical": not diff, "differences": diff[:50],
+              "average_incremental_accuracy": reference["average_incremental_accuracy"]}
+    with open(os.path.join(args.out, "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"{report['num_killed']} kills; final metrics.json "
+          f"{'identical to' if not diff else 'DIFFERENT from'} the uninterrupted run's.")
+    for d in diff[:20]:
+        print("  " + d)
+    return 0 if not diff else 1
+
+
+def _progress(workdir: str) -> str:
+    """'phase P epoch E' of the last saved state in `workdir`."""
+    from aanets_tf import checkpointing
+
+    phases = checkpointing.completed_phases(workdir)
+    phase = phases[-1] + 1 if phases else 0
+    path = checkpointing.epoch_state_path(workdir, phase)
+    epochs = 0
+    if os.path.exists(path):
+        with open(path) as f:
+            epochs = json.load(f)["epochs_done"]
+    return f"phase {phase} epoch {epochs}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
