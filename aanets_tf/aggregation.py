@@ -31,9 +31,17 @@ class Aggregation(keras.layers.Layer):
         self.learnable = bool(learnable)
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
+        if (not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2
+                or not all(isinstance(s, (list, tuple)) for s in input_shape)):
             raise ValueError(
                 "`Aggregation` takes a list of two tensors [stable, plastic]. "
+                f"Received: input_shape={input_shape}")
+        stable_shape, plastic_shape = (tuple(s) for s in input_shape)
+        if len(stable_shape) != len(plastic_shape) or any(
+                a is not None and b is not None and a != b
+                for a, b in zip(stable_shape, plastic_shape)):
+            raise ValueError(
+                "`Aggregation` needs [stable, plastic] of one shape. "
                 f"Received: input_shape={input_shape}")
         self.alpha = self.add_weight(
             name="alpha", shape=(),

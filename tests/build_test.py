@@ -1,0 +1,62 @@
+"""BUILD stays in step with the code: every test file and tool has its Bazel target."""
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _targets():
+    """(rule, name, srcs) of every rule call in BUILD, read as Python syntax."""
+    tree = ast.parse((ROOT / "BUILD").read_text())
+    targets = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            kwargs = {k.arg: k.value for k in node.keywords}
+            name = ast.literal_eval(kwargs["name"]) if "name" in kwargs else None
+            srcs = []
+            if "srcs" in kwargs:
+                try:
+                    srcs = ast.literal_eval(kwargs["srcs"])
+                except ValueError:  # glob(...)
+                    srcs = []
+            targets.append((node.func.id, name, srcs))
+    return targets
+
+
+def _sources(rule):
+    return {src for r, _, srcs in _targets() if r == rule for src in srcs}
+
+
+def _tools():
+    files = sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "export").glob("*.py"))
+    return [p for p in files if p.name != "__init__.py" and "def main" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "tests").glob("*_test.py")),
+                         ids=lambda p: p.name)
+def test_every_test_file_has_a_py_test(path):
+    assert str(path.relative_to(ROOT)) in _sources("py_test")
+
+
+@pytest.mark.parametrize("path", _tools(), ids=lambda p: p.name)
+def test_every_tool_has_a_py_binary(path):
+    assert str(path.relative_to(ROOT)) in _sources("py_binary")
+
+
+def test_every_library_module_is_in_the_library():
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "aanets_tf").glob("*.py")}
+    assert modules <= _sources("py_library")
+
+
+def test_sources_named_in_build_exist():
+    for rule, name, srcs in _targets():
+        for src in srcs:
+            assert (ROOT / src).exists(), f"{rule} {name}: {src} does not exist"
+
+
+def test_target_names_are_unique():
+    names = [name for _, name, _ in _targets() if name]
+    assert len(names) == len(set(names))
