@@ -38,6 +38,11 @@ RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "
                     "jit_compile")
 
 
+# Settings without effect in the single-branch baseline (it has no aggregation weights).
+AGGREGATION_KEYS = ("aggregation", "aggregation_lr", "aggregation_momentum",
+                    "initial_aggregation")
+
+
 class WorkdirConflictError(RuntimeError):
     """The workdir holds a run with a different configuration."""
 
@@ -111,8 +116,11 @@ def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
         with open(path) as f:
             old = json.load(f)
         new = config.to_dict()
+        ignored = set(RELOCATABLE_KEYS)
+        if old.get("branch_mode") == new["branch_mode"] == "single":
+            ignored |= set(AGGREGATION_KEYS)
         diff = sorted(k for k in set(old) | set(new)
-                      if k not in RELOCATABLE_KEYS and old.get(k) != new.get(k))
+                      if k not in ignored and old.get(k) != new.get(k))
         if diff:
             details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
             raise WorkdirConflictError(

@@ -85,29 +85,36 @@ def main() -> int:
                                         [*extra, "--overwrite"]), log_path)
     print(f"  {duration:.0f}s", flush=True)
 
+    with open(os.path.join(reference_dir, "config.json")) as f:
+        epochs = json.load(f)["epochs"]
+    with open(os.path.join(reference_dir, "metrics.json")) as f:
+        num_phases = len(json.load(f)["phases"])
+    # Kill points: after a random (phase, epochs done) checkpoint is reached,
+    # plus a random delay, so kills land mid-epoch, mid-evaluation or mid-save.
     rng = random.Random(args.seed)
+    grid = [(p, e) for p in range(num_phases) for e in range(epochs)]
+    targets = sorted(rng.sample(grid, min(args.kills, len(grid))))
     kills = []
     command = train_command(args.flagfile, resumed_dir, extra)
-    first = True
-    for k in range(args.kills):
-        # Kill moments spread over the run; startup (~10 s) is part of every attempt.
-        delay = rng.uniform(0.15, 0.9) * duration
+    for k, target in enumerate(targets):
+        delay = rng.uniform(0.0, 3.0)
         with open(log_path, "a") as log:
-            process = subprocess.Popen(command + (["--overwrite"] if first else []),
+            process = subprocess.Popen(command + (["--overwrite"] if k == 0 else []),
                                        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-            first = False
-            try:
-                process.wait(timeout=delay)
-                finished = True
-            except subprocess.TimeoutExpired:
+            while process.poll() is None and _progress(resumed_dir) < target:
+                time.sleep(0.05)
+            time.sleep(delay)
+            finished = process.poll() is not None
+            if not finished:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
-                finished = False
         done = _progress(resumed_dir)
-        kills.append({"attempt": k + 1, "after_seconds": round(delay, 1),
-                      "killed": not finished, "progress_at_kill": done})
-        print(f"Attempt {k + 1}: {'killed' if not finished else 'finished'} after "
-              f"{delay:.0f}s at {done}", flush=True)
+        kills.append({"attempt": k + 1, "target": f"phase {target[0]} epoch {target[1]}",
+                      "delay_seconds": round(delay, 2), "killed": not finished,
+                      "saved_at_kill": f"phase {done[0]} epoch {done[1]}"})
+        print(f"Attempt {k + 1}: {'killed' if not finished else 'finished'} "
+              f"{delay:.1f}s after reaching phase {target[0]} epoch {target[1]} "
+              f"(saved: phase {done[0]} epoch {done[1]})", flush=True)
         if finished:
             break
     print("Resuming to the end ...", flush=True)
@@ -131,18 +138,20 @@ def main() -> int:
     return 0 if not diff else 1
 
 
-def _progress(workdir: str) -> str:
-    """'phase P epoch E' of the last saved state in `workdir`."""
-    from aanets_tf import checkpointing
-
-    phases = checkpointing.completed_phases(workdir)
-    phase = phases[-1] + 1 if phases else 0
-    path = checkpointing.epoch_state_path(workdir, phase)
+def _progress(workdir: str) -> tuple[int, int]:
+    """(phase in progress, epochs of it done) from the checkpoints in `workdir`."""
+    checkpoints = os.path.join(workdir, "checkpoints")
+    names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
+    done = [int(n[len("phase_"):-len(".keras")]) for n in names
+            if n.startswith("phase_") and n.endswith(".keras")]
+    phase = max(done) + 1 if done else 0
     epochs = 0
-    if os.path.exists(path):
-        with open(path) as f:
+    try:
+        with open(os.path.join(checkpoints, f"phase_{phase}.epoch.json")) as f:
             epochs = json.load(f)["epochs_done"]
-    return f"phase {phase} epoch {epochs}"
+    except (OSError, ValueError, KeyError):
+        pass
+    return phase, epochs
 
 
 if __name__ == "__main__":
