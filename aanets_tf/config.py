@@ -88,7 +88,7 @@ class TrainConfig:
             value = getattr(self, name)
             need(value > 0 and math.isfinite(value), name, "must be a positive number")
         need(all(0 < f < 1 for f in self.lr_decay_epochs)
-             and list(self.lr_decay_epochs) == sorted(self.lr_decay_epochs),
+             and all(a < b for a, b in zip(self.lr_decay_epochs, self.lr_decay_epochs[1:])),
              "lr_decay_epochs", "must be increasing fractions of the epochs in (0, 1)")
         need(0 < self.lr_decay_factor <= 1, "lr_decay_factor", "must lie in (0, 1]")
         need(0 <= self.momentum < 1, "momentum", "must lie in [0, 1)")
@@ -110,8 +110,13 @@ class TrainConfig:
         return self.aggregation == "learned"
 
     def lr_boundaries(self) -> list[int]:
-        """Epochs at which the learning rate is divided (e.g. 80 and 120 of 160)."""
-        return [int(round(f * self.epochs)) for f in self.lr_decay_epochs]
+        """Epochs at which the learning rate is divided (e.g. 80 and 120 of 160).
+
+        A fraction that rounds to epoch 0 is dropped: a run of very few epochs
+        keeps its base learning rate rather than starting decayed.
+        """
+        epochs = [int(round(f * self.epochs)) for f in self.lr_decay_epochs]
+        return [e for e in epochs if e > 0]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
