@@ -46,7 +46,7 @@ class ClassIncrementalData:
     """A labelled image dataset ready for the class-incremental protocol."""
     name: str
     train: ImageSplit
-    test: ImageSplit
+    test: ImageSplit | None  # None when the test split was not read (tuning)
     num_classes: int
     label_names: list[str]
     image_shape: tuple[int, int, int]
@@ -70,7 +70,8 @@ def first_per_class(labels: np.ndarray, per_class: int, num_classes: int,
 
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = False,
                  train_images_per_class: int = 0, validation_images_per_class: int = 0,
-                 test_images_per_class: int = 0) -> ClassIncrementalData:
+                 test_images_per_class: int = 0, read_test: bool = True,
+                 ) -> ClassIncrementalData:
     """Load a TFDS image-classification dataset (e.g. `cifar100`, `cifar10`).
 
     The class count and names come from the dataset's info, so every dataset
@@ -87,6 +88,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
             never among the training images.
         test_images_per_class: keep the first this many test images of each
             class (0: all).
+        read_test: read the test split; with False (tuning) it is never read
+            from disk and `test` is None.
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and `download` is off.
@@ -109,8 +112,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     except KeyError as e:
         raise ValueError(f"Dataset {name!r} has no 'image' and 'label' features.") from e
     num_classes = int(label_feature.num_classes)
-    splits = {}
-    for split in ("train", "test"):
+    splits = {"test": None}
+    for split in ("train", "test") if read_test else ("train",):
         images, labels = tfds.as_numpy(builder.as_dataset(
             split=split, as_supervised=True, batch_size=-1, shuffle_files=False))
         splits[split] = ImageSplit(np.asarray(images, np.uint8), np.asarray(labels, np.int64))
@@ -121,9 +124,14 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
                                    from_end=True)
         validation = train.take(held_out)
         train = train.take(np.setdiff1d(np.arange(len(train)), held_out))
+        empty = sorted(set(range(num_classes)) - set(np.unique(train.labels).tolist()))
+        if empty:
+            raise ValueError(f"--validation_images_per_class={validation_images_per_class} "
+                             f"leaves classes {empty} of {name} without training images.")
     train = train.take(first_per_class(train.labels, train_images_per_class, num_classes))
-    test = splits["test"].take(
-        first_per_class(splits["test"].labels, test_images_per_class, num_classes))
+    test = splits["test"]
+    if test is not None:
+        test = test.take(first_per_class(test.labels, test_images_per_class, num_classes))
     return ClassIncrementalData(
         name=name, train=train, test=test, num_classes=num_classes,
         label_names=list(label_feature.names), image_shape=tuple(image_feature.shape),

@@ -32,8 +32,6 @@ from typing import Callable
 
 import keras
 import keras_tuner
-import numpy as np
-import tensorflow_datasets as tfds
 from keras_tuner.src.distribute import utils as distribute_utils
 
 from aanets_tf import atomic_io, checkpointing, incremental, pipeline
@@ -347,38 +345,10 @@ def load_tuning_data(name: str, data_dir: str | None = None, *, download: bool =
     if validation_images_per_class < 1:
         raise ValueError("Tuning needs a validation split: --validation_images_per_class must "
                          f"be >= 1. Received: {validation_images_per_class}")
-    where = data_dir or "the default TFDS data directory (~/tensorflow_datasets)"
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise pipeline.DatasetNotFoundError(
-            f"--dataset={name!r} is not a TFDS dataset name.") from e
-    if download:
-        builder.download_and_prepare()
-    elif not builder.is_prepared():
-        raise pipeline.DatasetNotFoundError(
-            f"Dataset {name!r} (version {builder.version}) is not prepared in {where}. "
-            f"Point --data_dir at a TFDS data directory that holds "
-            f"{name}/{builder.version}/, or pass --download on a machine with network access.")
-    label_feature = builder.info.features["label"]
-    num_classes = int(label_feature.num_classes)
-    images, labels = tfds.as_numpy(builder.as_dataset(
-        split="train", as_supervised=True, batch_size=-1, shuffle_files=False))
-    train = pipeline.ImageSplit(np.asarray(images, np.uint8), np.asarray(labels, np.int64))
-    held_out = pipeline.first_per_class(train.labels, validation_images_per_class, num_classes,
-                                        from_end=True)
-    validation = train.take(held_out)
-    train = train.take(np.setdiff1d(np.arange(len(train)), held_out))
-    empty = sorted(set(range(num_classes)) - set(np.unique(train.labels).tolist()))
-    if empty:
-        raise ValueError(f"--validation_images_per_class={validation_images_per_class} leaves "
-                         f"classes {empty} of {name} without training images.")
-    train = train.take(pipeline.first_per_class(train.labels, train_images_per_class,
-                                                num_classes))
-    return pipeline.ClassIncrementalData(
-        name=name, train=train, test=WITHHELD_TEST_SPLIT, num_classes=num_classes,
-        label_names=list(label_feature.names),
-        image_shape=tuple(builder.info.features["image"].shape), validation=validation)
+    data = pipeline.load_dataset(
+        name, data_dir, download=download, train_images_per_class=train_images_per_class,
+        validation_images_per_class=validation_images_per_class, read_test=False)
+    return dataclasses.replace(data, test=WITHHELD_TEST_SPLIT)
 
 
 # === Oracles ===

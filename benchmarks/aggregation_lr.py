@@ -14,7 +14,6 @@ validation accuracy) and `trajectories.png` into `--out`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -52,7 +51,7 @@ def main() -> int:
                           "train_images_per_class": args.train_images_per_class},
                        data_dir=args.data_dir,
                        validation_images_per_class=args.validation_images_per_class,
-                       num_phases=2)
+                       num_phases=2, export=False)
     data = pipeline.load_dataset(
         base.dataset, base.data_dir, train_images_per_class=base.train_images_per_class,
         validation_images_per_class=base.validation_images_per_class)
