@@ -46,7 +46,7 @@ class TrainConfig:
     margin: float = 0.5
     top_k: int = 2
     # Level 2 (aggregation weights).
-    aggregation_lr: float = 0.01
+    aggregation_lr: float = 0.003  # chosen by benchmarks/aggregation_lr.py (README)
     aggregation_momentum: float = 0.9
     # Exemplar memory.
     exemplars_per_class: int = 20
