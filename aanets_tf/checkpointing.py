@@ -21,7 +21,9 @@ import os
 
 import keras
 
-from aanets_tf import atomic_io
+# Imported for their side effect: they register the custom layers that a
+# `.keras` checkpoint names, so loading works in a fresh process.
+from aanets_tf import atomic_io, backbones, network  # noqa: F401
 
 
 class CorruptCheckpointError(RuntimeError):

@@ -1,0 +1,276 @@
+"""A phase's network as a SavedModel for TF Serving.
+
+`export_phase` writes `<base_dir>/<version>/`, the layout TF Serving polls,
+with three signatures:
+
+- `serving_default`: `images` uint8 `(batch, H, W, 3)` ->
+  `logits` and `probabilities` float32 `(batch, num_seen)`,
+  `top_k_class_ids` int64 `(batch, k)`, `top_k_scores` float32 `(batch, k)`,
+  `top_k_labels` string `(batch, k)`.
+- `serving_bytes`: `image_bytes` string `(batch,)` of encoded PNG/JPEG/GIF/BMP
+  images, decoded to RGB and resized to `(H, W)` inside -> the same outputs.
+- `features`: `images` uint8 `(batch, H, W, 3)` -> `features` float32
+  `(batch, d)`, the pooled backbone features (for nearest-mean classifiers and
+  embeddings).
+
+Pixel normalisation happens inside the network, so clients send raw pixels.
+Column i of `logits`/`probabilities` is the i-th class of the run's class
+order; `top_k_class_ids` are the dataset's own label ids, and the SavedModel
+carries its vocabulary (`assets.extra/classes.json`) so clients need nothing
+else. A warmup request (`assets.extra/tf_serving_warmup_requests`) lets TF
+Serving run the graph once before it marks a version available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+from typing import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SERVING_DEFAULT = "serving_default"
+SERVING_BYTES = "serving_bytes"
+FEATURES = "features"
+SIGNATURES = (SERVING_DEFAULT, SERVING_BYTES, FEATURES)
+IMAGES_KEY = "images"
+IMAGE_BYTES_KEY = "image_bytes"
+CLASSIFICATION_OUTPUTS = ("logits", "probabilities", "top_k_class_ids", "top_k_scores",
+                          "top_k_labels")
+CLASSES_FILE = os.path.join("assets.extra", "classes.json")
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+DEFAULT_TOP_K = 5
+
+
+def input_size(network: keras.Model) -> tuple[int, int]:
+    """`(H, W)` of the network's images."""
+    shape = tuple(network.input_shape)
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:]:
+        raise ValueError("The network must take images of a fixed size (batch, H, W, 3). "
+                         f"Received: input_shape={shape}")
+    return int(shape[1]), int(shape[2])
+
+
+def num_classes(network: keras.Model) -> int:
+    """Logit columns of `network` (the classes seen so far)."""
+    outputs = network.output
+    if not isinstance(outputs, dict) or not {"logits", "features"} <= set(outputs):
+        raise ValueError("The network must return a dict with 'logits' and 'features' "
+                         f"(see network.build_network). Received outputs: {outputs}")
+    return int(outputs["logits"].shape[-1])
+
+
+def column_labels(class_ids: Sequence[int], label_names: Sequence[str]) -> list[str]:
+    """The label name of each logit column: `label_names[class_ids[i]]`."""
+    labels = []
+    for i, c in enumerate(class_ids):
+        if not 0 <= c < len(label_names):
+            raise ValueError(f"class_ids[{i}]={c} has no name: label_names has "
+                             f"{len(label_names)} entries (ids 0..{len(label_names) - 1}).")
+        labels.append(str(label_names[c]))
+    return labels
+
+
+def _validated_classes(network: keras.Model, class_ids, label_names,
+                       top_k: int) -> tuple[list[int], list[str], int]:
+    class_ids = [int(c) for c in class_ids]
+    columns = num_classes(network)
+    if len(class_ids) != columns:
+        raise ValueError(f"`class_ids` must name each of the network's {columns} logit "
+                         f"columns. Received: {len(class_ids)} class ids")
+    if len(set(class_ids)) != len(class_ids):
+        raise ValueError(f"`class_ids` must be distinct. Received: class_ids={class_ids}")
+    labels = column_labels(class_ids, label_names)
+    if top_k < 1:
+        raise ValueError(f"`top_k` must be >= 1. Received: top_k={top_k}")
+    return class_ids, labels, min(int(top_k), columns)
+
+
+def serving_endpoints(network: keras.Model, class_ids: Sequence[int],
+                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K) -> dict:
+    """The three signature functions, each `(fn, input_signature)`, by signature name.
+
+    Args:
+        network: maps float pixels `(batch, H, W, 3)` to `{"logits", "features"}`.
+        class_ids: `class_ids[i]` is the dataset label of logit column i.
+        label_names: the dataset's class names, indexed by dataset label.
+        top_k: classes returned per image; capped at the number of columns.
+    """
+    class_ids, labels, k = _validated_classes(network, class_ids, label_names, top_k)
+    return _endpoints(network, class_ids, labels, k)
+
+
+def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k: int) -> dict:
+    height, width = input_size(network)
+    ids_table = tf.constant(class_ids, dtype=tf.int64)
+    labels_table = tf.constant(labels, dtype=tf.string)
+
+    # Traced once and called by every signature: one copy of the network's graph.
+    @tf.function(input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)],
+                 autograph=False)
+    def forward(pixels):
+        outputs = network(pixels, training=False)
+        return {key: tf.cast(outputs[key], tf.float32) for key in ("logits", "features")}
+
+    def classify(pixels):
+        logits = forward(pixels)["logits"]
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        scores, columns = tf.math.top_k(probabilities, k=k)
+        return {
+            "logits": logits,
+            "probabilities": probabilities,
+            "top_k_class_ids": tf.gather(ids_table, columns),
+            "top_k_scores": scores,
+            "top_k_labels": tf.gather(labels_table, columns),
+        }
+
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        shape = tf.shape(image)
+        same_size = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
+        # Bilinear resizing (antialiased when shrinking) only when needed, so an
+        # image already at the model's size reaches it with its exact pixels.
+        pixels = tf.cond(same_size, lambda: tf.cast(image, tf.float32),
+                         lambda: tf.image.resize(image, (height, width), antialias=True))
+        return tf.ensure_shape(pixels, (height, width, 3))
+
+    def serving_default(images):
+        return classify(tf.cast(images, tf.float32))
+
+    def serving_bytes(image_bytes):
+        pixels = tf.map_fn(decode, image_bytes,
+                           fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32))
+        return classify(pixels)
+
+    def features(images):
+        return {"features": forward(tf.cast(images, tf.float32))["features"]}
+
+    images_spec = tf.TensorSpec((None, height, width, 3), tf.uint8, name=IMAGES_KEY)
+    bytes_spec = tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES_KEY)
+    return {
+        SERVING_DEFAULT: (serving_default, [images_spec]),
+        SERVING_BYTES: (serving_bytes, [bytes_spec]),
+        FEATURES: (features, [images_spec]),
+    }
+
+
+def write_saved_model(network: keras.Model, path: str, class_ids: Sequence[int],
+                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K) -> None:
+    """Write the SavedModel (signatures, vocabulary, warmup request) to `path` as is.
+
+    Not atomic: `export_phase` is the way to publish a version.
+    """
+    class_ids, labels, k = _validated_classes(network, class_ids, label_names, top_k)
+    # Variables are collected from the endpoints; `archive.track(network)` would
+    # also trace every layer for serialization, doubling the export time.
+    archive = keras.export.ExportArchive()
+    for name, (fn, signature) in _endpoints(network, class_ids, labels, k).items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+    archive.write_out(path, verbose=False)
+
+    height, width = input_size(network)
+    os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
+    with open(os.path.join(path, CLASSES_FILE), "w") as f:
+        json.dump({"class_ids": class_ids, "labels": labels, "top_k": k,
+                   "image_size": [height, width], "signatures": list(SIGNATURES)}, f, indent=2)
+    _write_warmup_request(os.path.join(path, WARMUP_FILE), height, width)
+
+
+def _write_warmup_request(path: str, height: int, width: int) -> None:
+    """One `serving_default` request (a black image) in TF Serving's warmup format."""
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.signature_name = SERVING_DEFAULT
+    request.inputs[IMAGES_KEY].CopyFrom(
+        tf.make_tensor_proto(np.zeros((1, height, width, 3), np.uint8)))
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request))
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(log.SerializeToString())
+
+
+def read_classes(version_dir: str) -> dict:
+    """The vocabulary stored with an export: `class_ids`, `labels`, `top_k`, `image_size`."""
+    path = os.path.join(version_dir, CLASSES_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{version_dir} is not an aanets_tf export: {path} is missing.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def export_versions(base_dir: str) -> list[int]:
+    """Versions present under a model's base path, ascending (as TF Serving sees them)."""
+    if not os.path.isdir(base_dir):
+        return []
+    return sorted(int(n) for n in os.listdir(base_dir)
+                  if n.isdigit() and os.path.isfile(os.path.join(base_dir, n, "saved_model.pb")))
+
+
+def export_phase(network: keras.Model, base_dir: str, version: int, class_ids: list[int],
+                 label_names: list[str], *, top_k: int = DEFAULT_TOP_K,
+                 overwrite: bool = False) -> str:
+    """Publish `network` as version `version` of the model at `base_dir`.
+
+    The SavedModel is written to a hidden directory beside the version (TF
+    Serving only loads numeric names) and renamed into place, so a server
+    polling `base_dir` never sees a partial version.
+
+    Args:
+        network: the phase's network (`build_network`), images `(b, H, W, 3)`.
+        base_dir: the model's base path, `<export_dir>/<model_name>`.
+        version: positive version number (the trainer uses `phase + 1`).
+        class_ids: dataset label of each logit column (the class order's first
+            `num_seen` entries).
+        label_names: the dataset's class names, indexed by dataset label.
+        top_k: classes returned per image, capped at the number of classes.
+        overwrite: replace an existing version. Without it an existing version
+            raises `FileExistsError`.
+
+    Returns:
+        The version directory, `<base_dir>/<version>`.
+    """
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1:
+        raise ValueError(f"`version` must be a positive integer. Received: version={version!r}")
+    _validated_classes(network, class_ids, label_names, top_k)
+    target = os.path.join(base_dir, str(int(version)))
+
+    def refuse_if_exists():
+        if os.path.lexists(target) and not overwrite:
+            raise FileExistsError(
+                f"Export version {version} already exists at {target}. Pass overwrite=True "
+                "(--overwrite) to replace it, or export to another version or base path.")
+
+    refuse_if_exists()
+    os.makedirs(base_dir, exist_ok=True)
+    # os.mkdir honours the umask (mkdtemp would make it private to this user,
+    # unreadable to a server running as another one).
+    staging = os.path.join(base_dir, f".tmp-{version}-{secrets.token_hex(6)}")
+    os.mkdir(staging)
+    retired = None
+    try:
+        write_saved_model(network, staging, class_ids, label_names, top_k)
+        refuse_if_exists()
+        if os.path.lexists(target):
+            # A directory cannot be renamed onto a non-empty one: move the old
+            # version aside first. A server polling in between sees it missing.
+            retired = os.path.join(base_dir, f".old-{version}-{secrets.token_hex(6)}")
+            os.rename(target, retired)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            if retired:
+                os.rename(retired, target)
+                retired = None
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+        if retired:
+            shutil.rmtree(retired, ignore_errors=True)
+    return target

@@ -1,0 +1,1 @@
+"""Export tools: SavedModels from checkpoints, TF Serving configuration."""

@@ -1,0 +1,228 @@
+"""Tests for aanets_tf.serving: versioned exports and their three signatures."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+from aanets_tf import serving
+from serving_networks import (CLASS_ORDER, INPUT_SHAPE, LABEL_NAMES, PHASE_CLASSES, images,
+                              keras_outputs, two_phases)
+
+H, W, _ = INPUT_SHAPE
+
+
+@pytest.fixture(scope="module")
+def networks():
+    return two_phases()
+
+
+@pytest.fixture(scope="module")
+def exported(networks, tmp_path_factory):
+    """Versions 1 (phase 0, a ResNet) and 2 (phase 1, an AANet) of one model."""
+    base = str(tmp_path_factory.mktemp("export") / "aanets")
+    for phase, network in enumerate(networks):
+        serving.export_phase(network, base, phase + 1, CLASS_ORDER[:PHASE_CLASSES[phase]],
+                             LABEL_NAMES)
+    return base
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return {v: tf.saved_model.load(os.path.join(exported, str(v))) for v in (1, 2)}
+
+
+def test_each_version_is_a_complete_directory_and_nothing_else_is_left(exported):
+    assert sorted(os.listdir(exported)) == ["1", "2"]
+    assert serving.export_versions(exported) == [1, 2]
+    for v in ("1", "2"):
+        names = os.listdir(os.path.join(exported, v))
+        assert {"saved_model.pb", "variables", "assets.extra"} <= set(names)
+    umask = os.umask(0)
+    os.umask(umask)
+    # A server running as another user must be able to read the version.
+    assert os.stat(os.path.join(exported, "1")).st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_vocabulary_is_stored_with_the_export(exported):
+    classes = serving.read_classes(os.path.join(exported, "2"))
+    assert classes["class_ids"] == [7, 3, 9, 1, 0, 5]
+    assert classes["labels"] == ["horse", "cat", "truck", "automobile", "airplane", "dog"]
+    assert classes["top_k"] == 5 and classes["image_size"] == [H, W]
+    assert serving.read_classes(os.path.join(exported, "1"))["top_k"] == 4  # min(5, 4 classes)
+
+
+def test_reload_in_a_fresh_process_gives_the_keras_logits(networks, exported, tmp_path):
+    """Phase 0 (ResNet) and phase 1 (AANet), loaded with tf.saved_model.load in a new process."""
+    pixels = images(5, seed=3)
+    np.save(tmp_path / "pixels.npy", pixels)
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf
+        pixels = tf.constant(np.load({str(tmp_path / 'pixels.npy')!r}))
+        for v in (1, 2):
+            model = tf.saved_model.load({exported!r} + "/" + str(v))
+            out = model.signatures["serving_default"](images=pixels)
+            np.save({str(tmp_path)!r} + f"/logits_{{v}}.npy", out["logits"].numpy())
+            feats = model.signatures["features"](images=pixels)["features"]
+            np.save({str(tmp_path)!r} + f"/features_{{v}}.npy", feats.numpy())
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    for v, network in zip((1, 2), networks):
+        expected = keras_outputs(network, pixels)
+        logits = np.load(tmp_path / f"logits_{v}.npy")
+        assert logits.shape == (5, PHASE_CLASSES[v - 1])
+        np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.load(tmp_path / f"features_{v}.npy"),
+                                   expected["features"], rtol=0, atol=1e-5)
+    # The AANet's logits are its own, not a copy of phase 0's.
+    assert not np.allclose(np.load(tmp_path / "logits_2.npy")[:, :4],
+                           np.load(tmp_path / "logits_1.npy"), atol=1e-3)
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_top_k_names_dataset_labels_for_any_batch(loaded, networks, batch):
+    pixels = images(batch, seed=batch)
+    out = {k: v.numpy() for k, v in
+           loaded[2].signatures["serving_default"](images=tf.constant(pixels)).items()}
+    logits = keras_outputs(networks[1], pixels)["logits"]
+    order = np.argsort(-logits, axis=1)[:, :5]
+    expected_ids = np.array(CLASS_ORDER)[order]
+    np.testing.assert_array_equal(out["top_k_class_ids"], expected_ids)
+    assert out["top_k_class_ids"].dtype == np.int64
+    assert [[s.decode() for s in row] for row in out["top_k_labels"]] == \
+        [[LABEL_NAMES[c] for c in row] for row in expected_ids]
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["top_k_scores"],
+                               np.take_along_axis(out["probabilities"], order, axis=1), atol=1e-6)
+
+
+def test_bytes_signature_decodes_and_resizes(loaded):
+    signatures = loaded[1].signatures
+    pixels = images(2, seed=5)
+    png = [tf.io.encode_png(p).numpy() for p in pixels]
+    from_png = signatures["serving_bytes"](image_bytes=tf.constant(png))
+    from_pixels = signatures["serving_default"](images=tf.constant(pixels))
+    # A PNG at the model's size reaches it with its exact pixels.
+    np.testing.assert_array_equal(from_png["logits"].numpy(), from_pixels["logits"].numpy())
+
+    large = images(1, seed=6, shape=(40, 24, 3))[0]
+    jpeg = tf.io.encode_jpeg(large, quality=95).numpy()
+    out = signatures["serving_bytes"](image_bytes=tf.constant([jpeg, png[0]]))
+    decoded = tf.io.decode_jpeg(jpeg, channels=3)
+    resized = tf.cast(tf.image.resize(decoded, (H, W), antialias=True)[None], tf.float32)
+    reference = loaded[1].signatures["serving_default"]
+    assert out["logits"].shape == (2, 4)
+    assert out["top_k_labels"].shape == (2, 4)
+    # Resizing happens inside: the same logits as resizing first (to within uint8 rounding).
+    rounded = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    np.testing.assert_allclose(out["logits"].numpy()[0],
+                               reference(images=rounded)["logits"].numpy()[0], atol=0.5)
+
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        signatures["serving_bytes"](image_bytes=tf.constant([b"not an image"]))
+
+
+def test_saved_model_cli_lists_the_three_signatures(exported):
+    command = ["saved_model_cli", "show", "--all", "--dir", os.path.join(exported, "2")]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    except FileNotFoundError:
+        command[:1] = [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                                check=True)
+    blocks = dict(re.findall(r"signature_def\['(\w+)'\]:(.*?)Method name is", result.stdout,
+                             flags=re.S))
+    assert {"serving_default", "serving_bytes", "features"} <= set(blocks)
+
+    def tensors(block, kind):
+        found = re.findall(rf"{kind}\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))",
+                           block)
+        return {name: (dtype, shape) for name, dtype, shape in found}
+
+    classification = {"logits": ("DT_FLOAT", "(-1, 6)"), "probabilities": ("DT_FLOAT", "(-1, 6)"),
+                      "top_k_class_ids": ("DT_INT64", "(-1, 5)"),
+                      "top_k_scores": ("DT_FLOAT", "(-1, 5)"),
+                      "top_k_labels": ("DT_STRING", "(-1, 5)")}
+    images_input = {"images": ("DT_UINT8", f"(-1, {H}, {W}, 3)")}
+    assert tensors(blocks["serving_default"], "inputs") == images_input
+    assert tensors(blocks["serving_default"], "outputs") == classification
+    assert tensors(blocks["serving_bytes"], "inputs") == {"image_bytes": ("DT_STRING", "(-1)")}
+    assert tensors(blocks["serving_bytes"], "outputs") == classification
+    assert tensors(blocks["features"], "inputs") == images_input
+    assert tensors(blocks["features"], "outputs") == {"features": ("DT_FLOAT", "(-1, 64)")}
+
+
+def test_warmup_request_is_a_valid_serving_default_request(exported, loaded):
+    path = os.path.join(exported, "2", serving.WARMUP_FILE)
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    assert len(records) == 1
+    request = prediction_log_pb2.PredictionLog.FromString(records[0]).predict_log.request
+    assert request.model_spec.signature_name == "serving_default"
+    pixels = tf.make_ndarray(request.inputs["images"])
+    assert pixels.dtype == np.uint8 and pixels.shape == (1, H, W, 3)
+    out = loaded[2].signatures["serving_default"](images=tf.constant(pixels))
+    assert out["top_k_class_ids"].shape == (1, 5)
+
+
+def test_an_existing_version_is_never_overwritten_silently(networks, tmp_path):
+    base = str(tmp_path / "aanets")
+    phase0 = networks[0]
+    serving.export_phase(phase0, base, 1, CLASS_ORDER[:4], LABEL_NAMES)
+    before = open(os.path.join(base, "1", "saved_model.pb"), "rb").read()
+    with pytest.raises(FileExistsError) as e:
+        serving.export_phase(phase0, base, 1, CLASS_ORDER[4:8], LABEL_NAMES)
+    assert os.path.join(base, "1") in str(e.value) and "overwrite" in str(e.value)
+    assert open(os.path.join(base, "1", "saved_model.pb"), "rb").read() == before
+
+    path = serving.export_phase(phase0, base, 1, CLASS_ORDER[4:8], LABEL_NAMES, top_k=2,
+                                overwrite=True)
+    assert path == os.path.join(base, "1")
+    assert serving.read_classes(path)["class_ids"] == CLASS_ORDER[4:8]
+    out = tf.saved_model.load(path).signatures["serving_default"](images=images(1))
+    assert out["top_k_class_ids"].shape == (1, 2)
+    assert os.listdir(base) == ["1"]
+
+
+def test_a_failed_export_leaves_no_version_behind(networks, tmp_path, monkeypatch):
+    base = tmp_path / "aanets"
+
+    def crash(network, path, *args, **kwargs):
+        os.makedirs(os.path.join(path, "variables"))
+        open(os.path.join(path, "saved_model.pb"), "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(serving, "write_saved_model", crash)
+    with pytest.raises(OSError, match="disk full"):
+        serving.export_phase(networks[0], str(base), 3, CLASS_ORDER[:4], LABEL_NAMES)
+    assert os.listdir(base) == []
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(version=0), "version=0"),
+    (dict(version="2"), "version='2'"),
+    (dict(version=True), "version=True"),
+    (dict(class_ids=[7, 3, 9]), "Received: 3 class ids"),
+    (dict(class_ids=[7, 3, 3, 1]), "must be distinct"),
+    (dict(class_ids=[7, 3, 9, 10]), "class_ids[3]=10 has no name"),
+    (dict(top_k=0), "top_k=0"),
+])
+def test_bad_arguments_are_named(networks, tmp_path, kwargs, message):
+    args = dict(version=1, class_ids=CLASS_ORDER[:4], top_k=5) | kwargs
+    with pytest.raises(ValueError) as e:
+        serving.export_phase(networks[0], str(tmp_path / "m"), args["version"],
+                             args["class_ids"], LABEL_NAMES, top_k=args["top_k"])
+    assert message in str(e.value)
+    assert not (tmp_path / "m").exists()
+
+
+def test_read_classes_says_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="classes.json is missing"):
+        serving.read_classes(str(tmp_path))
