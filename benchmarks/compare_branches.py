@@ -67,7 +67,7 @@ def comparison_table(results: dict, reference: str) -> str:
                  else f"{results[m][key][k]:.2f}" for m in modes for k in ("cnn", "nme")]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     minutes = [f"{sum(results[m]['train_seconds']) / 60:.1f} min" for m in modes]
-    lines.append("| training time | " + " | ".join(f"{t} | " for t in minutes)[:-3] + " |")
+    lines.append("| training time | " + " | ".join(f"{t} | " for t in minutes) + "|")
     return "\n".join(lines) + "\n"
 
 
