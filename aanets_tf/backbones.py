@@ -110,7 +110,9 @@ def build_resnet(arch: str | Architecture, input_shape=None,
     x = _stem(arch, stable=False)(x)
     for k in range(arch.num_levels):
         x = _level(arch, k, stable=False, name=f"level{k + 1}")(x)
-    features = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    # Features are pooled in float32 under a mixed-precision policy too: they
+    # feed the cosine classifier, the less-forget loss, herding and NME.
+    features = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
     return keras.Model(inputs, features, name=name)
 
 
@@ -132,12 +134,15 @@ def build_aanet(arch: str | Architecture, input_shape=None, *,
     for k in range(arch.num_levels):
         stable = _level(arch, k, stable=True, name=f"stable_level{k + 1}")(x)
         plastic = _level(arch, k, stable=False, name=f"plastic_level{k + 1}")(x)
-        if k == arch.num_levels - 1:
+        last = k == arch.num_levels - 1
+        if last:
+            # float32 features under mixed precision, as in `build_resnet`.
             pool = keras.layers.GlobalAveragePooling2D
-            stable = pool(name="stable_pool")(stable)
-            plastic = pool(name="plastic_pool")(plastic)
+            stable = pool(name="stable_pool", dtype="float32")(stable)
+            plastic = pool(name="plastic_pool", dtype="float32")(plastic)
         x = Aggregation(initial_aggregation, learnable=learnable_aggregation,
-                        name=f"aggregation{k + 1}")([stable, plastic])
+                        name=f"aggregation{k + 1}",
+                        dtype="float32" if last else None)([stable, plastic])
     return keras.Model(inputs, x, name=name)
 
 

@@ -10,6 +10,10 @@ BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
 # Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
 ARCHS = ("resnet8", "resnet32", "resnet18")
+# Names of the `tf.distribute` strategies (`aanets_tf.distribute.build_strategy`).
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+# Keras dtype policies (`aanets_tf.precision.precision_policy`).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,8 @@ class TrainConfig:
     # Running.
     eval_batch_size: int = 256
     jit_compile: bool = False
+    mixed_precision: str = "float32"
+    strategy: str = "default"
     deterministic: bool = False
     workdir: str = "runs/aanets"
     export: bool = True  # a SavedModel per phase
@@ -84,6 +90,12 @@ class TrainConfig:
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        need(self.mixed_precision in PRECISIONS, "mixed_precision",
+             f"must be one of {PRECISIONS}")
+        need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
+        need(not (self.jit_compile and self.deterministic), "jit_compile",
+             "cannot be combined with --deterministic (XLA does not support TensorFlow's "
+             "op determinism)")
         for name in ("learning_rate", "aggregation_lr"):
             value = getattr(self, name)
             need(value > 0 and math.isfinite(value), name, "must be a positive number")

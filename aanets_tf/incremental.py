@@ -11,6 +11,7 @@ checkpointed, so a rerun with the same workdir resumes after the last one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,8 +21,10 @@ from typing import Callable
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import tree
 
-from aanets_tf import atomic_io, checkpointing, metrics as metrics_lib, pipeline, reporting
+from aanets_tf import (atomic_io, checkpointing, distribute, metrics as metrics_lib, pipeline,
+                       precision, reporting)
 from aanets_tf.backbones import (aanet_from_resnet, aggregation_weights, build_resnet,
                                  clone_backbone, is_aanet)
 from aanets_tf.checkpointing import CorruptCheckpointError, EpochCheckpoint, EpochState
@@ -35,7 +38,7 @@ from aanets_tf.network import backbone_of, build_network, grow_network
 
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
-                    "jit_compile")
+                    "jit_compile", "strategy")
 
 
 # Settings without effect in the single-branch baseline (it has no aggregation weights).
@@ -85,9 +88,20 @@ class _RunState:
         return state
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run `model` over uint8 or float images in fixed-size batches; no augmentation."""
-    return model.predict(pipeline.eval_dataset(images, batch_size), verbose=0)
+def predict(model: keras.Model, images: np.ndarray, batch_size: int,
+            jit_compile: bool = False) -> np.ndarray:
+    """Run `model` over uint8 or float images in fixed-size batches; no augmentation.
+
+    The last batch is padded to `batch_size` (one traced shape per model) and
+    the padding's outputs are dropped. `jit_compile` sets whether the predict
+    step is XLA-compiled (Keras would otherwise choose by itself: XLA on
+    accelerators); it applies from the model's first prediction on.
+    """
+    if model.predict_function is None:
+        model.jit_compile = bool(jit_compile)
+    outputs = model.predict(pipeline.eval_dataset(images, batch_size, pad_last_batch=True),
+                            verbose=0)
+    return tree.map_structure(lambda a: a[:len(images)], outputs)
 
 
 def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.Model | None]:
@@ -109,12 +123,20 @@ def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.
     return _RunState(), None
 
 
+def _field_defaults() -> dict:
+    return {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
+            if f.default is not dataclasses.MISSING}
+
+
 def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
     os.makedirs(config.workdir, exist_ok=True)
     path = os.path.join(config.workdir, "config.json")
     if os.path.exists(path) and not overwrite:
         with open(path) as f:
             old = json.load(f)
+        # A setting a run's config.json lacks (written before the setting
+        # existed) had its default's behaviour.
+        old = {**_field_defaults(), **old}
         new = config.to_dict()
         ignored = set(RELOCATABLE_KEYS)
         if old.get("branch_mode") == new["branch_mode"] == "single":
@@ -159,8 +181,14 @@ def _next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> ke
 def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = None,
         eval_split: str = "test", overwrite: bool = False, verbose: int | str = "auto",
         log: Callable[[str], None] = print,
-        phase_end_hooks: tuple[Callable[[int, keras.Model, dict], None], ...] = ()) -> dict:
+        phase_end_hooks: tuple[Callable[[int, keras.Model, dict], None], ...] = (),
+        strategy: tf.distribute.Strategy | None = None) -> dict:
     """Run (or resume) the class-incremental protocol; returns the metrics dict.
+
+    Everything runs under `config.mixed_precision` and inside the scope of the
+    `tf.distribute` strategy. In a multi-worker cluster every worker trains the
+    same synchronised model; the chief writes `config.workdir`, the others
+    their own `<workdir>/workers/<task>_<id>` (and export nothing).
 
     Args:
         config: the validated run configuration.
@@ -171,10 +199,32 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
         log: where progress lines go.
         phase_end_hooks: called as `hook(phase, network, phase_metrics)` after
             each phase is evaluated and checkpointed (exports, tuning reports).
+        strategy: an existing strategy (tests, notebooks); built from
+            `config.strategy` when None.
     """
+    strategy = strategy or distribute.build_strategy(config.strategy)
+    if not distribute.is_chief(strategy):
+        task_type, task_id = distribute.worker_identity(strategy)
+        config = config.replace(
+            workdir=os.path.join(config.workdir, "workers", f"{task_type}_{task_id}"),
+            export=False)
+    with precision.precision_policy(config.mixed_precision), strategy.scope():
+        return _run_phases(config, data=data, eval_split=eval_split, overwrite=overwrite,
+                           verbose=verbose, log=log, phase_end_hooks=phase_end_hooks)
+
+
+def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None,
+                eval_split: str, overwrite: bool, verbose: int | str,
+                log: Callable[[str], None],
+                phase_end_hooks: tuple[Callable[[int, keras.Model, dict], None], ...]) -> dict:
+    """The body of `run`, inside the strategy's scope and the precision policy."""
     if eval_split not in ("test", "validation"):
         raise ValueError(f"`eval_split` must be 'test' or 'validation'. "
                          f"Received: eval_split={eval_split!r}")
+
+    def infer(model, images):
+        return predict(model, images, config.eval_batch_size, config.jit_compile)
+
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -225,10 +275,12 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
             network = build_network(backbone, 0, len(new_classes), name="network_phase0")
         else:
             backbone = _next_backbone(config, previous, phase)
-            features = predict(backbone, data.train.images[new_indices], config.eval_batch_size)
+            features = infer(backbone, data.train.images[new_indices])
             network = grow_network(previous, backbone, len(new_classes), features,
                                    train_positions[new_indices] - num_old,
                                    name=f"network_phase{phase}")
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            distribute.synchronize_batch_norm(network)
 
         steps = pipeline.steps_per_epoch(len(train_indices), config.batch_size)
         level2 = None
@@ -283,7 +335,7 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
 
         # === Exemplars (herding, each class ranked once) ===
         start = time.perf_counter()
-        new_features = predict(backbone, data.train.images[new_indices], config.eval_batch_size)
+        new_features = infer(backbone, data.train.images[new_indices])
         per_class = ExemplarMemory.per_class_budget(
             num_seen, config.exemplars_per_class, config.memory_budget)
         for c in new_classes:
@@ -295,12 +347,12 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
         # === Evaluation on every class seen so far ===
         images = data.train.images[memory_indices]
         means = metrics_lib.class_means(
-            predict(backbone, images, config.eval_batch_size),
+            infer(backbone, images),
             train_positions[memory_indices], num_seen,
-            flipped_features=predict(backbone, images[:, :, ::-1, :], config.eval_batch_size))
+            flipped_features=infer(backbone, images[:, :, ::-1, :]))
         seen_mask = eval_positions < num_seen
         labels = eval_positions[seen_mask]
-        outputs = predict(network, evaluation.images[seen_mask], config.eval_batch_size)
+        outputs = infer(network, evaluation.images[seen_mask])
         predictions = {"cnn": np.argmax(outputs["logits"], axis=1),
                        "nme": metrics_lib.nme_predict(outputs["features"], means)}
         groups = [(plan.num_old_classes(p), plan.num_seen_classes(p)) for p in range(phase + 1)]

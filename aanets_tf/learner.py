@@ -6,6 +6,11 @@ ranking against the frozen previous model. Level 2 updates only the
 aggregation weights with CE on a class-balanced subset, BatchNorm in
 inference mode, with its own optimizer. `fit()` runs one Level-1 epoch, then
 `AggregationCallback` runs one Level-2 pass, every epoch (SPEC section 3).
+
+Both levels run unchanged under a `tf.distribute` strategy: every loss is a
+replica's share of the mean over the global batch (`distribute.share_of_mean`)
+and the optimizers sum the replicas' gradients. Under `mixed_float16` both
+optimizers are `LossScaleOptimizer`s and the steps scale their losses.
 """
 
 from __future__ import annotations
@@ -13,10 +18,9 @@ from __future__ import annotations
 import math
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from aanets_tf import losses
+from aanets_tf import distribute, losses, precision
 from aanets_tf.network import backbone_of, classifier_of, variable_groups
 
 
@@ -48,7 +52,11 @@ class IncrementalLearner(keras.Model):
         margin, top_k: margin-ranking settings.
         weight_decay: L2 coefficient added to every Level-1 gradient (the
             coupled decay of the reference's SGD).
-        level2_optimizer: optimizer of the aggregation weights (None: no Level 2).
+        level2_optimizer: optimizer of the aggregation weights (None: no Level 2);
+            wrapped in a `LossScaleOptimizer` when the network computes in float16.
+
+    Build the learner, its networks and both optimizers under the strategy's
+    `scope()`; `compile` wraps the Level-1 optimizer for float16 itself.
     """
 
     def __init__(self, network: keras.Model, teacher: keras.Model | None = None, *,
@@ -69,7 +77,8 @@ class IncrementalLearner(keras.Model):
         self.margin = float(margin)
         self.top_k = int(top_k)
         self.weight_decay = float(weight_decay)
-        self.level2_optimizer = level2_optimizer
+        self.level2_optimizer = (precision.with_loss_scaling(level2_optimizer, network)
+                                 if level2_optimizer is not None else None)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce")
         self.lf_tracker = keras.metrics.Mean(name="lf")
@@ -103,20 +112,38 @@ class IncrementalLearner(keras.Model):
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)["logits"]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a strategy, Keras `fit` first builds the model from one batch
+        # that it reduces across replicas, which MultiWorkerMirroredStrategy
+        # cannot do for an `(images, labels)` tuple. The networks are built and
+        # `build_optimizers` built both optimizers: there is nothing to build.
+        if self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def level1_losses(self, images, labels, training=True):
-        """Level-1 loss terms. Returns (total, ce, lf, mr, logits)."""
+        """Level-1 loss terms. Returns (total, ce, lf, mr, logits).
+
+        Each term is this replica's share of the mean over the global batch;
+        on one device, the batch mean.
+        """
         features = backbone_of(self.network)(images, training=training)
         classifier = classifier_of(self.network)
         cosines = classifier.cosine(features)
         logits = classifier.sigma * cosines
-        ce = losses.cross_entropy(labels, logits)
+        global_batch = distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
+        ce = distribute.share_of_mean(
+            tf.reduce_sum(losses.cross_entropy_per_example(labels, logits)), global_batch)
         lf = tf.zeros((), tf.float32)
         mr = tf.zeros((), tf.float32)
         if self.teacher is not None:
             old_features = backbone_of(self.teacher)(images, training=False)
-            lf = self.less_forget_weight * losses.less_forget_loss(features, old_features)
-            mr = losses.margin_ranking_loss(cosines, labels, self.num_old_classes,
-                                            self.margin, self.top_k)
+            lf = self.less_forget_weight * distribute.share_of_mean(
+                tf.reduce_sum(losses.less_forget_per_example(features, old_features)),
+                global_batch)
+            hinge_sum, pairs = losses.margin_ranking_terms(
+                cosines, labels, self.num_old_classes, self.margin, self.top_k)
+            mr = distribute.share_of_mean(hinge_sum, distribute.global_sum(pairs))
         return ce + lf + mr, ce, lf, mr, logits
 
     def train_step(self, data):
@@ -124,35 +151,80 @@ class IncrementalLearner(keras.Model):
         variables = self.level1_variables()
         with tf.GradientTape() as tape:
             total, ce, lf, mr, logits = self.level1_losses(images, labels)
-        gradients = tape.gradient(total, variables)
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables)
+        replicas = distribute.num_replicas()
         if self.weight_decay:
-            gradients = [g + self.weight_decay * v for g, v in zip(gradients, variables)]
+            # The optimizer sums the replicas' gradients and divides by the loss
+            # scale: add the decay once in total, at the loss's scale.
+            decay = self.optimizer.scale_loss(self.weight_decay / replicas)
+            gradients = [g + decay * v for g, v in zip(gradients, variables)]
         self.optimizer.apply(gradients, variables)
-        self.loss_tracker.update_state(total)
-        self.ce_tracker.update_state(ce)
-        self.lf_tracker.update_state(lf)
-        self.mr_tracker.update_state(mr)
+        # The trackers sum over replicas; each step records the global-batch mean.
+        self.loss_tracker.update_state(total * replicas)
+        self.ce_tracker.update_state(ce * replicas)
+        self.lf_tracker.update_state(lf * replicas)
+        self.mr_tracker.update_state(mr * replicas)
         self.accuracy_tracker.update_state(labels, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return distribute.reducible_logs({m.name: m.result() for m in self.metrics})
 
-    def _level2_step(self, images, labels):
+    def _level2_replica_step(self, images, labels):
         variables = self.level2_variables()
         with tf.GradientTape() as tape:
             logits = self.network(images, training=False)["logits"]
-            loss = losses.cross_entropy(labels, logits)
-        gradients = tape.gradient(loss, variables)
+            global_batch = distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
+            loss = distribute.share_of_mean(
+                tf.reduce_sum(losses.cross_entropy_per_example(labels, logits)), global_batch)
+            scaled = self.level2_optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, variables)
         self.level2_optimizer.apply(gradients, variables)
         return loss
 
-    def level2_step(self, images, labels) -> tf.Tensor:
-        """One Level-2 update of the aggregation weights; returns the CE loss."""
+    def _make_level2_function(self):
+        strategy = self.distribute_strategy
+
+        def one_step(images, labels):
+            shares = strategy.run(self._level2_replica_step, args=(images, labels))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, shares, axis=None)
+
+        if not self.run_eagerly:
+            one_step = tf.function(one_step, jit_compile=bool(self.jit_compile),
+                                   reduce_retracing=True)
+
+        def run_steps(iterator, steps):
+            # The loop stays in the graph: one call per Level-2 pass.
+            total = tf.zeros((), tf.float32)
+            for _ in tf.range(steps):
+                images, labels = next(iterator)
+                total += one_step(images, labels)
+            return total / tf.cast(steps, tf.float32)
+
+        return run_steps if self.run_eagerly else tf.function(run_steps, reduce_retracing=True)
+
+    def level2_pass(self, iterator, steps: int) -> tf.Tensor:
+        """`steps` Level-2 updates of the aggregation weights; returns their mean CE loss.
+
+        Args:
+            iterator: over batched `(images, labels)` of the class-balanced
+                subset, from `strategy.experimental_distribute_dataset` under a
+                strategy (a plain dataset iterator otherwise).
+            steps: updates to run (>= 1).
+        """
         if self.level2_optimizer is None:
             raise ValueError("This learner has no Level-2 optimizer.")
+        if steps < 1:
+            raise ValueError(f"`steps` must be >= 1. Received: steps={steps}")
         if self._level2_function is None:
-            self._level2_function = tf.function(
-                self._level2_step, jit_compile=bool(self.jit_compile),
-                reduce_retracing=True)
-        return self._level2_function(images, labels)
+            self._level2_function = self._make_level2_function()
+        return self._level2_function(iterator, tf.constant(steps, tf.int32))
+
+    def level2_step(self, images, labels) -> tf.Tensor:
+        """One Level-2 update of the aggregation weights on one batch; returns the CE loss."""
+        if self.level2_optimizer is None:
+            raise ValueError("This learner has no Level-2 optimizer.")
+        dataset = tf.data.Dataset.from_tensors((images, labels))
+        return self.level2_pass(
+            iter(self.distribute_strategy.experimental_distribute_dataset(dataset)), 1)
 
 
 class AggregationCallback(keras.callbacks.Callback):
@@ -160,7 +232,8 @@ class AggregationCallback(keras.callbacks.Callback):
 
     Args:
         dataset: batched `(images, labels)` of the class-balanced subset,
-            covering every epoch in sequence (`pipeline.train_dataset`).
+            covering every epoch in sequence (`pipeline.train_dataset`); under
+            a strategy, global batches that are split across the replicas.
         steps_per_epoch: batches per Level-2 pass.
         trajectory: a list that receives, per epoch, the aggregation weights
             after the pass.
@@ -174,17 +247,17 @@ class AggregationCallback(keras.callbacks.Callback):
         self._iterator = None
 
     def on_train_begin(self, logs=None):
-        self._iterator = iter(self.dataset)
+        strategy = self.model.distribute_strategy
+        self._iterator = iter(strategy.experimental_distribute_dataset(self.dataset))
 
     def on_epoch_end(self, epoch, logs=None):
-        values = []
-        for _ in range(self.steps_per_epoch):
-            x, y = next(self._iterator)
-            values.append(float(self.model.level2_step(x, y)))
+        loss = float("nan")
+        if self.steps_per_epoch:
+            loss = float(self.model.level2_pass(self._iterator, self.steps_per_epoch))
         alphas = [float(keras.ops.convert_to_numpy(v)) for v in self.model.level2_variables()]
         self.trajectory.append(alphas)
         if logs is not None:
-            logs["level2_loss"] = float(np.mean(values)) if values else float("nan")
+            logs["level2_loss"] = loss
             for k, a in enumerate(alphas, start=1):
                 logs[f"alpha{k}"] = a
 

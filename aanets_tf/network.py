@@ -22,7 +22,9 @@ def build_network(backbone: keras.Model, num_old_classes: int, num_new_classes: 
     # === Functional Model ===
     inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
     features = backbone(inputs)
-    logits = CosineClassifier(num_old_classes, num_new_classes, name="classifier")(features)
+    # float32 whatever the dtype policy: normalisation and sigma-scaled logits.
+    logits = CosineClassifier(num_old_classes, num_new_classes, name="classifier",
+                              dtype="float32")(features)
     return keras.Model(inputs, {"logits": logits, "features": features}, name=name)
 
 

@@ -112,30 +112,72 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     except KeyError as e:
         raise ValueError(f"Dataset {name!r} has no 'image' and 'label' features.") from e
     num_classes = int(label_feature.num_classes)
-    splits = {"test": None}
-    for split in ("train", "test") if read_test else ("train",):
-        images, labels = tfds.as_numpy(builder.as_dataset(
-            split=split, as_supervised=True, batch_size=-1, shuffle_files=False))
-        splits[split] = ImageSplit(np.asarray(images, np.uint8), np.asarray(labels, np.int64))
-
-    train, validation = splits["train"], None
+    # Splits are streamed a batch at a time and only the selected images are
+    # kept: memory never holds a whole split (CIFAR's 50,000 training images
+    # when 5,000 are used), and reading stops once every class is complete.
+    train, validation, counts = _read_split(builder, "train", num_classes,
+                                            train_images_per_class, validation_images_per_class)
     if validation_images_per_class:
-        held_out = first_per_class(train.labels, validation_images_per_class, num_classes,
-                                   from_end=True)
-        validation = train.take(held_out)
-        train = train.take(np.setdiff1d(np.arange(len(train)), held_out))
-        empty = sorted(set(range(num_classes)) - set(np.unique(train.labels).tolist()))
+        empty = np.flatnonzero(counts <= validation_images_per_class).tolist()
         if empty:
             raise ValueError(f"--validation_images_per_class={validation_images_per_class} "
                              f"leaves classes {empty} of {name} without training images.")
-    train = train.take(first_per_class(train.labels, train_images_per_class, num_classes))
-    test = splits["test"]
-    if test is not None:
-        test = test.take(first_per_class(test.labels, test_images_per_class, num_classes))
+    else:
+        validation = None
+    test = (_read_split(builder, "test", num_classes, test_images_per_class, 0)[0]
+            if read_test else None)
     return ClassIncrementalData(
         name=name, train=train, test=test, num_classes=num_classes,
         label_names=list(label_feature.names), image_shape=tuple(image_feature.shape),
         validation=validation)
+
+
+READ_BATCH = 2048  # examples decoded at a time while reading a split
+
+
+def _read_split(builder, split: str, num_classes: int, first: int,
+                last: int) -> tuple[ImageSplit, ImageSplit, np.ndarray]:
+    """Stream `split` once; split each class into its first and its last images.
+
+    Returns `(head, tail, counts)`: `tail` holds the last `last` examples of
+    each class, `head` the first `first` examples of each class that are not
+    in `tail` (`first == 0`: all of them), both in split order; `counts` is
+    the number of examples of each class read. Only examples that may end up
+    in `head` or `tail` are kept while reading, and the read stops once every
+    class has `first` examples when no tail is wanted.
+    """
+    counts = np.zeros(num_classes, np.int64)
+    chunks = []  # (images, labels, position of each example within its class)
+
+    def wanted(labels, positions):
+        keep = np.ones(len(labels), bool) if first == 0 else positions < first
+        if last:
+            keep |= positions >= counts[labels] - last
+        return keep
+
+    batches = tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True,
+                                               batch_size=READ_BATCH, shuffle_files=False))
+    for images, labels in batches:
+        labels = np.asarray(labels, np.int64)
+        positions = np.empty(len(labels), np.int64)
+        for i, c in enumerate(labels):
+            positions[i] = counts[c]
+            counts[c] += 1
+        keep = wanted(labels, positions)
+        chunks.append((np.asarray(images, np.uint8)[keep], labels[keep], positions[keep]))
+        if last:  # drop examples no longer among the last ones of their class
+            chunks = [chunk if keep.all() else tuple(a[keep] for a in chunk)
+                      for chunk in chunks for keep in [wanted(chunk[1], chunk[2])]]
+        elif first and counts.min() >= first:
+            break
+    image_shape = tuple(builder.info.features["image"].shape)
+    images = np.concatenate([np.zeros((0,) + image_shape, np.uint8)] + [c[0] for c in chunks])
+    labels = np.concatenate([np.zeros((0,), np.int64)] + [c[1] for c in chunks])
+    positions = np.concatenate([np.zeros((0,), np.int64)] + [c[2] for c in chunks])
+    in_tail = positions >= counts[labels] - last if last else np.zeros(len(labels), bool)
+    in_head = ~in_tail & (positions < first if first else True)
+    return (ImageSplit(images[in_head], labels[in_head]),
+            ImageSplit(images[in_tail], labels[in_tail]), counts)
 
 
 def default_data_dir() -> str | None:
@@ -187,14 +229,35 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, se
                                             deterministic=True).batch(batch_size)
 
     return tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch).prefetch(
-        tf.data.AUTOTUNE)
+        tf.data.AUTOTUNE).with_options(_distribute_options())
+
+
+def _distribute_options() -> tf.data.Options:
+    # In a multi-worker run every worker builds the same pipeline and keeps its
+    # slice of each global batch (it has no files to shard by).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return options
 
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return int(np.ceil(num_images / batch_size))
 
 
-def eval_dataset(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """Unshuffled, unaugmented float32 batches of `images`."""
-    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(
-        lambda x: tf.cast(x, tf.float32)).prefetch(tf.data.AUTOTUNE)
+def eval_dataset(images: np.ndarray, batch_size: int,
+                 pad_last_batch: bool = False) -> tf.data.Dataset:
+    """Unshuffled, unaugmented float32 batches of `images`.
+
+    With `pad_last_batch`, a short last batch is filled up with zero images,
+    so every batch has the static shape `(batch_size, H, W, C)`: a compiled
+    step is traced (and XLA-compiled) once. Callers drop the padding's outputs.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    if pad_last_batch:
+        def pad(x):
+            x = tf.pad(x, [[0, batch_size - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1))
+            return tf.ensure_shape(x, (batch_size,) + tuple(x.shape[1:]))
+        dataset = dataset.map(pad)
+    return dataset.map(lambda x: tf.cast(x, tf.float32)).prefetch(
+        tf.data.AUTOTUNE).with_options(_distribute_options())

@@ -72,16 +72,11 @@ def comparison_table(results: dict, reference: str) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     unknown = [m for m in FLAGS.modes if m not in MODES]
     if unknown or not FLAGS.modes:
         raise app.UsageError(f"--modes needs one or more of {sorted(MODES)}. "
                              f"Received: {FLAGS.modes}")
-    try:
-        base = train_flags.config_from_flags()
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    base = train_flags.config_for_main(argv)
     from aanets_tf import incremental
 
     results = {}

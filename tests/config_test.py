@@ -64,6 +64,8 @@ INVALID = [
     ("workdir", ""),
     ("model_name", ""),
     ("model_name", "a/b"),
+    ("mixed_precision", "float16"),
+    ("strategy", "horovod"),
 ]
 
 
@@ -97,6 +99,12 @@ def test_several_problems_reported_together():
                      "momentum=2.0"):
         assert fragment in message
     assert message.count("Received:") == 3
+
+
+def test_xla_with_op_determinism_is_refused():
+    with pytest.raises(ValueError, match=r"--jit_compile cannot be combined with --deterministic"):
+        TrainConfig(jit_compile=True, deterministic=True)
+    assert TrainConfig(jit_compile=True).jit_compile
 
 
 def test_to_dict_from_dict_round_trip():

@@ -114,6 +114,30 @@ def test_changed_configuration_is_refused(finished_run, data):
         incremental.run(config.replace(margin=0.3), data=data, verbose=0, log=lambda _: None)
 
 
+def test_run_from_before_a_setting_existed_resumes_with_its_default(finished_run, data,
+                                                                    tmp_path):
+    # A config.json written before `strategy` and `mixed_precision` existed.
+    config, results = finished_run
+    import shutil
+    workdir = str(tmp_path / "older")
+    shutil.copytree(config.workdir, workdir)
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        older = json.load(f)
+    del older["strategy"], older["mixed_precision"]
+    with open(path, "w") as f:
+        json.dump(older, f)
+    config = config.replace(workdir=workdir)
+    assert _without_timings(incremental.run(config, data=data, verbose=0,
+                                            log=lambda _: None)) == _without_timings(results)
+    with open(path, "w") as f:
+        json.dump(older, f)
+    with pytest.raises(incremental.WorkdirConflictError,
+                       match=r"mixed_precision: 'float32' -> 'mixed_bfloat16'"):
+        incremental.run(config.replace(mixed_precision="mixed_bfloat16"), data=data, verbose=0,
+                        log=lambda _: None)
+
+
 def test_corrupt_checkpoint_falls_back_to_last_good(finished_run, data, tmp_path):
     config, results = finished_run
     workdir = str(tmp_path / "copy")

@@ -11,21 +11,15 @@ from aanets_tf.backbones import aanet_from_resnet, build_aanet, build_resnet
 from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                TrainingDivergedError, step_schedule)
 from aanets_tf.network import backbone_of, build_network, grow_network, variable_groups
+from conftest import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_OLD = 2
 NUM_NEW = 2
 
 
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
 def _batch(n=8, seed=0):
-    rng = np.random.RandomState(seed)
-    images = rng.uniform(0, 255, size=(n,) + INPUT_SHAPE).astype("float32")
-    labels = np.arange(n, dtype="int32") % (NUM_OLD + NUM_NEW)
-    return images, labels
+    return random_batch(n, INPUT_SHAPE, NUM_OLD + NUM_NEW, seed)
 
 
 def _snapshot(model):

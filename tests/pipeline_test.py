@@ -102,6 +102,26 @@ def test_validation_is_last_per_class_and_disjoint_from_training(data, raw_train
     assert not any(img.tobytes() in train_keys for img in data.validation.images)
 
 
+def test_reading_keeps_only_selected_images_and_stops_when_classes_are_full(monkeypatch):
+    read = []
+    as_numpy = tfds.as_numpy
+
+    def counting(dataset):
+        for images, labels in as_numpy(dataset):
+            read.append(len(labels))
+            yield images, labels
+
+    monkeypatch.setattr(pipeline, "READ_BATCH", 256)
+    monkeypatch.setattr(tfds, "as_numpy", counting)
+    data = pipeline.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=N_TRAIN,
+                                 read_test=False)
+    # 5 images of each of 10 classes turn up within the first few hundred of
+    # 50,000; the read stops there, and only the 50 selected are kept.
+    assert sum(read) <= 1024
+    assert len(data.train) == 10 * N_TRAIN and data.test is None
+    assert data.train.images.dtype == np.uint8 and data.train.images.flags.c_contiguous
+
+
 def test_first_per_class_helper():
     labels = np.array([1, 0, 1, 2, 0, 1, 2, 0])
     np.testing.assert_array_equal(pipeline.first_per_class(labels, 2, 3), [0, 1, 2, 3, 4, 6])

@@ -96,6 +96,18 @@ def test_config_from_flags_reads_global_flags_by_default():
     assert config.epochs == 3 and config.margin == 0.25
 
 
+def test_config_for_main_turns_bad_input_into_usage_errors():
+    from absl import app
+
+    with flagsaver.flagsaver(epochs=3):
+        assert train_flags.config_for_main(["train.py"]).epochs == 3
+        with pytest.raises(app.UsageError, match=r"Unexpected arguments: \['cifar'\]"):
+            train_flags.config_for_main(["train.py", "cifar"])
+    with flagsaver.flagsaver(batch_size=0):
+        with pytest.raises(app.UsageError, match=r"--batch_size must be >= 1"):
+            train_flags.config_for_main(["train.py"])
+
+
 def test_invalid_values_raise_value_error_naming_the_flag():
     with pytest.raises(ValueError, match="--lr_decay_epochs must be numbers"):
         train_flags.config_from_flags(_parse(["--lr_decay_epochs=half,0.75"]))
@@ -107,12 +119,13 @@ ROUND_TRIP_CONFIGS = [
     TrainConfig(),
     TrainConfig(dataset="cifar10", data_dir="../shared/tensorflow_datasets", num_base_classes=4,
                 classes_per_phase=2, train_images_per_class=500, epochs=20),
-    TrainConfig(download=True, jit_compile=True, deterministic=True, export=False,
+    TrainConfig(download=True, deterministic=True, export=False, mixed_precision="mixed_bfloat16",
+                strategy="mirrored",
                 export_dir="/exports", model_name="m1", branch_mode="single",
                 aggregation="fixed", initial_aggregation=0.3, aggregation_lr=1e-8,
                 weight_decay=0.1 + 0.2, lr_decay_epochs=(1 / 3, 2 / 3), memory_budget=2000,
                 validation_images_per_class=50, num_phases=3, seed=0, arch="resnet18"),
-    TrainConfig(lr_decay_epochs=(), workdir="runs/with space"),
+    TrainConfig(lr_decay_epochs=(), workdir="runs/with space", jit_compile=True),
 ]
 
 

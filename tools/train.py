@@ -23,21 +23,17 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        config = train_flags.config_from_flags()
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    config = train_flags.config_for_main(argv)
 
     from aanets_tf import incremental, reporting
+    from aanets_tf.distribute import StrategyUnavailableError
     from aanets_tf.pipeline import DatasetNotFoundError
 
     try:
         results = incremental.run(config, overwrite=FLAGS.overwrite,
                                   verbose=1 if sys.stdout.isatty() else 2)
     except (DatasetNotFoundError, incremental.WorkdirConflictError, FileExistsError,
-            ValueError) as e:
+            StrategyUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

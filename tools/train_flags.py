@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import flags
+from absl import app, flags
 
-from aanets_tf.config import AGGREGATION_MODES, ARCHS, BRANCH_MODES, TrainConfig
+from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, PRECISIONS, STRATEGIES,
+                              TrainConfig)
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, ...).",
@@ -46,6 +47,12 @@ HELP = {
     "memory_budget": "Fixed total exemplar budget shared by all seen classes (0 = off).",
     "eval_batch_size": "Batch size of feature extraction and evaluation.",
     "jit_compile": "Compile the training steps with XLA.",
+    "mixed_precision": "float32, or mixed_float16 / mixed_bfloat16: 16-bit convolutions with "
+                       "float32 variables, classifier and losses (float16 adds dynamic "
+                       "loss scaling).",
+    "strategy": "tf.distribute strategy: default (one device), mirrored (all local GPUs, "
+                "else all logical CPUs), multi_worker (hosts from TF_CONFIG) or tpu. "
+                "--batch_size is the global batch.",
     "deterministic": "Enable TensorFlow op determinism (slower, reproducible).",
     "workdir": "Directory for config.json, metrics.json, checkpoints, logs and plots.",
     "export": "Export a SavedModel for TF Serving after every phase.",
@@ -68,6 +75,10 @@ def define_flags() -> None:
             flags.DEFINE_enum(field.name, default, BRANCH_MODES, help_text)
         elif field.name == "aggregation":
             flags.DEFINE_enum(field.name, default, AGGREGATION_MODES, help_text)
+        elif field.name == "mixed_precision":
+            flags.DEFINE_enum(field.name, default, PRECISIONS, help_text)
+        elif field.name == "strategy":
+            flags.DEFINE_enum(field.name, default, STRATEGIES, help_text)
         elif isinstance(default, bool):
             flags.DEFINE_boolean(field.name, default, help_text)
         elif isinstance(default, int):
@@ -96,6 +107,21 @@ def config_from_flags(flag_values=None) -> TrainConfig:
                 raise ValueError(f"--lr_decay_epochs must be numbers. Received: {value}") from e
         values[field.name] = value
     return TrainConfig(**values)
+
+
+def config_for_main(argv: list[str]) -> TrainConfig:
+    """The validated `TrainConfig` of an entry point's `main(argv)`.
+
+    Raises:
+        app.UsageError: positional arguments, or a flag with a bad value
+            (the message names it).
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        return config_from_flags()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
 
 def config_to_flagfile(config: TrainConfig, header: str = "") -> str:

@@ -1,0 +1,422 @@
+r"""Throughput of the training and evaluation steps: plain ResNet against AANet.
+
+    python benchmarks/throughput.py --flagfile=flags/cifar10_cpu.flags \
+        --out=benchmarks/results/throughput
+
+Images per second, after warm-up, median of `--repeats` timed repeats of
+`--steps` steps each, for
+- `phase0`: the phase-0 step (plain ResNet, cross-entropy): the reference;
+- `level1_single`: a later phase's Level-1 step of the single-branch
+  baseline (LUCIR: ResNet + frozen teacher);
+- `level1_aanet`: the AANet Level-1 step (stable + plastic blocks + teacher);
+- `level2_aanet`: the Level-2 step (aggregation weights only);
+- `eval_plain`, `eval_aanet`: the evaluation (predict) step;
+- `level1_aanet_pipeline`: the AANet Level-1 step fed from the real input
+  pipeline (phase-1 data of the flagfile: new classes plus exemplars,
+  shuffled and augmented) instead of one cached batch;
+- `input_pipeline`: that pipeline alone (images produced per second, no step).
+All steps are the functions `fit`, the Level-2 pass and `predict` run. Each
+repeat times every (variant, step) once, in a rotating order, so machine load
+shared with other work hits all of them alike: compare ratios, not absolute
+numbers across runs. Variants (`--variants`) add XLA and mixed precision.
+
+Targets (ratios of time per image within this run): Level 1 <= 2.5x the
+phase-0 step, Level 2 <= 1.5x, pipeline-fed <= 1.1x cache-fed Level 1 (full
+steps: the epoch's short last batch is timed out of the comparison).
+
+Memory: the peak resident set size of this process, and (with
+`--protocol_epochs` > 0) of the flagfile's whole protocol run by
+`tools/train.py` with that many epochs per phase.
+
+Writes `throughput.json` and `throughput.md` (the table) into `--out`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from tools import train_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+TARGETS = {  # ratio name -> (slower step, reference step, highest allowed ratio)
+    "level1_aanet / phase0": ("level1_aanet", "phase0", 2.5),
+    "level2_aanet / phase0": ("level2_aanet", "phase0", 1.5),
+    "level1_aanet_pipeline / level1_aanet": ("level1_aanet_pipeline", "level1_aanet", 1.1),
+}
+INFORMATIVE = {
+    "level1_single / phase0": ("level1_single", "phase0"),
+    "eval_aanet / eval_plain": ("eval_aanet", "eval_plain"),
+}
+STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain", "eval_aanet",
+         "level1_aanet_pipeline", "input_pipeline")
+
+
+def define_flags() -> None:
+    train_flags.define_flags()
+    flags.DEFINE_string("out", "benchmarks/results/throughput", "Output directory.")
+    flags.DEFINE_integer("repeats", 5, "Timed repeats per step (the median is reported).")
+    flags.DEFINE_integer("steps", 3, "Steps per timed repeat.")
+    flags.DEFINE_integer("pipeline_steps", 5,
+                         "Steps per timed repeat of the two steps the pipeline target "
+                         "compares (cache-fed and pipeline-fed Level 1).")
+    flags.DEFINE_integer("warmup", 2, "Untimed calls per step before timing (tracing, "
+                                      "compilation, caches).")
+    flags.DEFINE_list("variants", ["config"],
+                      "Variants measured side by side: 'config' (the flags' own "
+                      "--jit_compile and --mixed_precision), or <precision>[+xla] with "
+                      "precision in float32, mixed_float16, mixed_bfloat16, e.g. "
+                      "float32,float32+xla,mixed_bfloat16.")
+    flags.DEFINE_list("only", list(STEPS), f"Steps to measure, from {', '.join(STEPS)} "
+                      "(a target is judged when both its steps are measured).")
+    flags.DEFINE_integer("protocol_epochs", 1, "Also run the flagfile's protocol with this "
+                                               "many epochs per phase in a subprocess and "
+                                               "report its peak memory (0: skip).")
+
+
+def parse_variant(name: str, config) -> tuple[str, bool]:
+    """`(mixed_precision, jit_compile)` of a variant name."""
+    if name == "config":
+        return config.mixed_precision, config.jit_compile
+    precision_name, _, xla = name.partition("+")
+    from aanets_tf.config import PRECISIONS
+
+    if precision_name not in PRECISIONS or xla not in ("", "xla"):
+        raise app.UsageError(f"--variants: {name!r} is not 'config' or <precision>[+xla] "
+                             f"with precision in {PRECISIONS}.")
+    return precision_name, bool(xla)
+
+
+class StepBench:
+    """The models of one variant and a callable per step that runs `steps` steps."""
+
+    def __init__(self, config, data, plan, mixed_precision: str, jit_compile: bool):
+        import keras
+        import numpy as np
+        import tensorflow as tf
+
+        from aanets_tf import pipeline, precision
+        from aanets_tf.backbones import aanet_from_resnet, build_resnet, clone_backbone
+        from aanets_tf.learner import IncrementalLearner
+        from aanets_tf.losses import less_forget_weight
+        from aanets_tf.network import build_network, grow_network
+
+        batch = config.batch_size
+        position = np.asarray(plan.position_of)
+        base, new = plan.new_classes(0), plan.new_classes(1)
+        labels = data.train.labels
+        new_indices = np.flatnonzero(np.isin(labels, new))
+        # Exemplars: the first `exemplars_per_class` images of each base class
+        # (which ones does not matter for speed).
+        exemplars = np.concatenate([np.flatnonzero(labels == c)[:config.exemplars_per_class]
+                                    for c in base])
+        phase1 = np.concatenate([new_indices, exemplars])
+        self.pipeline_batch_sizes = [min(batch, len(phase1) - i)
+                                     for i in range(0, len(phase1), batch)]
+
+        def sgd(lr, momentum):
+            return keras.optimizers.SGD(lr, momentum=momentum)
+
+        with precision.precision_policy(mixed_precision):
+            resnet = build_resnet(config.arch, data.image_shape, name="resnet_phase0")
+            teacher = build_network(resnet, 0, len(base), name="network_phase0")
+            images = data.train.images[new_indices[:batch]].astype("float32")
+            features = keras.ops.convert_to_numpy(resnet(images))
+            new_labels = position[labels[new_indices[:batch]]] - len(base)
+            lam = less_forget_weight(config.lambda_base, len(base), len(new))
+
+            def learner(network, previous, level2=False):
+                result = IncrementalLearner(
+                    network, previous, num_old_classes=len(base) if previous else 0,
+                    less_forget_weight=lam if previous else 0.0, margin=config.margin,
+                    top_k=config.top_k, weight_decay=config.weight_decay,
+                    level2_optimizer=sgd(config.aggregation_lr, config.aggregation_momentum)
+                    if level2 else None)
+                result.compile(optimizer=sgd(config.learning_rate, config.momentum),
+                               jit_compile=jit_compile)
+                result.build_optimizers()
+                result.make_train_function()
+                return result
+
+            single = grow_network(teacher, clone_backbone(resnet, name="resnet_phase1"),
+                                  len(new), features, new_labels, name="single_phase1")
+            aanet = grow_network(teacher, aanet_from_resnet(resnet, name="aanet_phase1"),
+                                 len(new), features, new_labels, name="aanet_phase1")
+            self.learners = {"phase0": learner(build_network(
+                build_resnet(config.arch, data.image_shape, name="resnet"), 0, len(base),
+                name="plain_phase0"), None),
+                "level1_single": learner(single, teacher),
+                "level1_aanet": learner(aanet, teacher, level2=True)}
+            for network in (teacher, aanet):
+                network.compile(jit_compile=jit_compile)
+                network.make_predict_function()
+        self.networks = {"eval_plain": teacher, "eval_aanet": aanet}
+
+        # One real batch (augmented; phase 1: new classes and exemplars mixed), cached.
+        def cached(indices):
+            dataset = pipeline.train_dataset(data.train.images[indices],
+                                             position[labels[indices]], batch,
+                                             seed=config.seed, epochs=10_000)
+            return iter(tf.data.Dataset.from_tensors(next(iter(dataset))).repeat()), dataset
+
+        phase0_cached, _ = cached(np.flatnonzero(np.isin(labels, base)))
+        phase1_cached, train = cached(phase1)
+        self.iterators = {"phase0": phase0_cached, "level1_single": phase1_cached,
+                          "level1_aanet": phase1_cached, "level2_aanet": phase1_cached,
+                          "level1_aanet_pipeline": iter(train), "input_pipeline": iter(train)}
+        self.pipeline_step = 0
+        self.eval_batch = (tf.constant(data.test.images[:batch], tf.float32),)
+        self.batch = batch
+
+    def run(self, step: str, steps: int) -> tuple[int, float]:
+        """Run `steps` steps of `step`; returns (images, seconds) of the full-batch steps.
+
+        Training steps are timed one by one (each call returns when its step
+        has run) so that the pipeline's short last batch of an epoch can be
+        left out: the pipeline target compares full steps.
+        """
+        start = time.perf_counter()
+        if step.startswith("eval"):
+            network = self.networks[step]
+            for _ in range(steps):
+                outputs = network.predict_function(self.eval_batch)
+            float(outputs["logits"][0, 0])
+            return steps * self.batch, time.perf_counter() - start
+        if step == "input_pipeline":
+            images = 0
+            for _ in range(steps):
+                images += int(next(self.iterators[step])[1].shape[0])
+            return images, time.perf_counter() - start
+        if step == "level2_aanet":
+            float(self.learners["level1_aanet"].level2_pass(self.iterators[step], steps))
+            return steps * self.batch, time.perf_counter() - start
+        learner = self.learners["level1_aanet" if step == "level1_aanet_pipeline" else step]
+        images, seconds = 0, 0.0
+        for _ in range(steps):
+            size = self.batch
+            if step == "level1_aanet_pipeline":
+                sizes = self.pipeline_batch_sizes
+                size = sizes[self.pipeline_step % len(sizes)]
+                self.pipeline_step += 1
+            start = time.perf_counter()
+            float(learner.train_function(self.iterators[step])["loss"])
+            if size == self.batch:
+                images += size
+                seconds += time.perf_counter() - start
+        return images, seconds
+
+
+def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_steps: int,
+            warmup: int, log=print) -> dict:
+    """`{variant: {step: [images/s per repeat]}}`, every (variant, step) timed once a repeat."""
+    tasks = [(v, s) for v in benches for s in names]
+    for variant, step in tasks:
+        start = time.perf_counter()
+        for _ in range(warmup):
+            benches[variant].run(step, 1)
+        log(f"warm-up {variant:>20} {step:<22} {time.perf_counter() - start:6.1f}s")
+    samples = {v: {s: [] for s in names} for v in benches}
+    for r in range(repeats):
+        rotated = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
+        for variant, step in rotated:
+            count = (pipeline_steps if step.startswith("level1_aanet")
+                     else 10 * pipeline_steps if step == "input_pipeline" else steps)
+            images, seconds = benches[variant].run(step, count)
+            samples[variant][step].append(images / seconds)
+        log(f"repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{s} {samples[v][s][-1]:.0f}" for v, s in tasks))
+    return samples
+
+
+def summarize(samples: dict) -> dict:
+    """Medians, ratios of time per image, and the targets' verdicts, per variant.
+
+    A ratio is the median over repeats of the ratio within each repeat (the
+    two steps timed moments apart, under the same machine load).
+    """
+    out = {}
+    for variant, steps in samples.items():
+        medians = {s: statistics.median(v) for s, v in steps.items()}
+
+        def ratio(slow, reference):
+            return statistics.median(r / s for r, s in zip(steps[reference], steps[slow]))
+
+        out[variant] = {
+            "images_per_second": medians,
+            "targets": {name: {"ratio": ratio(a, b), "limit": limit,
+                               "pass": ratio(a, b) <= limit}
+                        for name, (a, b, limit) in TARGETS.items()
+                        if a in steps and b in steps},
+            "ratios": {name: ratio(a, b) for name, (a, b) in INFORMATIVE.items()
+                       if a in steps and b in steps},
+        }
+    first = next(iter(samples))
+    for variant in list(out)[1:]:
+        out[variant]["speedup_vs_" + first] = {
+            s: statistics.median(v / f for v, f in zip(samples[variant][s], samples[first][s]))
+            for s in samples[first]}
+    return out
+
+
+def table(summary: dict, batch_size: int, memory: dict) -> str:
+    """The Markdown table of the README's Performance section."""
+    variants = list(summary)
+    lines = ["| step (batch %d) | " % batch_size
+             + " | ".join(f"{v} img/s" for v in variants)
+             + " | time per image vs. reference |",
+             "|---" * (len(variants) + 2) + "|"]
+    reference = {"level1_single": "phase0", "level1_aanet": "phase0",
+                 "level2_aanet": "phase0", "eval_aanet": "eval_plain",
+                 "level1_aanet_pipeline": "level1_aanet"}
+    first = summary[variants[0]]
+    ratios = {**{n: t["ratio"] for n, t in first["targets"].items()}, **first["ratios"]}
+    for step in first["images_per_second"]:
+        cells = [f"{summary[v]['images_per_second'][step]:.1f}" for v in variants]
+        key = f"{step} / {reference.get(step)}"
+        relative = f"{ratios[key]:.2f}x {reference[step]}" if key in ratios else "-"
+        lines.append(f"| {step} | " + " | ".join(cells) + f" | {relative} |")
+    lines.append("")
+    lines.append("| target (time per image) | limit | " + " | ".join(variants) + " |")
+    lines.append("|---" * (len(variants) + 2) + "|")
+    for name, (_, _, limit) in TARGETS.items():
+        if name not in first["targets"]:
+            continue
+        cells = [f"{summary[v]['targets'][name]['ratio']:.2f} "
+                 f"({'pass' if summary[v]['targets'][name]['pass'] else 'FAIL'})"
+                 for v in variants]
+        lines.append(f"| {name} | <= {limit} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, value in memory.items():
+        lines.append(f"- {key}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size."""
+    try:  # Linux: the high-water mark of this program's own memory map.
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
+# Runs tools/train.py and, at exit, writes its peak RSS to a file. (A parent's
+# RUSAGE_CHILDREN would count the parent's own memory at fork time.)
+_LAUNCHER = """
+import atexit, runpy, sys
+sys.path.insert(0, {repo!r})
+from benchmarks.throughput import peak_rss_mib
+atexit.register(lambda: open({out!r}, "w").write(str(peak_rss_mib())))
+sys.argv = [{train!r}] + {args!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def run_protocol(config, epochs: int, log=print) -> dict:
+    """The configuration's protocol via tools/train.py, `epochs` per phase; its peak memory.
+
+    It runs in a temporary workdir, removed afterwards.
+    """
+    train = os.path.join(REPO_ROOT, "tools", "train.py")
+    with tempfile.TemporaryDirectory(prefix="throughput_protocol_") as tmp:
+        flagfile = os.path.join(tmp, "protocol.flags")
+        with open(flagfile, "w") as f:
+            f.write(train_flags.config_to_flagfile(
+                config, "The benchmarked configuration (benchmarks/throughput.py)."))
+        args = [f"--flagfile={flagfile}", f"--epochs={epochs}",
+                f"--workdir={os.path.join(tmp, 'run')}", "--overwrite", "--noexport"]
+        peak_file = os.path.join(tmp, "peak_rss_mib.txt")
+        launcher = _LAUNCHER.format(repo=REPO_ROOT, out=peak_file, train=train, args=args)
+        log(f"protocol: tools/train.py with the configuration's flags --epochs={epochs}")
+        start = time.perf_counter()
+        process = subprocess.run([sys.executable, "-c", launcher], capture_output=True,
+                                 text=True, cwd=os.getcwd())
+        if process.returncode != 0:
+            raise RuntimeError(f"The protocol run failed:\n{process.stderr[-3000:]}")
+        with open(peak_file) as f:
+            peak = float(f.read())
+    return {"command": f"python tools/train.py <configuration> --epochs={epochs} --noexport",
+            "epochs_per_phase": epochs, "wall_seconds": time.perf_counter() - start,
+            "peak_rss_mib": peak}
+
+
+def main(argv):
+    config = train_flags.config_for_main(argv)
+    variants = {name: parse_variant(name, config) for name in FLAGS.variants}
+    unknown = sorted(set(FLAGS.only) - set(STEPS))
+    if unknown:
+        raise app.UsageError(f"--only: unknown steps {unknown}; choose from {STEPS}.")
+    names = [s for s in STEPS if s in FLAGS.only]
+    import keras
+    import psutil
+    import tensorflow as tf
+
+    from aanets_tf import atomic_io, pipeline
+    from aanets_tf.class_order import PhasePlan, class_order
+
+    started = time.perf_counter()
+    data = pipeline.load_dataset(config.dataset, config.data_dir, download=config.download,
+                                 train_images_per_class=config.train_images_per_class,
+                                 test_images_per_class=config.test_images_per_class)
+    plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
+                     config.num_base_classes, config.classes_per_phase)
+    keras.utils.set_random_seed(config.seed)
+    benches = {name: StepBench(config, data, plan, *settings)
+               for name, settings in variants.items()}
+    samples = measure(benches, names, FLAGS.repeats, FLAGS.steps, FLAGS.pipeline_steps,
+                      FLAGS.warmup)
+    summary = summarize(samples)
+    memory = {"benchmark peak RSS (MiB)": round(peak_rss_mib(), 1),
+              "benchmark RSS at the end (MiB)": round(
+                  psutil.Process().memory_info().rss / 2 ** 20, 1)}
+    protocol = None
+    if FLAGS.protocol_epochs > 0:
+        protocol = run_protocol(config, FLAGS.protocol_epochs)
+        memory[f"protocol peak RSS, {FLAGS.protocol_epochs} epoch(s) per phase (MiB)"] = round(
+            protocol["peak_rss_mib"], 1)
+    report = {
+        "config": config.to_dict(),
+        "variants": {name: {"mixed_precision": p, "jit_compile": j}
+                     for name, (p, j) in variants.items()},
+        "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps,
+        "pipeline_steps_per_repeat": FLAGS.pipeline_steps, "warmup": FLAGS.warmup,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "tensorflow": tf.__version__, "keras": keras.__version__,
+                    "devices": [d.name for d in tf.config.list_logical_devices()]},
+        "samples_images_per_second": samples,
+        "summary": summary,
+        "memory": memory,
+        "protocol": protocol,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    markdown = table(summary, config.batch_size, memory)
+    atomic_io.write_json(os.path.join(FLAGS.out, "throughput.json"), report)
+    atomic_io.write_text(os.path.join(FLAGS.out, "throughput.md"), markdown)
+    print()
+    print(markdown)
+    failed = [f"{v}: {n}" for v, s in summary.items() for n, t in s["targets"].items()
+              if not t["pass"]]
+    print("All targets met." if not failed else "Targets missed: " + "; ".join(failed))
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
