@@ -226,3 +226,20 @@ def test_bad_arguments_are_named(networks, tmp_path, kwargs, message):
 def test_read_classes_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="classes.json is missing"):
         serving.read_classes(str(tmp_path))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_network_exports_float32_outputs(policy, tmp_path):
+    from aanets_tf import precision
+
+    with precision.precision_policy(policy):
+        _, network = two_phases(seed=3)
+    assert network.get_layer("aanet_phase1").get_layer(
+        "plastic_level1").compute_dtype == policy.removeprefix("mixed_")
+    version = serving.export_phase(network, str(tmp_path / "aanets"), 1,
+                                   CLASS_ORDER[:PHASE_CLASSES[1]], LABEL_NAMES)
+    pixels = images(3, seed=4)
+    out = tf.saved_model.load(version).signatures["serving_default"](images=tf.constant(pixels))
+    assert out["logits"].dtype == out["probabilities"].dtype == tf.float32
+    np.testing.assert_allclose(out["logits"].numpy(), keras_outputs(network, pixels)["logits"],
+                               rtol=1e-5, atol=1e-5)
