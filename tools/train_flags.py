@@ -46,7 +46,8 @@ HELP = {
     "exemplars_per_class": "Exemplars kept per class (growing memory; the paper: 20).",
     "memory_budget": "Fixed total exemplar budget shared by all seen classes (0 = off).",
     "eval_batch_size": "Batch size of feature extraction and evaluation.",
-    "jit_compile": "Compile the training steps with XLA.",
+    "jit_compile": "Compile the Level-1, Level-2 and prediction steps with XLA (not with "
+                   "--deterministic).",
     "mixed_precision": "float32, or mixed_float16 / mixed_bfloat16: 16-bit convolutions with "
                        "float32 variables, classifier and losses (float16 adds dynamic "
                        "loss scaling).",
