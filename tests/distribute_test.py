@@ -16,7 +16,9 @@ differences (~1e-7 relative per step) grow over the run but stay small:
 losses within 1% relative, aggregation weights within 0.02, and CNN/NME
 accuracies within 2 of the 60 test images (a near-tie argmax may flip).
 The two workers of one cluster hold the same synchronised model, so their
-results must agree with each other to 1e-6. The weight decay is 100 times
+results must agree with each other to 1e-6. Each distributed run's chief
+exports every phase for TF Serving; a version must serve the logits of the
+checkpoint it was exported with (1e-5, the serving tests' bound). The weight decay is 100 times
 the paper's so that applying it once per replica instead of once in total
 would show (so does BatchNorm left unsynchronised).
 """
@@ -24,6 +26,7 @@ would show (so does BatchNorm left unsynchronised).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import socket
@@ -40,7 +43,7 @@ pytestmark = pytest.mark.slow
 TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
             classes_per_phase=2, num_phases=2, train_images_per_class=12,
             test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
-            eval_batch_size=64, export=False, aggregation_lr=0.5,
+            eval_batch_size=64, aggregation_lr=0.5,
             weight_decay=0.05)
 NUM_TEST_IMAGES = 6 * 10  # phase 1 evaluates all 6 seen classes
 ACCURACY_TOLERANCE = 100.0 * 2 / NUM_TEST_IMAGES
@@ -205,6 +208,37 @@ def test_two_worker_cluster_matches_one_device(runs):
     assert _read(os.path.join(workdir, "metrics.json")) == json.loads(
         json.dumps(chief["metrics"]))
     assert os.path.exists(os.path.join(workdir, "workers", "worker_1", "metrics.json"))
+
+
+@pytest.mark.parametrize("run", ["mirrored", "multi_worker"])
+def test_chief_exports_each_phase_with_the_checkpoints_logits(runs, run):
+    """A network built and trained under a strategy exports like a single-device one."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from aanets_tf import checkpointing, serving
+
+    result = runs["results"]["worker0" if run == "multi_worker" else run]
+    assert result is not None, runs["errors"]
+    workdir = str(runs["root"] / run)
+    base = os.path.join(workdir, "export", "aanets")
+    assert sorted(os.listdir(base)) == ["1", "2"]
+    # The other worker of the cluster exports nothing.
+    assert not glob.glob(os.path.join(workdir, "workers", "*", "export"))
+    class_order = result["metrics"]["class_order"]
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    for phase, num_classes in ((0, 4), (1, 6)):
+        version = os.path.join(base, str(phase + 1))
+        assert serving.read_classes(version)["class_ids"] == class_order[:num_classes]
+        network = checkpointing.load_network(checkpointing.phase_checkpoint_path(workdir, phase))
+        expected = network(pixels.astype("float32"), training=False)
+        served = tf.saved_model.load(version).signatures["serving_default"](
+            images=tf.constant(pixels))
+        assert served["logits"].shape == (5, num_classes)
+        np.testing.assert_allclose(served["logits"].numpy(),
+                                   keras.ops.convert_to_numpy(expected["logits"]),
+                                   rtol=0, atol=1e-5)
 
 
 def test_unknown_and_unavailable_strategies_are_refused():
