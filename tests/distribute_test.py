@@ -18,9 +18,9 @@ accuracies within 2 of the 60 test images (a near-tie argmax may flip).
 The two workers of one cluster hold the same synchronised model, so their
 results must agree with each other to 1e-6. Each distributed run's chief
 exports every phase for TF Serving; a version must serve the logits of the
-checkpoint it was exported with (1e-5, the serving tests' bound). The weight decay is 100 times
-the paper's so that applying it once per replica instead of once in total
-would show (so does BatchNorm left unsynchronised).
+checkpoint it was exported with (1e-5, the serving tests' bound). The weight
+decay is 100 times the paper's so that applying it once per replica instead
+of once in total would show (so does BatchNorm left unsynchronised).
 """
 
 from __future__ import annotations
@@ -213,32 +213,32 @@ def test_two_worker_cluster_matches_one_device(runs):
 @pytest.mark.parametrize("run", ["mirrored", "multi_worker"])
 def test_chief_exports_each_phase_with_the_checkpoints_logits(runs, run):
     """A network built and trained under a strategy exports like a single-device one."""
-    import keras
     import numpy as np
     import tensorflow as tf
+    from serving_networks import images, keras_outputs
 
-    from aanets_tf import checkpointing, serving
+    from aanets_tf import checkpointing, incremental, serving
+    from aanets_tf.config import TrainConfig
 
     result = runs["results"]["worker0" if run == "multi_worker" else run]
     assert result is not None, runs["errors"]
     workdir = str(runs["root"] / run)
-    base = os.path.join(workdir, "export", "aanets")
+    base = incremental.export_base_dir(TrainConfig(**TINY, workdir=workdir))
     assert sorted(os.listdir(base)) == ["1", "2"]
     # The other worker of the cluster exports nothing.
     assert not glob.glob(os.path.join(workdir, "workers", "*", "export"))
     class_order = result["metrics"]["class_order"]
-    pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    for phase, num_classes in ((0, 4), (1, 6)):
+    pixels = images(5, shape=(32, 32, 3))
+    for phase in range(TINY["num_phases"]):
+        num_classes = TINY["num_base_classes"] + phase * TINY["classes_per_phase"]
         version = os.path.join(base, str(phase + 1))
         assert serving.read_classes(version)["class_ids"] == class_order[:num_classes]
         network = checkpointing.load_network(checkpointing.phase_checkpoint_path(workdir, phase))
-        expected = network(pixels.astype("float32"), training=False)
         served = tf.saved_model.load(version).signatures["serving_default"](
             images=tf.constant(pixels))
         assert served["logits"].shape == (5, num_classes)
         np.testing.assert_allclose(served["logits"].numpy(),
-                                   keras.ops.convert_to_numpy(expected["logits"]),
-                                   rtol=0, atol=1e-5)
+                                   keras_outputs(network, pixels)["logits"], rtol=0, atol=1e-5)
 
 
 def test_unknown_and_unavailable_strategies_are_refused():
