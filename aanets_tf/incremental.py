@@ -24,12 +24,14 @@ import tensorflow as tf
 from keras import tree
 
 from aanets_tf import (atomic_io, checkpointing, distribute, metrics as metrics_lib, pipeline,
-                       precision, reporting)
+                       precision, reporting, transforms)
 from aanets_tf.backbones import (aanet_from_resnet, aggregation_weights, build_resnet,
-                                 clone_backbone, is_aanet)
+                                 clone_backbone, get_architecture, is_aanet)
 from aanets_tf.checkpointing import CorruptCheckpointError, EpochCheckpoint, EpochState
 from aanets_tf.class_order import PhasePlan, class_order
 from aanets_tf.config import TrainConfig
+from aanets_tf.exemplar_store import (CorruptExemplarsError, ExemplarSource, exemplar_path,
+                                      write_exemplars)
 from aanets_tf.herding import ExemplarMemory
 from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                step_schedule)
@@ -38,7 +40,7 @@ from aanets_tf.network import backbone_of, build_network, grow_network
 
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
-                    "jit_compile", "strategy")
+                    "jit_compile", "strategy", "manual_dir", "cache_mib")
 
 
 # Settings without effect in the single-branch baseline (it has no aggregation weights).
@@ -88,20 +90,23 @@ class _RunState:
         return state
 
 
-def predict(model: keras.Model, images: np.ndarray, batch_size: int,
+def predict(model: keras.Model, source: pipeline.ImageSource, positions: np.ndarray,
+            batch_size: int, transform: pipeline.ImageTransform, *, flip: bool = False,
             jit_compile: bool = False) -> np.ndarray:
-    """Run `model` over uint8 or float images in fixed-size batches; no augmentation.
+    """Run `model` over a source's records at `positions`, streamed in fixed-size batches.
 
-    The last batch is padded to `batch_size` (one traced shape per model) and
-    the padding's outputs are dropped. `jit_compile` sets whether the predict
+    Evaluation transform, no augmentation (`flip` mirrors every image). The
+    last batch is padded to `batch_size` (one traced shape per model) and the
+    padding's outputs are dropped. `jit_compile` sets whether the predict
     step is XLA-compiled (Keras would otherwise choose by itself: XLA on
     accelerators); it applies from the model's first prediction on.
     """
     if model.predict_function is None:
         model.jit_compile = bool(jit_compile)
-    outputs = model.predict(pipeline.eval_dataset(images, batch_size, pad_last_batch=True),
-                            verbose=0)
-    return tree.map_structure(lambda a: a[:len(images)], outputs)
+    outputs = model.predict(pipeline.eval_dataset(source, positions, batch_size,
+                                                  transform=transform, flip=flip,
+                                                  pad_last_batch=True), verbose=0)
+    return tree.map_structure(lambda a: a[:len(positions)], outputs)
 
 
 def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.Model | None]:
@@ -111,7 +116,8 @@ def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.
             state = _RunState.load(checkpointing.phase_state_path(workdir, phase))
             network = checkpointing.load_network(
                 checkpointing.phase_checkpoint_path(workdir, phase))
-        except CorruptCheckpointError as e:
+            ExemplarSource([exemplar_path(workdir, p) for p in range(phase + 1)])
+        except (CorruptCheckpointError, CorruptExemplarsError) as e:
             log(f"{e} Falling back to the phase before it.")
             continue
         if len(state.phases) != phase + 1:
@@ -149,7 +155,7 @@ def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
                 f"--workdir={config.workdir} holds a run with a different configuration "
                 f"({details}). Use another --workdir, or --overwrite to start over.")
     if overwrite:
-        for name in ("checkpoints", "tensorboard", "plots", "metrics.json"):
+        for name in ("checkpoints", "exemplars", "tensorboard", "plots", "metrics.json"):
             p = os.path.join(config.workdir, name)
             if os.path.isdir(p):
                 shutil.rmtree(p)
@@ -158,15 +164,54 @@ def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
     atomic_io.write_text(path, config.to_json() + "\n")
 
 
-def _balanced_subset(rng: np.random.RandomState, labels: np.ndarray, new_classes: list[int],
-                     per_class: int, new_indices: np.ndarray,
-                     exemplar_indices: np.ndarray) -> np.ndarray:
-    """Level-2 data: each new class downsampled to `per_class`, plus every exemplar."""
-    chosen = [exemplar_indices]
+def _balanced_subset(rng: np.random.RandomState, new: pipeline.Part, new_labels: np.ndarray,
+                     new_classes: list[int], per_class: int) -> pipeline.Part:
+    """Level-2 data from the new classes: each downsampled to `per_class` (exemplars join it)."""
+    chosen = [np.zeros((0,), np.int64)]
     for c in new_classes:
-        idx = new_indices[labels[new_indices] == c]
+        idx = np.flatnonzero(new_labels == c)
         chosen.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
+    keep = np.sort(np.concatenate(chosen))
+    return pipeline.Part(new.source, new.positions[keep], new.targets[keep])
+
+
+# Seeds of a phase's two input pipelines. Level 1 and Level 2 read different
+# records in different orders, so their streams are seeded apart; the
+# multiplier (a prime) keeps phases' seeds apart for any run seed.
+_PHASE_SEED_STRIDE = 7919
+
+
+def _level1_seed(seed: int, phase: int) -> int:
+    return seed + _PHASE_SEED_STRIDE * phase
+
+
+def _level2_seed(seed: int, phase: int) -> int:
+    return seed + _PHASE_SEED_STRIDE * phase + 1
+
+
+def _schedule(config: TrainConfig, learning_rate: float, steps_per_epoch: int):
+    """A phase's learning-rate schedule: step decay, or cosine decay to 0."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate,
+                                                      config.epochs * steps_per_epoch)
+    return step_schedule(learning_rate, config.lr_boundaries(), config.lr_decay_factor,
+                         steps_per_epoch)
+
+
+def image_transform(config: TrainConfig, data: pipeline.ClassIncrementalData
+                    ) -> pipeline.ImageTransform:
+    """The run's image transforms: the architecture's family at the run's input size.
+
+    `config.image_size == 0` takes the dataset's own size when its images are
+    square and of one size (CIFAR: 32), else the architecture's (224 for
+    ResNet-18).
+    """
+    size = config.image_size
+    if not size:
+        shape = data.image_shape
+        size = (shape[0] if shape and shape[0] == shape[1]
+                else get_architecture(config.arch).input_shape[0])
+    return pipeline.ImageTransform(transforms.for_arch(config.arch), int(size))
 
 
 def _next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> keras.Model:
@@ -222,18 +267,20 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
         raise ValueError(f"`eval_split` must be 'test' or 'validation'. "
                          f"Received: eval_split={eval_split!r}")
 
-    def infer(model, images):
-        return predict(model, images, config.eval_batch_size, config.jit_compile)
-
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if data is None:
         data = pipeline.load_dataset(
             config.dataset, config.data_dir, download=config.download,
+            manual_dir=config.manual_dir,
             train_images_per_class=config.train_images_per_class,
             validation_images_per_class=config.validation_images_per_class,
-            test_images_per_class=config.test_images_per_class)
+            test_images_per_class=config.test_images_per_class,
+            max_image_pixels=config.max_image_pixels, strict_images=config.strict_images,
+            log=log)
+    if config.num_classes:
+        data = pipeline.class_subset(data, config.num_classes, config.seed)
     plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
                      config.num_base_classes, config.classes_per_phase)
     num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
@@ -246,11 +293,19 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
     if eval_split == "validation" and data.validation is None:
         raise ValueError("eval_split='validation' needs --validation_images_per_class > 0.")
     evaluation = data.validation if eval_split == "validation" else data.test
+    transform = image_transform(config, data)
     _prepare_workdir(config, overwrite)
 
+    def infer(model, source, positions, flip=False):
+        return predict(model, source, positions, config.eval_batch_size, transform, flip=flip,
+                       jit_compile=config.jit_compile)
+
+    def exemplars_of(phases: int) -> ExemplarSource:
+        return ExemplarSource([exemplar_path(config.workdir, p) for p in range(phases)])
+
     position = np.asarray(plan.position_of)
-    train_positions = position[data.train.labels]
-    eval_positions = position[evaluation.labels]
+    train_labels = data.train.labels
+    eval_targets = position[evaluation.labels]
     state, previous = _resume(config.workdir, log)
 
     for phase in range(len(state.phases), num_phases):
@@ -260,41 +315,44 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
         log(f"=== Phase {phase}: {len(new_classes)} new classes, {num_seen} seen ===")
         # Seeded per phase, so a resumed run draws what an uninterrupted one would.
         keras.utils.set_random_seed(config.seed + phase)
-        new_indices = np.flatnonzero(np.isin(data.train.labels, new_classes))
-        exemplar_indices = np.zeros((0,), np.int64)
+        new_mask = np.isin(train_labels, new_classes)
+        new_labels = train_labels[new_mask]
+        new = pipeline.Part(data.train.source, data.train.positions[new_mask],
+                            position[new_labels])
+        parts = [new]
         old_per_class = 0
         if phase:
             old_per_class = ExemplarMemory.per_class_budget(
                 num_old, config.exemplars_per_class, config.memory_budget)
-            exemplar_indices = state.memory.all_indices(old_per_class)
-        train_indices = np.concatenate([new_indices, exemplar_indices])
+            old = exemplars_of(phase)
+            kept = old.positions(old_per_class)
+            parts.append(pipeline.Part(old, kept, old.class_positions[kept]))
+        num_train = sum(len(p) for p in parts)
 
         # === The phase's network ===
         if phase == 0:
-            backbone = build_resnet(config.arch, data.image_shape, name="resnet_phase0")
+            backbone = build_resnet(config.arch, (transform.size, transform.size, 3),
+                                    name="resnet_phase0")
             network = build_network(backbone, 0, len(new_classes), name="network_phase0")
         else:
             backbone = _next_backbone(config, previous, phase)
-            features = infer(backbone, data.train.images[new_indices])
+            features = infer(backbone, new.source, new.positions)
             network = grow_network(previous, backbone, len(new_classes), features,
-                                   train_positions[new_indices] - num_old,
-                                   name=f"network_phase{phase}")
+                                   new.targets - num_old, name=f"network_phase{phase}")
         if tf.distribute.get_strategy().num_replicas_in_sync > 1:
             distribute.synchronize_batch_norm(network)
 
-        steps = pipeline.steps_per_epoch(len(train_indices), config.batch_size)
+        steps = pipeline.steps_per_epoch(num_train, config.batch_size)
         level2 = None
         progress = EpochState()
         callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
         if phase and is_aanet(backbone) and config.aggregation_learnable:
-            balanced = _balanced_subset(np.random.RandomState(config.seed + phase),
-                                        data.train.labels, new_classes, old_per_class,
-                                        new_indices, exemplar_indices)
-            level2_steps = pipeline.steps_per_epoch(len(balanced), config.batch_size)
-            level2 = keras.optimizers.SGD(
-                step_schedule(config.aggregation_lr, config.lr_boundaries(),
-                              config.lr_decay_factor, level2_steps),
-                momentum=config.aggregation_momentum)
+            balanced = [_balanced_subset(np.random.RandomState(config.seed + phase), new,
+                                         new_labels, new_classes, old_per_class)] + parts[1:]
+            level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
+                                                    config.batch_size)
+            level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, level2_steps),
+                                          momentum=config.aggregation_momentum)
         learner = IncrementalLearner(
             network, previous, num_old_classes=num_old,
             less_forget_weight=(less_forget_weight(config.lambda_base, num_old, len(new_classes))
@@ -302,21 +360,21 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
             margin=config.margin, top_k=config.top_k, weight_decay=config.weight_decay,
             level2_optimizer=level2)
         learner.compile(
-            optimizer=keras.optimizers.SGD(
-                step_schedule(config.learning_rate, config.lr_boundaries(),
-                              config.lr_decay_factor, steps),
-                momentum=config.momentum),
+            optimizer=keras.optimizers.SGD(_schedule(config, config.learning_rate, steps),
+                                           momentum=config.momentum),
             jit_compile=config.jit_compile)
         learner.build_optimizers()
         progress = checkpointing.restore_epoch(learner, config.workdir, phase, log)
         first_epoch = progress.epochs_done
+        stream = dict(batch_size=config.batch_size, epochs=config.epochs,
+                      initial_epoch=first_epoch, transform=transform,
+                      shuffle_buffer=config.shuffle_buffer,
+                      cache_bytes=config.cache_mib * 2 ** 20, image_shape=data.image_shape)
         if first_epoch < config.epochs:
             if level2 is not None:
                 callbacks.insert(0, AggregationCallback(
-                    pipeline.train_dataset(
-                        data.train.images[balanced], train_positions[balanced],
-                        config.batch_size, seed=config.seed + 7919 * phase + 1,
-                        epochs=config.epochs, initial_epoch=first_epoch),
+                    pipeline.train_dataset(balanced, seed=_level2_seed(config.seed, phase),
+                                           **stream),
                     level2_steps, progress.trajectory))
             start = time.perf_counter()
             callbacks.append(EpochCheckpoint(config.workdir, phase, progress,
@@ -324,35 +382,35 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
             callbacks.append(keras.callbacks.TensorBoard(
                 os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
                 write_graph=False, profile_batch=0))
-            train_data = pipeline.train_dataset(
-                data.train.images[train_indices], train_positions[train_indices],
-                config.batch_size, seed=config.seed + 7919 * phase, epochs=config.epochs,
-                initial_epoch=first_epoch)
-            learner.fit(train_data, epochs=config.epochs, initial_epoch=first_epoch,
+            learner.fit(pipeline.train_dataset(parts, seed=_level1_seed(config.seed, phase),
+                                               **stream),
+                        epochs=config.epochs, initial_epoch=first_epoch,
                         steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
                         shuffle=False)
         train_seconds = progress.train_seconds
 
-        # === Exemplars (herding, each class ranked once) ===
+        # === Exemplars (herding, each class ranked once), kept as encoded images ===
         start = time.perf_counter()
-        new_features = infer(backbone, data.train.images[new_indices])
+        new_features = infer(backbone, new.source, new.positions)
         per_class = ExemplarMemory.per_class_budget(
             num_seen, config.exemplars_per_class, config.memory_budget)
         for c in new_classes:
-            mask = data.train.labels[new_indices] == c
-            state.memory.add_class(int(c), new_indices[mask], new_features[mask],
+            mask = new_labels == c
+            state.memory.add_class(int(c), new.positions[mask], new_features[mask],
                                    max_rank=per_class)
-        memory_indices = state.memory.all_indices(per_class)
+        write_exemplars(exemplar_path(config.workdir, phase), data.train.source,
+                        {int(c): state.memory.ranking(int(c)) for c in new_classes},
+                        {int(c): int(position[c]) for c in new_classes}, per_class)
+        memory = exemplars_of(phase + 1)
+        kept = memory.positions(per_class)
 
         # === Evaluation on every class seen so far ===
-        images = data.train.images[memory_indices]
         means = metrics_lib.class_means(
-            infer(backbone, images),
-            train_positions[memory_indices], num_seen,
-            flipped_features=infer(backbone, images[:, :, ::-1, :]))
-        seen_mask = eval_positions < num_seen
-        labels = eval_positions[seen_mask]
-        outputs = infer(network, evaluation.images[seen_mask])
+            infer(backbone, memory, kept), memory.class_positions[kept], num_seen,
+            flipped_features=infer(backbone, memory, kept, flip=True))
+        seen_mask = eval_targets < num_seen
+        labels = eval_targets[seen_mask]
+        outputs = infer(network, evaluation.source, evaluation.positions[seen_mask])
         predictions = {"cnn": np.argmax(outputs["logits"], axis=1),
                        "nme": metrics_lib.nme_predict(outputs["features"], means)}
         groups = [(plan.num_old_classes(p), plan.num_seen_classes(p)) for p in range(phase + 1)]
@@ -375,8 +433,8 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
                 k: metrics_lib.group_accuracies(v, labels, groups) for k, v in predictions.items()},
             "aggregation_weights": aggregation_weights(backbone) or None,
             "aggregation_trajectory": progress.trajectory or None,
-            "num_exemplars": int(len(memory_indices)),
-            "num_train_images": int(len(train_indices)),
+            "num_exemplars": int(len(kept)),
+            "num_train_images": int(num_train),
             "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - start,
             "final_losses": {k: v[-1] for k, v in progress.history.items()},
@@ -446,6 +504,8 @@ def _assemble_metrics(config: TrainConfig, data, plan: PhasePlan, state: _RunSta
         "branch_mode": config.branch_mode,
         "aggregation": config.aggregation,
         "phases": phases,
+        "skipped_images": {"count": len(data.skipped),
+                           "records": [r.to_dict() for r in data.skipped[:100]]},
         "average_incremental_accuracy": None,
         "forgetting": None,
         "accuracy_matrix": {

@@ -1,56 +1,78 @@
-"""Data: TFDS loading into memory, and the deterministic training input pipeline.
+"""Data: datasets as indexed sources, and the streaming, deterministic input pipelines.
 
-Class-incremental training indexes the training set many times per run
-(new-class data, exemplars, the balanced Level-2 subset, herding features), so
-both splits are loaded once into NumPy arrays; `tf.data` pipelines are built
-from index subsets. The training pipeline is a pure function of
-`(seed, epoch)`: shuffling and augmentation use stateless random ops, so a
-run resumed at epoch `e` sees exactly the batches an uninterrupted run would.
+Images stay encoded on disk (TFDS shards, image files, the workdir's
+exemplar files) and are decoded a batch at a time inside `tf.data`, so memory
+does not grow with the dataset: what a phase holds is a shuffle buffer of
+transformed images (`shuffle_buffer` of them) and, optionally, a cache of its
+decoded images (`cache_bytes`, for small data).
+
+A phase trains on *parts*: the new classes' records of the training split
+and the exemplars (`Part`). Every epoch mixes the parts in a stateless random
+order, transforms each image with a seed derived from `(seed, epoch, image)`
+and shuffles through a buffer seeded by `(seed, epoch)`: the batches are a
+pure function of `(seed, epoch)`, so a run resumed at epoch `e` sees exactly
+what an uninterrupted run would, and a cached pipeline gives the batches an
+uncached one gives (caching is decided by size alone: `cache_bytes`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-PAD = 4  # pixels of zero padding before the random crop (CIFAR augmentation)
+from aanets_tf import transforms
+from aanets_tf.class_order import class_order
+from aanets_tf.sources import (ArraySource, BadImageError, ImageSource,  # noqa: F401
+                               SkippedRecord, TFDSSource, index_tfds_split)
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # refused from the header, before decoding
+DEFAULT_SHUFFLE_BUFFER = 10_000  # transformed images held for shuffling
+
+# Files TFDS expects in the manual-download directory of datasets that need one.
+MANUAL_FILES = {
+    "imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+    "imagenet2012_subset": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar"),
+}
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not prepared in the data directory and downloading is off."""
 
 
-@dataclasses.dataclass
-class ImageSplit:
-    """A split held in memory: uint8 images `(n, h, w, c)` and int64 labels `(n,)`."""
-    images: np.ndarray
-    labels: np.ndarray
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The records of a source that a run uses, by position (sorted)."""
+    source: ImageSource
+    positions: np.ndarray
 
-    def __post_init__(self):
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
+    @property
+    def labels(self) -> np.ndarray:
+        """Dataset label of each selected record, `(len(self),)` int64."""
+        return self.source.labels[self.positions]
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.positions)
 
-    def take(self, indices: np.ndarray) -> "ImageSplit":
-        return ImageSplit(self.images[indices], self.labels[indices])
+    def where(self, mask: np.ndarray) -> "Split":
+        """The records for which `mask` (aligned with `positions`) is true."""
+        return Split(self.source, self.positions[np.asarray(mask, bool)])
 
 
 @dataclasses.dataclass
 class ClassIncrementalData:
     """A labelled image dataset ready for the class-incremental protocol."""
     name: str
-    train: ImageSplit
-    test: ImageSplit | None  # None when the test split was not read (tuning)
+    train: Split
+    test: Split | None  # None when the test split was not read (tuning)
     num_classes: int
     label_names: list[str]
-    image_shape: tuple[int, int, int]
-    validation: ImageSplit | None = None
+    image_shape: tuple[int, int, int] | None  # None: the images' sizes vary
+    validation: Split | None = None
+    skipped: list[SkippedRecord] = dataclasses.field(default_factory=list)
 
 
 def first_per_class(labels: np.ndarray, per_class: int, num_classes: int,
@@ -61,28 +83,115 @@ def first_per_class(labels: np.ndarray, per_class: int, num_classes: int,
     """
     if per_class == 0:
         return np.arange(len(labels))
-    chosen = []
+    chosen = [np.zeros((0,), np.int64)]
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
         chosen.append(idx[-per_class:] if from_end else idx[:per_class])
     return np.sort(np.concatenate(chosen))
 
 
+def class_subset(data: ClassIncrementalData, num_classes: int,
+                 seed: int) -> ClassIncrementalData:
+    """The first `num_classes` classes of the `seed` class order, relabelled `0..n-1`.
+
+    Labels follow the kept classes' dataset-label order, as a dataset made of
+    just those classes would have them (LUCIR's ImageNet-Subset: the first
+    100 classes of the seed-1993 order of ImageNet's 1,000). A run then orders
+    the subset's classes with the same seed.
+    """
+    if not 1 <= num_classes <= data.num_classes:
+        raise ValueError(f"num_classes must lie in [1, {data.num_classes}] for {data.name}. "
+                         f"Received: num_classes={num_classes}")
+    if num_classes == data.num_classes:
+        return data
+    kept = np.sort(class_order(data.num_classes, seed)[:num_classes])
+    new_label = np.full(data.num_classes, -1, np.int64)
+    new_label[kept] = np.arange(num_classes)
+
+    def relabel(split):
+        if split is None:
+            return None
+        source = copy.copy(split.source)
+        labels = split.source.labels
+        source.labels = np.where(labels >= 0, new_label[np.clip(labels, 0, None)], -1)
+        return Split(source, split.positions[source.labels[split.positions] >= 0])
+
+    return dataclasses.replace(
+        data, name=f"{data.name}[{num_classes} classes]", train=relabel(data.train),
+        test=relabel(data.test), validation=relabel(data.validation), num_classes=num_classes,
+        label_names=[data.label_names[c] for c in kept])
+
+
+def from_arrays(train_images: np.ndarray, train_labels: np.ndarray,
+                test_images: np.ndarray | None = None, test_labels: np.ndarray | None = None, *,
+                num_classes: int | None = None, label_names: list[str] | None = None,
+                name: str = "arrays") -> ClassIncrementalData:
+    """A dataset of decoded uint8 images held in memory (tests, notebooks, tiny data)."""
+    num_classes = num_classes or int(np.max(train_labels)) + 1
+    train = ArraySource(train_images, train_labels, f"{name} train")
+    test = (ArraySource(test_images, test_labels, f"{name} test")
+            if test_images is not None else None)
+    return ClassIncrementalData(
+        name=name, train=Split(train, np.arange(len(train), dtype=np.int64)),
+        test=Split(test, np.arange(len(test), dtype=np.int64)) if test else None,
+        num_classes=num_classes,
+        label_names=label_names or [str(c) for c in range(num_classes)],
+        image_shape=tuple(np.asarray(train_images).shape[1:]))
+
+
+def _builder(name: str, data_dir: str | None, download: bool, manual_dir: str | None):
+    where = data_dir or "the default TFDS data directory (~/tensorflow_datasets)"
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetNotFoundError(f"--dataset={name!r} is not a TFDS dataset name.") from e
+    if builder.is_prepared():
+        return builder
+    if manual_dir is not None or name in MANUAL_FILES:
+        files = MANUAL_FILES.get(name, ())
+        missing = [f for f in files if not manual_dir
+                   or not tf.io.gfile.exists(f"{manual_dir}/{f}")]
+        if manual_dir is None or not tf.io.gfile.isdir(manual_dir) or missing:
+            raise DatasetNotFoundError(
+                f"Dataset {name!r} (version {builder.version}) is not prepared in {where}, "
+                f"and preparing it needs its files downloaded by hand: put "
+                f"{', '.join(files) or 'the files its TFDS page lists'} in a directory and "
+                f"pass it as --manual_dir (received: {manual_dir!r}"
+                + (f"; missing there: {', '.join(missing)}" if manual_dir and missing else "")
+                + ").")
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        return builder
+    if download:
+        builder.download_and_prepare()
+        return builder
+    raise DatasetNotFoundError(
+        f"Dataset {name!r} (version {builder.version}) is not prepared in {where}. "
+        f"Point --data_dir at a TFDS data directory that holds "
+        f"{name}/{builder.version}/, or pass --download on a machine with network access.")
+
+
 def load_dataset(name: str, data_dir: str | None = None, *, download: bool = False,
-                 train_images_per_class: int = 0, validation_images_per_class: int = 0,
-                 test_images_per_class: int = 0, read_test: bool = True,
-                 ) -> ClassIncrementalData:
-    """Load a TFDS image-classification dataset (e.g. `cifar100`, `cifar10`).
+                 manual_dir: str | None = None, train_images_per_class: int = 0,
+                 validation_images_per_class: int = 0, test_images_per_class: int = 0,
+                 read_test: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 strict_images: bool = False, log=print) -> ClassIncrementalData:
+    """Index a TFDS image-classification dataset (e.g. `cifar100`, `imagenet2012`).
 
     The class count and names come from the dataset's info, so every dataset
-    takes the same path. Splits are read in TFDS order (`shuffle_files=False`).
+    takes the same path. Splits are read in TFDS order (`shuffle_files=False`)
+    and indexed once: labels, and every image's header and pixels checked.
+    Nothing is kept in memory but labels and positions; images are read again
+    from the shards whenever a pipeline needs them.
 
     Args:
         name: TFDS builder name.
         data_dir: TFDS data directory (TFDS's default when None).
         download: let TFDS download and prepare the data if it is missing.
-        train_images_per_class: keep the first this many training images of
-            each class (0: all).
+        manual_dir: directory with the files of a dataset that TFDS cannot
+            download (ImageNet): the dataset is prepared from them.
+        train_images_per_class: keep the first this many good training images
+            of each class (0: all).
         validation_images_per_class: hold out the *last* this many training
             images of each class as a validation split (for tuning); they are
             never among the training images.
@@ -90,152 +199,222 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
             class (0: all).
         read_test: read the test split; with False (tuning) it is never read
             from disk and `test` is None.
+        max_image_pixels: images whose header declares more pixels are bad.
+        strict_images: raise `BadImageError` naming bad images; otherwise they
+            are skipped, listed in `skipped` and logged.
 
     Raises:
-        DatasetNotFoundError: the data is not in `data_dir` and `download` is off.
+        DatasetNotFoundError: the data is not in `data_dir` and cannot be prepared.
+        BadImageError: a bad image, with `strict_images`.
     """
-    where = data_dir or "the default TFDS data directory (~/tensorflow_datasets)"
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DatasetNotFoundError(f"--dataset={name!r} is not a TFDS dataset name.") from e
-    if download:
-        builder.download_and_prepare()
-    elif not builder.is_prepared():
-        raise DatasetNotFoundError(
-            f"Dataset {name!r} (version {builder.version}) is not prepared in {where}. "
-            f"Point --data_dir at a TFDS data directory that holds "
-            f"{name}/{builder.version}/, or pass --download on a machine with network access.")
+    builder = _builder(name, data_dir, download, manual_dir)
     try:
         label_feature = builder.info.features["label"]
         image_feature = builder.info.features["image"]
     except KeyError as e:
         raise ValueError(f"Dataset {name!r} has no 'image' and 'label' features.") from e
     num_classes = int(label_feature.num_classes)
-    # Splits are streamed a batch at a time and only the selected images are
-    # kept: memory never holds a whole split (CIFAR's 50,000 training images
-    # when 5,000 are used), and reading stops once every class is complete.
-    train, validation, counts = _read_split(builder, "train", num_classes,
-                                            train_images_per_class, validation_images_per_class)
+    # Reading stops once every class has its first images, unless the last
+    # ones are wanted too (validation).
+    index = index_tfds_split(
+        builder, "train", num_classes, max_pixels=max_image_pixels, strict=strict_images,
+        per_class=0 if validation_images_per_class else train_images_per_class)
+    good = np.flatnonzero(index.good)
+    good_labels = index.labels[good]
+    counts = np.bincount(good_labels, minlength=num_classes)
+    source = TFDSSource(builder, "train", index.labels)
+    validation = None
+    in_tail = np.zeros(len(good), bool)
     if validation_images_per_class:
         empty = np.flatnonzero(counts <= validation_images_per_class).tolist()
         if empty:
-            raise ValueError(f"--validation_images_per_class={validation_images_per_class} "
+            raise ValueError(f"validation_images_per_class={validation_images_per_class} "
                              f"leaves classes {empty} of {name} without training images.")
-    else:
-        validation = None
-    test = (_read_split(builder, "test", num_classes, test_images_per_class, 0)[0]
-            if read_test else None)
+        in_tail[first_per_class(good_labels, validation_images_per_class, num_classes,
+                                from_end=True)] = True
+        validation = Split(source, good[in_tail])
+    head = np.flatnonzero(~in_tail)
+    head = head[first_per_class(good_labels[head], train_images_per_class, num_classes)]
+    skipped = list(index.skipped)
+    test = None
+    if read_test:
+        test_index = index_tfds_split(builder, "test", num_classes, max_pixels=max_image_pixels,
+                                      strict=strict_images, per_class=test_images_per_class)
+        test_good = np.flatnonzero(test_index.good)
+        test_good = test_good[first_per_class(test_index.labels[test_good],
+                                              test_images_per_class, num_classes)]
+        test = Split(TFDSSource(builder, "test", test_index.labels), test_good)
+        skipped += test_index.skipped
+    if skipped:
+        log(f"Skipped {len(skipped)} bad image(s) of {name}, e.g. "
+            + "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3]))
+    shape = tuple(image_feature.shape)
     return ClassIncrementalData(
-        name=name, train=train, test=test, num_classes=num_classes,
-        label_names=list(label_feature.names), image_shape=tuple(image_feature.shape),
-        validation=validation)
+        name=name, train=Split(source, good[head]), test=test, num_classes=num_classes,
+        label_names=list(label_feature.names),
+        image_shape=shape if None not in shape else None,
+        validation=validation, skipped=skipped)
 
 
-READ_BATCH = 2048  # examples decoded at a time while reading a split
+def decoded_images(split: Split) -> np.ndarray:
+    """Every image of a split decoded, `(n, h, w, 3)` uint8: small data only (tests, benchmarks)."""
+    source = split.source
+    batches = source.read(split.positions).map(lambda payload, k: source.decode(payload)).batch(
+        1024).as_numpy_iterator()
+    return np.concatenate(list(batches)) if len(split) else np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def _read_split(builder, split: str, num_classes: int, first: int,
-                last: int) -> tuple[ImageSplit, ImageSplit, np.ndarray]:
-    """Stream `split` once; split each class into its first and its last images.
+# --- Pipelines ------------------------------------------------------------------------------
 
-    Returns `(head, tail, counts)`: `tail` holds the last `last` examples of
-    each class, `head` the first `first` examples of each class that are not
-    in `tail` (`first == 0`: all of them), both in split order; `counts` is
-    the number of examples of each class read. Only examples that may end up
-    in `head` or `tail` are kept while reading, and the read stops once every
-    class has `first` examples when no tail is wanted.
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Records of one source, each trained as a class position (its `target`)."""
+    source: ImageSource
+    positions: np.ndarray
+    targets: np.ndarray
+
+    def __post_init__(self):
+        if len(self.positions) != len(self.targets):
+            raise ValueError(f"{len(self.positions)} positions but {len(self.targets)} targets.")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageTransform:
+    """The training and evaluation transforms of one image family at one size."""
+    kind: str = "cifar"  # a key of `transforms.TRANSFORMS`
+    size: int = 32
+
+    def __post_init__(self):
+        if self.kind not in transforms.TRANSFORMS:
+            raise ValueError(f"`kind` must be one of {sorted(transforms.TRANSFORMS)}. "
+                             f"Received: kind={self.kind!r}")
+
+    def train(self, image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        return transforms.TRANSFORMS[self.kind][0](image, seed, self.size)
+
+    def eval(self, image: tf.Tensor) -> tf.Tensor:
+        if self.kind == "imagenet":
+            # Resize 256 then crop 224, the same ratio at other sizes.
+            return transforms.imagenet_eval(image, self.size, round(self.size * 256 / 224))
+        return transforms.TRANSFORMS[self.kind][1](image, self.size)
+
+
+def _decoded(part: Part, cache: bool) -> tf.data.Dataset:
+    """`(pixels, k)` of a part's records in position order; cached in memory if asked."""
+    source = part.source
+    dataset = part.source.read(part.positions).map(
+        lambda payload, k: (source.decode(payload), k),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # An in-memory source is its own cache.
+    return dataset.cache() if cache and not isinstance(source, ArraySource) else dataset
+
+
+def train_dataset(parts: list[Part], batch_size: int, *, seed: int, epochs: int = 1,
+                  initial_epoch: int = 0, transform: ImageTransform = ImageTransform(),
+                  augment: bool = True, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                  cache: bool = False, cache_bytes: int = 0,
+                  image_shape: tuple[int, int, int] | None = None) -> tf.data.Dataset:
+    """Shuffled, transformed `(images, targets)` batches for epochs `initial_epoch .. epochs-1`.
+
+    Each epoch is `ceil(n / batch_size)` batches (the last one may be short) of
+    all records of all parts, and depends only on `(seed, epoch)`. Images come
+    out as float32 pixels in [0, 255] of shape `(b, size, size, 3)`; the
+    network normalises them.
+
+    Args:
+        parts: the records to train on (new-class data, exemplars).
+        batch_size: images per batch.
+        seed: the pipeline's seed.
+        epochs, initial_epoch: the epochs to produce.
+        transform: the image family's transforms.
+        augment: training transform (else the evaluation one).
+        shuffle_buffer: transformed images held for shuffling; an epoch is
+            fully shuffled when it holds all of them.
+        cache: keep the parts' decoded images in memory after the first epoch.
+        cache_bytes, image_shape: also cache when every image has the decoded
+            shape `image_shape` and all of them fit in `cache_bytes`.
     """
-    counts = np.zeros(num_classes, np.int64)
-    chunks = []  # (images, labels, position of each example within its class)
-
-    def wanted(labels, positions):
-        keep = np.ones(len(labels), bool) if first == 0 else positions < first
-        if last:
-            keep |= positions >= counts[labels] - last
-        return keep
-
-    batches = tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True,
-                                               batch_size=READ_BATCH, shuffle_files=False))
-    for images, labels in batches:
-        labels = np.asarray(labels, np.int64)
-        positions = np.empty(len(labels), np.int64)
-        for i, c in enumerate(labels):
-            positions[i] = counts[c]
-            counts[c] += 1
-        keep = wanted(labels, positions)
-        chunks.append((np.asarray(images, np.uint8)[keep], labels[keep], positions[keep]))
-        if last:  # drop examples no longer among the last ones of their class
-            chunks = [chunk if keep.all() else tuple(a[keep] for a in chunk)
-                      for chunk in chunks for keep in [wanted(chunk[1], chunk[2])]]
-        elif first and counts.min() >= first:
-            break
-    image_shape = tuple(builder.info.features["image"].shape)
-    images = np.concatenate([np.zeros((0,) + image_shape, np.uint8)] + [c[0] for c in chunks])
-    labels = np.concatenate([np.zeros((0,), np.int64)] + [c[1] for c in chunks])
-    positions = np.concatenate([np.zeros((0,), np.int64)] + [c[2] for c in chunks])
-    in_tail = positions >= counts[labels] - last if last else np.zeros(len(labels), bool)
-    in_head = ~in_tail & (positions < first if first else True)
-    return (ImageSplit(images[in_head], labels[in_head]),
-            ImageSplit(images[in_tail], labels[in_tail]), counts)
-
-
-def default_data_dir() -> str | None:
-    """`$TFDS_DATA_DIR` when set (TFDS's own convention), else None."""
-    return os.environ.get("TFDS_DATA_DIR") or None
-
-
-def _augment(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """Zero-pad by `PAD`, random crop back to size, random horizontal flip."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[PAD, PAD], [PAD, PAD], [0, 0]])
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    cropped = tf.image.stateless_random_crop(padded, shape, seed=seeds[0])
-    return tf.image.stateless_random_flip_left_right(cropped, seed=seeds[1])
-
-
-def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: int,
-                  epochs: int = 1, initial_epoch: int = 0,
-                  augment: bool = True) -> tf.data.Dataset:
-    """Shuffled, augmented batches for epochs `initial_epoch .. epochs - 1`, in sequence.
-
-    Each epoch is `ceil(n / batch_size)` batches (the last one may be short)
-    and depends only on `(seed, epoch)`. Images come out as float32 pixels in
-    [0, 255]; the network normalises them.
-    """
-    n = len(labels)
+    parts = [p for p in parts if len(p)]
+    n = sum(len(p) for p in parts)
     if n == 0:
         raise ValueError("Cannot build a training pipeline from zero images.")
     if not 0 <= initial_epoch < epochs:
         raise ValueError(f"`initial_epoch` must lie in [0, {epochs}). "
                          f"Received: initial_epoch={initial_epoch}")
-    images_t = tf.constant(images)
-    labels_t = tf.constant(labels, tf.int64)
+    if shuffle_buffer < 1:
+        raise ValueError(f"`shuffle_buffer` must be >= 1. Received: {shuffle_buffer}")
+    if image_shape is not None and None not in image_shape:
+        cache = cache or n * int(np.prod(image_shape)) <= cache_bytes
+    decoded = [_decoded(p, cache) for p in parts]
+    offsets = np.cumsum([0] + [len(p) for p in parts])
+    targets = [tf.constant(np.asarray(p.targets, np.int64)) for p in parts]
+    choices = tf.constant(np.repeat(np.arange(len(parts), dtype=np.int64),
+                                    [len(p) for p in parts]))
+    seed_t = tf.constant(seed, tf.int64)
 
     def one_epoch(epoch):
-        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                         seed=epoch_seed)
-        per_image_seeds = tf.random.experimental.stateless_split(
-            tf.stack([epoch, tf.constant(seed, tf.int64) + 1]), n)
+        epoch_seed = tf.stack([seed_t, epoch])
+        streams = []
+        for j, dataset in enumerate(decoded):
+            def prepare(image, k, j=j):
+                image_seed = tf.random.experimental.stateless_fold_in(
+                    epoch_seed, tf.cast(offsets[j] + k, tf.int32))
+                image = transform.train(image, image_seed) if augment else transform.eval(image)
+                return image, tf.gather(targets[j], k)
+            streams.append(dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True))
+        if len(streams) == 1:
+            mixed = streams[0]
+        else:
+            order = tf.random.experimental.stateless_shuffle(
+                choices, seed=tf.random.experimental.stateless_fold_in(epoch_seed, -1))
+            mixed = tf.data.Dataset.choose_from_datasets(
+                streams, tf.data.Dataset.from_tensor_slices(order))
+        shuffle_seed = tf.random.stateless_uniform(
+            [], seed=tf.random.experimental.stateless_fold_in(epoch_seed, -2),
+            maxval=2 ** 31 - 1, dtype=tf.int64)
+        return mixed.shuffle(min(shuffle_buffer, n), seed=shuffle_seed,
+                             reshuffle_each_iteration=False).batch(batch_size)
 
-        def load(i):
-            image = tf.cast(tf.gather(images_t, order[i]), tf.float32)
-            if augment:
-                image = _augment(image, per_image_seeds[i])
-            return image, tf.gather(labels_t, order[i])
-
-        return tf.data.Dataset.range(n).map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                                            deterministic=True).batch(batch_size)
-
-    return tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch).prefetch(
-        tf.data.AUTOTUNE).with_options(_distribute_options())
+    return (tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
+            .map(lambda x, y: (tf.cast(x, tf.float32), y))
+            .prefetch(tf.data.AUTOTUNE).with_options(_options()))
 
 
-def _distribute_options() -> tf.data.Options:
+def eval_dataset(source: ImageSource, positions: np.ndarray, batch_size: int, *,
+                 transform: ImageTransform = ImageTransform(), flip: bool = False,
+                 pad_last_batch: bool = False) -> tf.data.Dataset:
+    """Unshuffled float32 batches of the records at `positions`, evaluation transform.
+
+    `flip` mirrors every image (NME's flipped class means). With
+    `pad_last_batch`, a short last batch is filled up with zero images, so every
+    batch has the static shape `(batch_size, size, size, 3)`: a compiled step
+    is traced (and XLA-compiled) once. Callers drop the padding's outputs.
+    """
+    def prepare(payload, _):
+        image = transform.eval(source.decode(payload))
+        return tf.image.flip_left_right(image) if flip else image
+
+    dataset = source.read(np.asarray(positions, np.int64)).map(
+        prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    if pad_last_batch:
+        def pad(x):
+            x = tf.pad(x, [[0, batch_size - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1))
+            return tf.ensure_shape(x, (batch_size,) + tuple(x.shape[1:]))
+        dataset = dataset.map(pad)
+    return dataset.map(lambda x: tf.cast(x, tf.float32)).prefetch(
+        tf.data.AUTOTUNE).with_options(_options())
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    # Batches must not depend on which parallel call finishes first.
+    options.deterministic = True
     # In a multi-worker run every worker builds the same pipeline and keeps its
     # slice of each global batch (it has no files to shard by).
-    options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.DATA)
     return options
@@ -243,21 +422,3 @@ def _distribute_options() -> tf.data.Options:
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
     return int(np.ceil(num_images / batch_size))
-
-
-def eval_dataset(images: np.ndarray, batch_size: int,
-                 pad_last_batch: bool = False) -> tf.data.Dataset:
-    """Unshuffled, unaugmented float32 batches of `images`.
-
-    With `pad_last_batch`, a short last batch is filled up with zero images,
-    so every batch has the static shape `(batch_size, H, W, C)`: a compiled
-    step is traced (and XLA-compiled) once. Callers drop the padding's outputs.
-    """
-    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    if pad_last_batch:
-        def pad(x):
-            x = tf.pad(x, [[0, batch_size - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1))
-            return tf.ensure_shape(x, (batch_size,) + tuple(x.shape[1:]))
-        dataset = dataset.map(pad)
-    return dataset.map(lambda x: tf.cast(x, tf.float32)).prefetch(
-        tf.data.AUTOTUNE).with_options(_distribute_options())

@@ -69,8 +69,8 @@ def main() -> int:
         config = config.replace(workdir=workdir)
         if not os.path.exists(os.path.join(workdir, "metrics.json")):
             shutil.rmtree(workdir, ignore_errors=True)
-            shutil.copytree(os.path.join(phase0_dir, "checkpoints"),
-                            os.path.join(workdir, "checkpoints"))
+            for part in ("checkpoints", "exemplars"):
+                shutil.copytree(os.path.join(phase0_dir, part), os.path.join(workdir, part))
         start = time.perf_counter()
         metrics = incremental.run(config, data=data, eval_split="validation", verbose=2)
         phase1 = metrics["phases"][1]

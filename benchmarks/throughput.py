@@ -34,7 +34,6 @@ Writes `throughput.json` and `throughput.md` (the table) into `--out`.
 from __future__ import annotations
 
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import machine  # noqa: E402
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -107,7 +107,7 @@ class StepBench:
         import numpy as np
         import tensorflow as tf
 
-        from aanets_tf import pipeline, precision
+        from aanets_tf import incremental, pipeline, precision
         from aanets_tf.backbones import aanet_from_resnet, build_resnet, clone_backbone
         from aanets_tf.learner import IncrementalLearner
         from aanets_tf.losses import less_forget_weight
@@ -117,22 +117,33 @@ class StepBench:
         position = np.asarray(plan.position_of)
         base, new = plan.new_classes(0), plan.new_classes(1)
         labels = data.train.labels
+        source = data.train.source
+        transform = incremental.image_transform(config, data)
+        input_shape = (transform.size, transform.size, 3)
         new_indices = np.flatnonzero(np.isin(labels, new))
         # Exemplars: the first `exemplars_per_class` images of each base class
-        # (which ones does not matter for speed).
-        exemplars = np.concatenate([np.flatnonzero(labels == c)[:config.exemplars_per_class]
-                                    for c in base])
-        phase1 = np.concatenate([new_indices, exemplars])
-        self.pipeline_batch_sizes = [min(batch, len(phase1) - i)
-                                     for i in range(0, len(phase1), batch)]
+        # (which ones does not matter for speed), streamed like the new data.
+        exemplars = np.sort(np.concatenate([
+            np.flatnonzero(labels == c)[:config.exemplars_per_class] for c in base]))
+
+        def part(indices):
+            return pipeline.Part(source, data.train.positions[indices],
+                                 position[labels[indices]])
+
+        phase1 = [part(new_indices), part(exemplars)]
+        phase1_size = len(new_indices) + len(exemplars)
+        self.pipeline_batch_sizes = [min(batch, phase1_size - i)
+                                     for i in range(0, phase1_size, batch)]
 
         def sgd(lr, momentum):
             return keras.optimizers.SGD(lr, momentum=momentum)
 
         with precision.precision_policy(mixed_precision):
-            resnet = build_resnet(config.arch, data.image_shape, name="resnet_phase0")
+            resnet = build_resnet(config.arch, input_shape, name="resnet_phase0")
             teacher = build_network(resnet, 0, len(base), name="network_phase0")
-            images = data.train.images[new_indices[:batch]].astype("float32")
+            images = np.stack([transform.eval(image).numpy() for image in pipeline.decoded_images(
+                pipeline.Split(source, data.train.positions[new_indices[:batch]]))]
+                              ).astype("float32")
             features = keras.ops.convert_to_numpy(resnet(images))
             new_labels = position[labels[new_indices[:batch]]] - len(base)
             lam = less_forget_weight(config.lambda_base, len(base), len(new))
@@ -155,7 +166,7 @@ class StepBench:
             aanet = grow_network(teacher, aanet_from_resnet(resnet, name="aanet_phase1"),
                                  len(new), features, new_labels, name="aanet_phase1")
             self.learners = {"phase0": learner(build_network(
-                build_resnet(config.arch, data.image_shape, name="resnet"), 0, len(base),
+                build_resnet(config.arch, input_shape, name="resnet"), 0, len(base),
                 name="plain_phase0"), None),
                 "level1_single": learner(single, teacher),
                 "level1_aanet": learner(aanet, teacher, level2=True)}
@@ -165,19 +176,23 @@ class StepBench:
         self.networks = {"eval_plain": teacher, "eval_aanet": aanet}
 
         # One real batch (augmented; phase 1: new classes and exemplars mixed), cached.
-        def cached(indices):
-            dataset = pipeline.train_dataset(data.train.images[indices],
-                                             position[labels[indices]], batch,
-                                             seed=config.seed, epochs=10_000)
+        def cached(parts):
+            dataset = pipeline.train_dataset(parts, batch, seed=config.seed, epochs=10_000,
+                                             transform=transform,
+                                             shuffle_buffer=config.shuffle_buffer,
+                                             cache_bytes=config.cache_mib * 2 ** 20,
+                                             image_shape=data.image_shape)
             return iter(tf.data.Dataset.from_tensors(next(iter(dataset))).repeat()), dataset
 
-        phase0_cached, _ = cached(np.flatnonzero(np.isin(labels, base)))
+        phase0_cached, _ = cached([part(np.flatnonzero(np.isin(labels, base)))])
         phase1_cached, train = cached(phase1)
         self.iterators = {"phase0": phase0_cached, "level1_single": phase1_cached,
                           "level1_aanet": phase1_cached, "level2_aanet": phase1_cached,
                           "level1_aanet_pipeline": iter(train), "input_pipeline": iter(train)}
         self.pipeline_step = 0
-        self.eval_batch = (tf.constant(data.test.images[:batch], tf.float32),)
+        self.eval_batch = (next(iter(pipeline.eval_dataset(
+            data.test.source, data.test.positions[:batch], batch, transform=transform,
+            pad_last_batch=True))),)
         self.batch = batch
 
     def run(self, step: str, steps: int) -> tuple[int, float]:
@@ -397,9 +412,7 @@ def main(argv):
                      for name, (p, j) in variants.items()},
         "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps,
         "pipeline_steps_per_repeat": FLAGS.pipeline_steps, "warmup": FLAGS.warmup,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "tensorflow": tf.__version__, "keras": keras.__version__,
-                    "devices": [d.name for d in tf.config.list_logical_devices()]},
+        "machine": machine.describe(),
         "samples_images_per_second": samples,
         "summary": summary,
         "memory": memory,

@@ -62,8 +62,11 @@ def _load_tiny_data():
 def _save_data(data, path: str) -> None:
     import numpy as np
 
-    np.savez(path, train_images=data.train.images, train_labels=data.train.labels,
-             test_images=data.test.images, test_labels=data.test.labels,
+    from aanets_tf import pipeline
+
+    np.savez(path, train_images=pipeline.decoded_images(data.train),
+             train_labels=data.train.labels,
+             test_images=pipeline.decoded_images(data.test), test_labels=data.test.labels,
              label_names=np.array(data.label_names))
 
 
@@ -73,11 +76,10 @@ def _saved_data(path: str):
     from aanets_tf import pipeline
 
     saved = np.load(path)
-    return pipeline.ClassIncrementalData(
-        name="cifar10", num_classes=10, label_names=[str(n) for n in saved["label_names"]],
-        image_shape=tuple(saved["train_images"].shape[1:]),
-        train=pipeline.ImageSplit(saved["train_images"], saved["train_labels"]),
-        test=pipeline.ImageSplit(saved["test_images"], saved["test_labels"]))
+    return pipeline.from_arrays(saved["train_images"], saved["train_labels"],
+                                saved["test_images"], saved["test_labels"], num_classes=10,
+                                label_names=[str(n) for n in saved["label_names"]],
+                                name="cifar10")
 
 
 def _run(strategy_name: str, workdir: str, data_path: str | None = None, data=None) -> dict:

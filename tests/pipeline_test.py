@@ -1,4 +1,6 @@
-"""Tests for aanets_tf.pipeline: loading the real CIFAR-10 and the training pipeline."""
+"""Tests for aanets_tf.pipeline: indexing the real CIFAR-10 and the streaming pipelines."""
+
+import os
 
 import numpy as np
 import pytest
@@ -6,6 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aanets_tf import pipeline
+from aanets_tf.sources import ArraySource
 from conftest import SHARED_DATA_DIR
 
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3
@@ -38,88 +41,39 @@ def raw_train():
     return _encoded_split("train")
 
 
-def _expected_per_class(encoded, labels, per_class, from_end=False):
-    out = {}
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        out[c] = _decode(encoded[idx[-per_class:] if from_end else idx[:per_class]])
-    return out
-
-
-def test_shapes_dtypes_and_counts(data):
-    assert data.name == "cifar10"
+def test_counts_and_info(data):
+    assert data.name == "cifar10" and data.num_classes == 10
     assert data.image_shape == (32, 32, 3)
+    assert data.label_names[:3] == ["airplane", "automobile", "bird"]
     for split, per_class in ((data.train, N_TRAIN), (data.test, N_TEST),
                              (data.validation, N_VAL)):
-        assert split.images.shape == (10 * per_class, 32, 32, 3)
-        assert split.images.dtype == np.uint8
         assert split.labels.dtype == np.int64
-        np.testing.assert_array_equal(np.bincount(split.labels, minlength=10),
-                                      [per_class] * 10)
-
-
-def test_info_from_dataset(data):
-    info = tfds.builder("cifar10", data_dir=SHARED_DATA_DIR).info
-    assert data.num_classes == info.features["label"].num_classes == 10
-    assert data.label_names == info.features["label"].names
-    assert data.label_names[0] == "airplane" and data.label_names[9] == "truck"
+        np.testing.assert_array_equal(np.bincount(split.labels, minlength=10), [per_class] * 10)
+    assert data.skipped == []
 
 
 def test_training_images_are_first_per_class_in_tfds_order(data, raw_train):
     encoded, labels = raw_train
-    assert len(labels) == 50000
-    expected = _expected_per_class(encoded, labels, N_TRAIN)
-    for c in range(10):
-        np.testing.assert_array_equal(data.train.images[data.train.labels == c], expected[c])
-    # The kept images stay in TFDS order: the first N_TRAIN of each class, merged.
     first = np.sort(np.concatenate([np.flatnonzero(labels == c)[:N_TRAIN] for c in range(10)]))
+    np.testing.assert_array_equal(data.train.positions, first)
     np.testing.assert_array_equal(data.train.labels, labels[first])
-    np.testing.assert_array_equal(data.train.images, _decode(encoded[first]))
-
-
-def test_test_images_are_first_per_class(data):
-    ds = tfds.load("cifar10", split="test", data_dir=SHARED_DATA_DIR, download=False,
-                   shuffle_files=False)
-    per_class = {c: [] for c in range(10)}
-    for example in tfds.as_numpy(ds):
-        bucket = per_class[int(example["label"])]
-        if len(bucket) < N_TEST:
-            bucket.append(example["image"])
-        if all(len(b) == N_TEST for b in per_class.values()):
-            break
-    for c in range(10):
-        np.testing.assert_array_equal(data.test.images[data.test.labels == c],
-                                      np.stack(per_class[c]))
+    np.testing.assert_array_equal(pipeline.decoded_images(data.train), _decode(encoded[first]))
 
 
 def test_validation_is_last_per_class_and_disjoint_from_training(data, raw_train):
-    encoded, labels = raw_train
-    expected = _expected_per_class(encoded, labels, N_VAL, from_end=True)
-    for c in range(10):
-        np.testing.assert_array_equal(
-            data.validation.images[data.validation.labels == c], expected[c])
-    train_keys = {img.tobytes() for img in data.train.images}
-    assert not any(img.tobytes() in train_keys for img in data.validation.images)
+    _, labels = raw_train
+    last = np.sort(np.concatenate([np.flatnonzero(labels == c)[-N_VAL:] for c in range(10)]))
+    np.testing.assert_array_equal(data.validation.positions, last)
+    assert not set(data.validation.positions) & set(data.train.positions)
 
 
-def test_reading_keeps_only_selected_images_and_stops_when_classes_are_full(monkeypatch):
-    read = []
-    as_numpy = tfds.as_numpy
-
-    def counting(dataset):
-        for images, labels in as_numpy(dataset):
-            read.append(len(labels))
-            yield images, labels
-
-    monkeypatch.setattr(pipeline, "READ_BATCH", 256)
-    monkeypatch.setattr(tfds, "as_numpy", counting)
+def test_indexing_stops_once_every_class_is_full():
     data = pipeline.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=N_TRAIN,
                                  read_test=False)
     # 5 images of each of 10 classes turn up within the first few hundred of
-    # 50,000; the read stops there, and only the 50 selected are kept.
-    assert sum(read) <= 1024
+    # 50,000 records: the index (all that is kept) ends there.
+    assert len(data.train.source) <= 1024
     assert len(data.train) == 10 * N_TRAIN and data.test is None
-    assert data.train.images.dtype == np.uint8 and data.train.images.flags.c_contiguous
 
 
 def test_first_per_class_helper():
@@ -128,11 +82,6 @@ def test_first_per_class_helper():
     np.testing.assert_array_equal(pipeline.first_per_class(labels, 1, 3, from_end=True),
                                   [5, 6, 7])
     np.testing.assert_array_equal(pipeline.first_per_class(labels, 0, 3), np.arange(8))
-
-
-def test_image_split_rejects_length_mismatch():
-    with pytest.raises(ValueError, match="3 images but 2 labels"):
-        pipeline.ImageSplit(np.zeros((3, 2, 2, 3), np.uint8), np.zeros(2, np.int64))
 
 
 def test_missing_data_dir_raises_with_directory_and_flag(tmp_path):
@@ -149,150 +98,266 @@ def test_unknown_dataset_name_raises_naming_it():
         pipeline.load_dataset("no_such_dataset_xyz", SHARED_DATA_DIR)
 
 
+def test_imagenet_without_its_manual_files_names_directory_and_files(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(pipeline.DatasetNotFoundError) as info:
+        pipeline.load_dataset("imagenet2012", str(tmp_path / "tfds"), manual_dir=str(manual))
+    message = str(info.value)
+    assert str(manual) in message and "--manual_dir" in message
+    assert "missing there: ILSVRC2012_img_train.tar" in message
+    with pytest.raises(pipeline.DatasetNotFoundError, match="ILSVRC2012_img_val.tar"):
+        pipeline.load_dataset("imagenet2012", str(tmp_path / "tfds"))
+
+
 # --- The training pipeline on synthetic images whose pixels encode index and label. ---
 
 N_IMAGES, SIZE, BATCH = 10, 8, 4
+TRANSFORM = pipeline.ImageTransform("cifar", SIZE)
 
 
-def _synthetic():
-    labels = np.arange(N_IMAGES) % 3
-    images = np.zeros((N_IMAGES, SIZE, SIZE, 3), np.uint8)
-    images[..., 0] = (np.arange(N_IMAGES) + 1)[:, None, None]       # index + 1
+def _synthetic(n=N_IMAGES, offset=0):
+    labels = np.arange(n) % 3
+    images = np.zeros((n, SIZE, SIZE, 3), np.uint8)
+    images[..., 0] = (np.arange(n) + 1 + offset)[:, None, None]     # index + 1
     images[..., 1] = (labels * 50 + 10)[:, None, None]              # label code
     images[..., 2] = (np.arange(SIZE)[None, :] * 8 + np.arange(SIZE)[:, None] * 30 + 5)
     return images, labels.astype(np.int64)
 
 
-def _collect(ds):
-    return [(x.numpy(), y.numpy()) for x, y in ds]
+def _part(images, labels, targets=None):
+    return pipeline.Part(ArraySource(images, labels), np.arange(len(labels)),
+                         labels if targets is None else targets)
 
 
-def _epoch_batches(batches, epoch, per_epoch):
-    return batches[epoch * per_epoch:(epoch + 1) * per_epoch]
+def _train(parts, **kwargs):
+    kwargs = {"epochs": 1, "transform": TRANSFORM, **kwargs}
+    return [(x.numpy(), y.numpy()) for x, y in pipeline.train_dataset(parts, BATCH, **kwargs)]
 
 
 def _indices(batches):
     return np.concatenate([x[..., 0].max(axis=(1, 2)) for x, _ in batches]).astype(int) - 1
 
 
-def test_batches_per_epoch_and_shapes():
+def test_batches_per_epoch_shapes_and_every_image_once():
     images, labels = _synthetic()
-    batches = _collect(pipeline.train_dataset(images, labels, BATCH, seed=0, epochs=2))
+    batches = _train([_part(images, labels)], seed=0, epochs=2)
     per_epoch = pipeline.steps_per_epoch(N_IMAGES, BATCH)
-    assert per_epoch == 3
     assert len(batches) == 2 * per_epoch
-    assert [len(y) for _, y in batches] == [4, 4, 2] * 2
-    for x, y in batches:
-        assert x.dtype == np.float32 and x.shape[1:] == (SIZE, SIZE, 3)
-        assert y.dtype == np.int64
-    # Every epoch visits every image exactly once.
-    for e in range(2):
-        assert sorted(_indices(_epoch_batches(batches, e, per_epoch))) == list(range(N_IMAGES))
+    assert [len(y) for _, y in batches[:per_epoch]] == [4, 4, 2]
+    assert batches[0][0].shape == (BATCH, SIZE, SIZE, 3) and batches[0][0].dtype == np.float32
+    for epoch in range(2):
+        order = _indices(batches[epoch * per_epoch:(epoch + 1) * per_epoch])
+        assert sorted(order) == list(range(N_IMAGES))
 
 
-def test_same_seed_same_batches_and_different_seed_differs():
+def test_same_seed_same_batches_different_seed_and_epoch_differ():
     images, labels = _synthetic()
-    a = _collect(pipeline.train_dataset(images, labels, BATCH, seed=3, epochs=2))
-    b = _collect(pipeline.train_dataset(images, labels, BATCH, seed=3, epochs=2))
-    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+    part = _part(images, labels)
+    a = _train([part], seed=3, epochs=2)
+    b = _train([part], seed=3, epochs=2)
+    for (xa, ya), (xb, yb) in zip(a, b):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    c = _collect(pipeline.train_dataset(images, labels, BATCH, seed=4, epochs=2))
-    assert not all(np.array_equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
-
-
-def test_epochs_differ_in_order_and_augmentation():
-    images, labels = _synthetic()
-    batches = _collect(pipeline.train_dataset(images, labels, BATCH, seed=0, epochs=2))
-    e0, e1 = batches[:3], batches[3:]
-    assert not np.array_equal(_indices(e0), _indices(e1))
-    # Same image, different epochs: different crops or flips (compare image by index).
-    x0 = np.concatenate([x for x, _ in e0])[np.argsort(_indices(e0))]
-    x1 = np.concatenate([x for x, _ in e1])[np.argsort(_indices(e1))]
-    assert not np.array_equal(x0, x1)
+    c = _train([part], seed=4, epochs=2)
+    assert not np.array_equal(_indices(a), _indices(c))
+    per_epoch = pipeline.steps_per_epoch(N_IMAGES, BATCH)
+    assert not np.array_equal(_indices(a[:per_epoch]), _indices(a[per_epoch:]))
 
 
 def test_initial_epoch_reproduces_the_full_run():
     images, labels = _synthetic()
-    full = _collect(pipeline.train_dataset(images, labels, BATCH, seed=5, epochs=3))
-    resumed = _collect(pipeline.train_dataset(images, labels, BATCH, seed=5, epochs=3,
-                                              initial_epoch=2))
-    assert len(resumed) == 3
-    for (xa, ya), (xb, yb) in zip(full[6:], resumed, strict=True):
-        np.testing.assert_array_equal(xa, xb)
-        np.testing.assert_array_equal(ya, yb)
-    middle = _collect(pipeline.train_dataset(images, labels, BATCH, seed=5, epochs=2,
-                                             initial_epoch=1))
-    for (xa, _), (xb, _) in zip(full[3:6], middle, strict=True):
-        np.testing.assert_array_equal(xa, xb)
+    part = _part(images, labels)
+    per_epoch = pipeline.steps_per_epoch(N_IMAGES, BATCH)
+    full = _train([part], seed=5, epochs=3)
+    resumed = _train([part], seed=5, epochs=3, initial_epoch=2)
+    for (xf, yf), (xr, yr) in zip(full[2 * per_epoch:], resumed):
+        np.testing.assert_array_equal(xf, xr)
+        np.testing.assert_array_equal(yf, yr)
 
 
-def _crops_and_flips(image):
-    padded = np.pad(image.astype(np.float32), [(pipeline.PAD,) * 2, (pipeline.PAD,) * 2, (0, 0)])
-    out = []
-    for dy in range(2 * pipeline.PAD + 1):
-        for dx in range(2 * pipeline.PAD + 1):
-            crop = padded[dy:dy + SIZE, dx:dx + SIZE]
-            out.extend([crop, crop[:, ::-1]])
-    return out
+def test_parts_are_mixed_with_their_targets():
+    new_images, new_labels = _synthetic(12)
+    old_images, old_labels = _synthetic(6, offset=100)
+    parts = [_part(new_images, new_labels, new_labels + 10),
+             _part(old_images, old_labels, np.full(6, 99))]
+    batches = _train(parts, seed=1)
+    order = _indices(batches)
+    targets = np.concatenate([y for _, y in batches])
+    assert sorted(order) == list(range(12)) + list(range(100, 106))
+    np.testing.assert_array_equal(targets[order >= 100], 99)
+    np.testing.assert_array_equal(targets[order < 100], new_labels[order[order < 100]] + 10)
+    # The exemplars are spread over the epoch, not appended at its end.
+    assert np.any(order[:6] >= 100) and np.any(order[-6:] < 100)
 
 
-def test_augmentation_is_a_pad_crop_flip_keeping_shape_range_and_labels():
+def test_small_shuffle_buffer_still_yields_every_image_once():
+    images, labels = _synthetic(40)
+    order = _indices(_train([_part(images, labels)], seed=2, shuffle_buffer=4))
+    assert sorted(order) == list(range(40))
+    assert not np.array_equal(order, np.arange(40))
+
+
+def test_augmentation_keeps_labels_and_range_without_augment_images_unchanged():
     images, labels = _synthetic()
-    batches = _collect(pipeline.train_dataset(images, labels, BATCH, seed=1, epochs=3))
-    changed = 0
+    batches = _train([_part(images, labels)], seed=1, epochs=3)
     for x, y in batches:
-        assert x.min() >= 0.0 and x.max() <= 255.0
-        for image, label in zip(x, y):
-            index = int(image[..., 0].max()) - 1
-            assert 0 <= index < N_IMAGES
-            assert label == labels[index]
-            assert image[..., 1].max() == labels[index] * 50 + 10
-            candidates = _crops_and_flips(images[index])
-            assert any(np.array_equal(image, c) for c in candidates)
-            changed += not np.array_equal(image, images[index].astype(np.float32))
-    assert changed > 0
-
-
-def test_no_augmentation_returns_the_images():
-    images, labels = _synthetic()
-    batches = _collect(pipeline.train_dataset(images, labels, BATCH, seed=2, augment=False))
-    for x, y in batches:
-        for image, label in zip(x, y):
-            index = int(image[..., 0].max()) - 1
-            np.testing.assert_array_equal(image, images[index].astype(np.float32))
-            assert label == labels[index]
+        assert x.min() >= 0 and x.max() <= 255
+        np.testing.assert_array_equal((x[..., 1].max(axis=(1, 2)) - 10) // 50, y)
+    plain = _train([_part(images, labels)], seed=2, augment=False)
+    for x, _ in plain:
+        for image in x:
+            np.testing.assert_array_equal(image, images[int(image[..., 0].max()) - 1])
 
 
 def test_train_dataset_rejects_bad_arguments():
     images, labels = _synthetic()
     with pytest.raises(ValueError, match="zero images"):
-        pipeline.train_dataset(images[:0], labels[:0], BATCH, seed=0)
-    with pytest.raises(ValueError, match="initial_epoch=3"):
-        pipeline.train_dataset(images, labels, BATCH, seed=0, epochs=3, initial_epoch=3)
+        _train([_part(images[:0], labels[:0])], seed=0)
+    with pytest.raises(ValueError, match="initial_epoch"):
+        _train([_part(images, labels)], seed=0, epochs=3, initial_epoch=3)
+    with pytest.raises(ValueError, match="3 positions but 2 targets"):
+        pipeline.Part(ArraySource(images, labels), np.arange(3), np.arange(2))
 
 
-def test_eval_dataset_preserves_order():
-    images, _ = _synthetic()
-    batches = [x.numpy() for x in pipeline.eval_dataset(images, 3)]
-    assert [len(b) for b in batches] == [3, 3, 3, 1]
-    out = np.concatenate(batches)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, images.astype(np.float32))
+def test_eval_dataset_preserves_order_pads_and_flips():
+    images, labels = _synthetic()
+    source = ArraySource(images, labels)
+    positions = np.array([1, 4, 7])
+    batches = [x.numpy() for x in pipeline.eval_dataset(source, positions, 2,
+                                                        transform=TRANSFORM)]
+    np.testing.assert_array_equal(np.concatenate(batches), images[positions].astype(np.float32))
+    padded = [x.numpy() for x in pipeline.eval_dataset(source, positions, 2, transform=TRANSFORM,
+                                                       pad_last_batch=True)]
+    assert [len(x) for x in padded] == [2, 2] and not padded[1][1].any()
+    flipped = np.concatenate([x.numpy() for x in pipeline.eval_dataset(
+        source, positions, 2, transform=TRANSFORM, flip=True)])
+    np.testing.assert_array_equal(flipped, images[positions][:, :, ::-1].astype(np.float32))
 
 
-def test_eval_dataset_on_real_images(data):
-    out = np.concatenate([x.numpy() for x in pipeline.eval_dataset(data.test.images, 32)])
-    np.testing.assert_array_equal(out, data.test.images.astype(np.float32))
+def test_streamed_cached_and_in_memory_sources_give_the_same_batches(data):
+    """The TFDS stream, its in-memory cache and decoded arrays: one pipeline, same batches."""
+    split = data.train
+    arrays = ArraySource(pipeline.decoded_images(split), split.labels)
+    parts = {
+        "stream": pipeline.Part(split.source, split.positions, split.labels),
+        "arrays": pipeline.Part(arrays, np.arange(len(split)), split.labels),
+    }
+    transform = pipeline.ImageTransform("cifar", 32)
+    runs = {name: _train([part], seed=7, epochs=2, transform=transform)
+            for name, part in parts.items()}
+    runs["cached"] = _train([parts["stream"]], seed=7, epochs=2, transform=transform, cache=True)
+    for name in ("arrays", "cached"):
+        for (x, y), (x_ref, y_ref) in zip(runs[name], runs["stream"]):
+            np.testing.assert_array_equal(x, x_ref)
+            np.testing.assert_array_equal(y, y_ref)
 
 
-def test_train_dataset_on_real_images_pairs_labels(data):
-    ds = pipeline.train_dataset(data.train.images, data.train.labels, 16, seed=0,
-                                augment=False)
-    keys = {img.tobytes(): int(lab) for img, lab in zip(data.train.images, data.train.labels)}
-    seen = 0
-    for x, y in ds:
-        for image, label in zip(x.numpy().astype(np.uint8), y.numpy()):
-            assert keys[image.tobytes()] == label
-            seen += 1
-    assert seen == len(data.train)
+# --- A TFDS dataset with bad records (TFDS stores image bytes as given) ---
+
+class BadImageRecords(tfds.core.GeneratorBasedBuilder):
+    """8 good 16x16 PNGs of 2 classes, then 4 bad records of each kind."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BAD = {"zero_byte": b"", "not_an_image": b"plain text, not an image"}
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+            "label": tfds.features.ClassLabel(num_classes=2)}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(), "test": self._generate_examples()}
+
+    def _generate_examples(self):
+        import io
+        import struct
+        import tempfile
+        import zlib
+
+        from PIL import Image
+
+        def png(array):
+            out = io.BytesIO()
+            Image.fromarray(array).save(out, format="PNG")
+            return out.getvalue()
+
+        def chunk(kind, data):
+            return (struct.pack(">I", len(data)) + kind + data
+                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+        good = [png(np.full((16, 16, 3), 20 * i, np.uint8)) for i in range(8)]
+        bad = dict(self.BAD, truncated=good[0][:len(good[0]) // 2 + 10],
+                   bomb=b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+                       ">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+        records = [(f"good_{i}", data, i % 2) for i, data in enumerate(good)]
+        records += [(name, data, 0) for name, data in bad.items()]
+        directory = tempfile.mkdtemp()
+        for key, data, label in records:
+            path = os.path.join(directory, key)
+            with open(path, "wb") as f:
+                f.write(data)
+            yield key, {"image": path, "label": label}
+
+
+@pytest.fixture(scope="module")
+def bad_records_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    BadImageRecords(data_dir=data_dir).download_and_prepare()
+    return data_dir
+
+
+def test_bad_tfds_records_are_skipped_counted_and_named(bad_records_dir):
+    lines = []
+    data = pipeline.load_dataset("bad_image_records", bad_records_dir, log=lines.append)
+    assert len(data.train) == 8 and len(data.test) == 8
+    assert len(data.skipped) == 8  # 4 bad records in each split
+    reasons = " | ".join(s.reason for s in data.skipped)
+    for words in ("empty", "no known image signature", "cannot be decoded",
+                  "max_image_pixels=40000000"):
+        assert words in reasons
+    assert all(s.name.startswith("bad_image_records ") for s in data.skipped)
+    assert lines and "Skipped 8 bad image(s)" in lines[0]
+    # What is kept decodes and trains.
+    transform = pipeline.ImageTransform("cifar", 16)
+    part = pipeline.Part(data.train.source, data.train.positions, data.train.labels)
+    (x, y), = [(x.numpy(), y.numpy()) for x, y in pipeline.train_dataset(
+        [part], 8, seed=0, transform=transform)]
+    assert x.shape == (8, 16, 16, 3) and sorted(y) == [0] * 4 + [1] * 4
+
+
+def test_strict_run_on_bad_records_stops_before_writing(bad_records_dir, tmp_path):
+    from aanets_tf import incremental
+    from aanets_tf.config import TrainConfig
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "metrics.json").write_text("{\"kept\": true}\n")
+    config = TrainConfig(dataset="bad_image_records", data_dir=bad_records_dir,
+                         arch="resnet8", num_base_classes=1, classes_per_phase=1,
+                         strict_images=True, workdir=str(workdir))
+    with pytest.raises(pipeline.BadImageError) as info:
+        incremental.run(config, verbose=0, log=lambda _: None)
+    assert "4 bad image(s): bad_image_records train record" in str(info.value)
+    assert sorted(os.listdir(workdir)) == ["metrics.json"]
+    assert (workdir / "metrics.json").read_text() == "{\"kept\": true}\n"
+
+
+def test_class_subset_keeps_the_first_classes_of_the_order_relabelled():
+    labels = np.arange(30) % 10
+    data = pipeline.from_arrays(np.zeros((30, 2, 2, 3), np.uint8), labels,
+                                np.zeros((10, 2, 2, 3), np.uint8), np.arange(10),
+                                label_names=[f"c{i}" for i in range(10)])
+    subset = pipeline.class_subset(data, 4, seed=1993)
+    # The seed-1993 order of 10 classes starts 4, 2, 7, 6: kept in label order.
+    assert subset.num_classes == 4 and subset.label_names == ["c2", "c4", "c6", "c7"]
+    np.testing.assert_array_equal(subset.train.positions, np.flatnonzero(np.isin(labels,
+                                                                                 [2, 4, 6, 7])))
+    np.testing.assert_array_equal(subset.train.labels, np.searchsorted([2, 4, 6, 7],
+                                                                       labels[subset.train.positions]))
+    np.testing.assert_array_equal(subset.test.labels, [0, 1, 2, 3])
+    assert data.train.labels.max() == 9  # the original is untouched
+    with pytest.raises(ValueError, match="num_classes=11"):
+        pipeline.class_subset(data, 11, seed=1993)

@@ -18,6 +18,7 @@ from aanets_tf import incremental, pipeline
 from aanets_tf.backbones import aanet_from_resnet, build_resnet
 from aanets_tf.learner import AggregationCallback, IncrementalLearner
 from aanets_tf.network import build_network, grow_network
+from aanets_tf.sources import ArraySource
 
 INPUT_SHAPE = (8, 8, 3)
 BATCH = 8
@@ -62,23 +63,27 @@ def test_each_step_function_traces_once():
     rng = np.random.RandomState(1)
     images = rng.randint(0, 256, size=(NUM_IMAGES,) + INPUT_SHAPE).astype("uint8")
     labels = np.arange(NUM_IMAGES) % 4
+    source = ArraySource(images, labels)
+    parts = [pipeline.Part(source, np.arange(NUM_IMAGES), labels)]
+    transform = pipeline.ImageTransform("cifar", INPUT_SHAPE[0])
     steps = pipeline.steps_per_epoch(NUM_IMAGES, BATCH)
     trajectory = []
     history = learner.fit(
-        pipeline.train_dataset(images, labels, BATCH, seed=0, epochs=EPOCHS), epochs=EPOCHS,
-        steps_per_epoch=steps, verbose=0, shuffle=False,
+        pipeline.train_dataset(parts, BATCH, seed=0, epochs=EPOCHS, transform=transform),
+        epochs=EPOCHS, steps_per_epoch=steps, verbose=0, shuffle=False,
         callbacks=[AggregationCallback(
-            pipeline.train_dataset(images, labels, BATCH, seed=1, epochs=EPOCHS), steps,
-            trajectory)])
+            pipeline.train_dataset(parts, BATCH, seed=1, epochs=EPOCHS, transform=transform),
+            steps, trajectory)])
     assert len(trajectory) == EPOCHS and len(history.history["level2_loss"]) == EPOCHS
     assert all(np.isfinite(history.history["loss"]))
 
     sizes = (NUM_IMAGES, 5, 13, 2 * BATCH)
     for n in sizes:
-        outputs = incremental.predict(network, images[:n], BATCH)
+        outputs = incremental.predict(network, source, np.arange(n), BATCH, transform)
         assert outputs["logits"].shape == (n, 4) and outputs["features"].shape == (n, 64)
     # The padded last batch does not change the real images' outputs.
-    np.testing.assert_allclose(incremental.predict(network, images[:5], BATCH)["logits"],
+    np.testing.assert_allclose(incremental.predict(network, source, np.arange(5), BATCH,
+                                                   transform)["logits"],
                                keras.ops.convert_to_numpy(
                                    network(images[:5].astype("float32"))["logits"]),
                                rtol=1e-4, atol=1e-5)

@@ -155,7 +155,8 @@ def test_repository_has_the_expected_flagfiles():
 def test_repository_flagfiles_parse_into_valid_configs(path):
     config = _config_from_file(path)
     assert isinstance(config, TrainConfig)
-    num_classes = {"cifar10": 10, "cifar100": 100}[config.dataset]
+    num_classes = config.num_classes or {"cifar10": 10, "cifar100": 100,
+                                         "imagenet2012": 1000}[config.dataset]
     plan = PhasePlan(tuple(range(num_classes)), config.num_base_classes,
                      config.classes_per_phase)
     assert plan.num_phases >= (config.num_phases or 1)
@@ -171,6 +172,18 @@ def test_paper_flagfiles_match_the_paper_settings():
         assert config.lr_boundaries() == [80, 120]
         assert (config.lambda_base, config.margin, config.top_k) == (5.0, 0.5, 2)
         assert config.exemplars_per_class == 20 and config.memory_budget == 0
+
+
+def test_imagenet_flagfiles_match_the_released_command():
+    for name, classes, base, per_phase in (("imagenet_subset", 100, 50, 10),
+                                           ("imagenet", 0, 500, 100)):
+        config = _config_from_file(os.path.join(REPO_ROOT, "flags", f"{name}.flags"))
+        assert (config.dataset, config.num_classes, config.arch) == (
+            "imagenet2012", classes, "resnet18")
+        assert (config.num_base_classes, config.classes_per_phase) == (base, per_phase)
+        assert (config.epochs, config.learning_rate, config.lr_schedule) == (90, 0.05, "cosine")
+        assert (config.lambda_base, config.exemplars_per_class, config.eval_batch_size) == (
+            10.0, 20, 50)
 
 
 def test_cpu_protocol_flagfile_matches_spec_section_7():

@@ -1,6 +1,7 @@
 """tools/tune.py: flag errors before any trial, and a distributed search (one chief,
 two workers on 127.0.0.1) whose best flagfile tools/train.py runs as it is."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -81,10 +82,9 @@ def test_a_different_search_in_the_same_project_is_refused(no_work, tmp_path, ca
 
 
 def _fake_data(*args, **kwargs):
-    split = pipeline.ImageSplit(np.zeros((20, 32, 32, 3), np.uint8), np.arange(20) % 10)
-    return pipeline.ClassIncrementalData("cifar10", split, tuning.WITHHELD_TEST_SPLIT, 10,
-                                         [str(i) for i in range(10)], (32, 32, 3),
-                                         validation=split)
+    data = pipeline.from_arrays(np.zeros((20, 32, 32, 3), np.uint8), np.arange(20) % 10,
+                                num_classes=10, name="cifar10")
+    return dataclasses.replace(data, test=tuning.WITHHELD_TEST_SPLIT, validation=data.train)
 
 
 def test_best_flagfile_holds_the_best_trial_and_parses_back(monkeypatch, tmp_path, capsys):

@@ -140,15 +140,16 @@ def test_final_and_reduced_configs():
 # === The withheld test split ===
 
 def _tiny_data():
-    split = pipeline.ImageSplit(np.zeros((6, 32, 32, 3), np.uint8), np.arange(6) % 3)
-    return pipeline.ClassIncrementalData("fake", split, split, 3, ["a", "b", "c"], (32, 32, 3),
-                                         validation=split)
+    data = pipeline.from_arrays(np.zeros((6, 32, 32, 3), np.uint8), np.arange(6) % 3,
+                                np.zeros((6, 32, 32, 3), np.uint8), np.arange(6) % 3,
+                                label_names=["a", "b", "c"], name="fake")
+    return dataclasses.replace(data, validation=data.train)
 
 
 def test_test_split_is_withheld():
     data = tuning.without_test_split(_tiny_data())
     assert data.train is not None and len(data.validation) == 6
-    for use in (lambda t: t.images, lambda t: t.labels, len, lambda t: np.asarray(t),
+    for use in (lambda t: t.positions, lambda t: t.labels, len, lambda t: np.asarray(t),
                 lambda t: t[0], lambda t: list(t)):
         with pytest.raises(tuning.TestSplitAccessError):
             use(data.test)
@@ -279,7 +280,7 @@ def test_load_tuning_data_reads_only_the_training_split(tuning_data, read_splits
     for split in ("train", "validation"):
         ours, theirs = getattr(tuning_data, split), getattr(reference, split)
         np.testing.assert_array_equal(ours.labels, theirs.labels)
-        np.testing.assert_array_equal(ours.images, theirs.images)
+        np.testing.assert_array_equal(ours.positions, theirs.positions)
     assert np.bincount(tuning_data.validation.labels).tolist() == [4] * 10
     assert (tuning_data.num_classes, tuning_data.image_shape) == (10, (32, 32, 3))
 
@@ -326,8 +327,8 @@ def test_missing_data_stops_the_search(tmp_path):
 @pytest.mark.slow
 def test_tiny_search_scores_on_validation_and_resumes(tuning_data, tmp_path):
     # A real test split handed to the tuner is withheld from the trials all the same.
-    data = dataclasses.replace(tuning_data, test=pipeline.ImageSplit(
-        np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1,), np.int64)))
+    data = dataclasses.replace(tuning_data, test=pipeline.from_arrays(
+        np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1,), np.int64)).train)
     lines = []
     tuner = _tuner(tmp_path, data, 2, lines.append)
     assert tuner.trial_data().test is tuning.WITHHELD_TEST_SPLIT

@@ -10,8 +10,8 @@ import dataclasses
 
 from absl import app, flags
 
-from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, PRECISIONS, STRATEGIES,
-                              TrainConfig)
+from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, LR_SCHEDULES, PRECISIONS,
+                              STRATEGIES, TrainConfig)
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, ...).",
@@ -21,10 +21,29 @@ HELP = {
     "num_base_classes": "Classes of phase 0 (B).",
     "classes_per_phase": "Classes added by each later phase (C).",
     "num_phases": "Run only the first N phases, phase 0 included (0 = all).",
+    "num_classes": "Use a subset of the dataset's classes: the first N of the --seed class "
+                   "order, relabelled in label order and ordered again by --seed (the LUCIR "
+                   "ImageNet-Subset: --dataset=imagenet2012 --num_classes=100). 0 = all.",
+    "lr_schedule": "step: divide the learning rates at --lr_decay_epochs; cosine: cosine "
+                   "decay to 0 over each phase's steps.",
     "train_images_per_class": "Keep the first N training images of each class (0 = all).",
     "validation_images_per_class": "Carve N images per class from the training data as a "
                                    "validation split (tuning).",
     "test_images_per_class": "Keep the first N test images of each class (0 = all).",
+    "manual_dir": "Directory holding the files of a dataset that TFDS cannot download "
+                  "(imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar); the "
+                  "dataset is prepared from them into --data_dir.",
+    "image_size": "Side of the network's square input in pixels (0 = the dataset's own "
+                  "square size, else 32 for resnet32/resnet8 and 224 for resnet18).",
+    "max_image_pixels": "Images whose header declares more pixels are refused before "
+                        "decoding (decompression bombs).",
+    "strict_images": "Stop with an error naming every bad image (corrupt, truncated, empty, "
+                     "too large) instead of skipping and counting them.",
+    "shuffle_buffer": "Transformed images held for shuffling (memory: this many x H x W x 3 "
+                      "bytes); an epoch is fully shuffled when it has no more images.",
+    "cache_mib": "Keep a phase's decoded images in memory after the first epoch when the "
+                 "dataset's images have one size and fit in this many MiB (faster for small "
+                 "data; the batches are the same either way). 0 = always stream.",
     "arch": "Backbone: resnet32 (CIFAR, 32x32), resnet18 (ImageNet-size inputs) or resnet8 "
             "(CIFAR layout, one block per level: smoke runs and tests).",
     "branch_mode": "dual = AANets (stable + plastic blocks); single = plain LUCIR.",
@@ -80,6 +99,8 @@ def define_flags() -> None:
             flags.DEFINE_enum(field.name, default, PRECISIONS, help_text)
         elif field.name == "strategy":
             flags.DEFINE_enum(field.name, default, STRATEGIES, help_text)
+        elif field.name == "lr_schedule":
+            flags.DEFINE_enum(field.name, default, LR_SCHEDULES, help_text)
         elif isinstance(default, bool):
             flags.DEFINE_boolean(field.name, default, help_text)
         elif isinstance(default, int):

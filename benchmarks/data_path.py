@@ -1,0 +1,270 @@
+r"""Memory and speed of the streaming data path.
+
+    python benchmarks/data_path.py --out=benchmarks/results/data_path
+
+Two measurements, each in its own `tools/train.py` process whose peak
+resident memory (VmHWM) is written at exit:
+
+1. `memory`: `flags/smoke.flags` with one phase of one epoch, reading 50 and
+   then all 5,000 training images of each CIFAR-10 class. Target: the peak
+   memories differ by less than 100 MiB (the 50,000 images decoded are 150 MB,
+   so a data path that holds them, decoded or encoded, misses it).
+2. `imagenet`: an ImageNet-shaped run on generated data: 20 classes x 300
+   training JPEGs of 400x300 (and 50 test images per class), written once as a
+   TFDS dataset under `--scratch`; ResNet-18 at 224 px with the ImageNet
+   transforms, 10 base classes then 2 phases of 5, one epoch per phase.
+   Targets: peak memory under 4 GiB, and the input pipeline alone (measured
+   in this process on phase 0's images) delivering at least 3x the images per
+   second that training consumed. Its seconds per image also give the
+   expected time per epoch of the ImageNet flagfiles on this machine.
+
+Writes `data_path.json` and `data_path.md` into `--out`, with the CPU model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from benchmarks import machine  # noqa: E402
+
+FLAGS = flags.FLAGS
+MEMORY_LIMIT_MIB = 100
+IMAGENET_LIMIT_MIB = 4096
+PIPELINE_RATIO = 3.0
+# Images per class of the paper's ImageNet settings (about 1,300 training images per class).
+IMAGENET_TRAIN_PER_CLASS = 1300
+
+
+def define_flags() -> None:
+    flags.DEFINE_string("out", "benchmarks/results/data_path", "Output directory.")
+    flags.DEFINE_string("scratch", os.path.join(tempfile.gettempdir(), "aanets_data_path"),
+                        "Where the generated dataset and the runs go.")
+    flags.DEFINE_list("only", ["memory", "imagenet"], "Measurements to run.")
+    flags.DEFINE_integer("imagenet_batch_size", 32, "Batch size of the ImageNet-shaped run.")
+
+
+class SyntheticImagenet(tfds.core.GeneratorBasedBuilder):
+    """ImageNet-shaped generated data: 400x300 JPEGs, a colour and texture per class."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    NUM_CLASSES = 20
+    TRAIN_PER_CLASS = 300
+    TEST_PER_CLASS = 50
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(num_classes=self.NUM_CLASSES)}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate(self.TRAIN_PER_CLASS, seed=0),
+                "test": self._generate(self.TEST_PER_CLASS, seed=1)}
+
+    def _generate(self, per_class: int, seed: int):
+        rng = np.random.RandomState(seed)
+        for c in range(self.NUM_CLASSES):
+            colour = np.random.RandomState(100 + c).uniform(40, 215, size=3)
+            for i in range(per_class):
+                # Low-frequency texture (upsampled noise) plus pixel noise: JPEGs of
+                # realistic size, with a class signal a network can pick up.
+                coarse = rng.normal(0, 40, size=(15, 20, 3))
+                texture = np.kron(coarse, np.ones((20, 20, 1)))
+                image = colour + texture + rng.normal(0, 12, size=(300, 400, 3))
+                yield f"{c}_{i}", {"image": np.clip(image, 0, 255).astype(np.uint8),
+                                   "label": c}
+
+
+# Runs tools/train.py with the generated dataset registered, and writes its peak
+# resident memory at exit (a parent's RUSAGE_CHILDREN would count its own memory).
+_LAUNCHER = """
+import atexit, runpy, sys
+sys.path.insert(0, {repo!r})
+import benchmarks.data_path as data_path
+atexit.register(lambda: open({out!r}, "w").write(str(data_path.peak_rss_mib())))
+sys.argv = [{train!r}] + {args!r}
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("VmHWM not found in /proc/self/status.")
+
+
+def run_train(args: list[str], workdir: str, log=print) -> dict:
+    """`tools/train.py args` in a fresh process; its peak RSS, wall time and metrics."""
+    train = os.path.join(REPO_ROOT, "tools", "train.py")
+    peak_file = os.path.join(workdir + ".peak")
+    args = args + [f"--workdir={workdir}", "--overwrite", "--noexport"]
+    log("tools/train.py " + " ".join(args))
+    start = time.perf_counter()
+    process = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER.format(repo=REPO_ROOT, out=peak_file, train=train,
+                                                args=args)],
+        capture_output=True, text=True, cwd=REPO_ROOT)
+    if process.returncode != 0:
+        raise RuntimeError(f"The run failed:\n{process.stderr[-3000:]}")
+    with open(peak_file) as f:
+        peak = float(f.read())
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    return {"args": args, "peak_rss_mib": peak, "wall_seconds": time.perf_counter() - start,
+            "metrics": metrics}
+
+
+def measure_memory(scratch: str) -> dict:
+    runs = {}
+    for per_class in (50, 5000):
+        runs[per_class] = run_train(
+            ["--flagfile=flags/smoke.flags", "--num_phases=1", "--epochs=1",
+             f"--train_images_per_class={per_class}",
+             f"--data_dir={os.path.join(os.path.dirname(REPO_ROOT), 'shared', 'tensorflow_datasets')}"],
+            os.path.join(scratch, f"memory_{per_class}"))
+    difference = runs[5000]["peak_rss_mib"] - runs[50]["peak_rss_mib"]
+    return {
+        "peak_rss_mib": {str(k): round(v["peak_rss_mib"], 1) for k, v in runs.items()},
+        "train_images": {str(k): v["metrics"]["phases"][0]["num_train_images"]
+                         for k, v in runs.items()},
+        "difference_mib": round(difference, 1),
+        "limit_mib": MEMORY_LIMIT_MIB,
+        "pass": difference < MEMORY_LIMIT_MIB,
+    }
+
+
+def pipeline_images_per_second(data_dir: str, batch_size: int, batches: int = 30) -> float:
+    """Phase-0 training pipeline of the generated data alone, after a warm-up batch."""
+    from aanets_tf import pipeline
+
+    data = pipeline.load_dataset("synthetic_imagenet", data_dir)
+    base = np.isin(data.train.labels, np.arange(10))
+    part = pipeline.Part(data.train.source, data.train.positions[base], data.train.labels[base])
+    dataset = pipeline.train_dataset([part], batch_size, seed=0, epochs=10,
+                                     transform=pipeline.ImageTransform("imagenet", 224))
+    iterator = iter(dataset)
+    next(iterator)
+    start = time.perf_counter()
+    images = sum(int(next(iterator)[1].shape[0]) for _ in range(batches))
+    return images / (time.perf_counter() - start)
+
+
+def measure_imagenet(scratch: str, batch_size: int) -> dict:
+    data_dir = os.path.join(scratch, "tfds")
+    builder = SyntheticImagenet(data_dir=data_dir)
+    if not builder.is_prepared():
+        print(f"Writing the generated dataset to {data_dir} ...")
+        builder.download_and_prepare()
+    sizes = [len(r) for r in tfds.as_numpy(builder.as_dataset(
+        split="train[:200]", decoders={"image": tfds.decode.SkipDecoding()})
+        .map(lambda x: x["image"]))]
+    run = run_train(["--dataset=synthetic_imagenet", f"--data_dir={data_dir}",
+                     "--arch=resnet18", "--num_base_classes=10", "--classes_per_phase=5",
+                     "--epochs=1", f"--batch_size={batch_size}", "--eval_batch_size=50",
+                     "--learning_rate=0.05", "--lr_schedule=cosine", "--lambda_base=10"],
+                    os.path.join(scratch, "imagenet_run"))
+    phases = run["metrics"]["phases"]
+    consumed = [p["num_train_images"] / p["train_seconds"] for p in phases]
+    produced = pipeline_images_per_second(data_dir, batch_size)
+    seconds_per_image = {"phase0 (ResNet-18)": phases[0]["train_seconds"]
+                         / phases[0]["num_train_images"],
+                         "later phases (AANet Level 1 + 2)": float(np.mean([
+                             p["train_seconds"] / p["num_train_images"] for p in phases[1:]]))}
+    return {
+        "dataset": {"classes": builder.NUM_CLASSES, "train_per_class": builder.TRAIN_PER_CLASS,
+                    "image": "400x300 JPEG",
+                    "mean_jpeg_kib": round(float(np.mean(sizes)) / 1024, 1)},
+        "batch_size": batch_size,
+        "peak_rss_mib": round(run["peak_rss_mib"], 1),
+        "memory_limit_mib": IMAGENET_LIMIT_MIB,
+        "memory_pass": run["peak_rss_mib"] < IMAGENET_LIMIT_MIB,
+        "wall_seconds": round(run["wall_seconds"], 1),
+        "train_seconds_per_phase": [round(p["train_seconds"], 1) for p in phases],
+        "train_images_per_phase": [p["num_train_images"] for p in phases],
+        "training_images_per_second": [round(c, 2) for c in consumed],
+        "pipeline_images_per_second": round(produced, 1),
+        "pipeline_ratio": round(produced / max(consumed), 2),
+        "pipeline_ratio_limit": PIPELINE_RATIO,
+        "pipeline_pass": produced / max(consumed) >= PIPELINE_RATIO,
+        "seconds_per_training_image": {k: round(v, 4) for k, v in seconds_per_image.items()},
+        "expected_hours_per_epoch_here": {
+            "imagenet_subset phase 0 (50 classes)": round(
+                50 * IMAGENET_TRAIN_PER_CLASS * seconds_per_image["phase0 (ResNet-18)"] / 3600, 1),
+            "imagenet_subset later phase (10 classes + 1,000 exemplars)": round(
+                (10 * IMAGENET_TRAIN_PER_CLASS + 1000)
+                * seconds_per_image["later phases (AANet Level 1 + 2)"] / 3600, 1),
+            "imagenet phase 0 (500 classes)": round(
+                500 * IMAGENET_TRAIN_PER_CLASS * seconds_per_image["phase0 (ResNet-18)"] / 3600, 1),
+        },
+        "accuracy": {"cnn": [p["cnn_accuracy"] for p in phases],
+                     "nme": [p["nme_accuracy"] for p in phases]},
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {machine.summary_line(report['machine'])}", ""]
+    if "memory" in report:
+        m = report["memory"]
+        lines += ["| CIFAR-10 smoke run, 1 phase, 1 epoch | training images | peak RSS (MiB) |",
+                  "|---|---|---|"]
+        for k in ("50", "5000"):
+            lines.append(f"| {k} images per class | {m['train_images'][k]} | "
+                         f"{m['peak_rss_mib'][k]} |")
+        lines += ["", f"Difference: {m['difference_mib']} MiB (limit {m['limit_mib']}): "
+                      f"{'pass' if m['pass'] else 'FAIL'}", ""]
+    if "imagenet" in report:
+        r = report["imagenet"]
+        lines += [
+            f"ImageNet-shaped run: {r['dataset']['classes']} classes x "
+            f"{r['dataset']['train_per_class']} JPEGs of 400x300 (mean "
+            f"{r['dataset']['mean_jpeg_kib']} KiB), ResNet-18 at 224, batch {r['batch_size']}, "
+            "10 base classes + 2 phases of 5, 1 epoch per phase", "",
+            "| measure | value | target |", "|---|---|---|",
+            f"| peak RSS (MiB) | {r['peak_rss_mib']} | < {r['memory_limit_mib']} "
+            f"({'pass' if r['memory_pass'] else 'FAIL'}) |",
+            f"| training images/s per phase | {', '.join(map(str, r['training_images_per_second']))}"
+            " | - |",
+            f"| input pipeline alone, images/s | {r['pipeline_images_per_second']} | - |",
+            f"| pipeline / fastest training phase | {r['pipeline_ratio']}x | >= "
+            f"{r['pipeline_ratio_limit']} ({'pass' if r['pipeline_pass'] else 'FAIL'}) |",
+            f"| wall time of the run (s) | {r['wall_seconds']} | - |", ""]
+        lines += ["| expected time per epoch on this machine | hours |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in r["expected_hours_per_epoch_here"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    del argv
+    from aanets_tf import atomic_io
+
+    os.makedirs(FLAGS.scratch, exist_ok=True)
+    report = {"machine": machine.describe()}
+    if "memory" in FLAGS.only:
+        report["memory"] = measure_memory(FLAGS.scratch)
+    if "imagenet" in FLAGS.only:
+        report["imagenet"] = measure_imagenet(FLAGS.scratch, FLAGS.imagenet_batch_size)
+    atomic_io.write_json(os.path.join(FLAGS.out, "data_path.json"), report)
+    text = markdown(report)
+    atomic_io.write_text(os.path.join(FLAGS.out, "data_path.md"), text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
