@@ -25,16 +25,24 @@ def class_order(num_classes: int, seed: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class PhasePlan:
-    """Which classes each phase learns: a base phase, then equal-sized phases."""
+    """Which classes each phase learns: a base phase, equal-sized phases, then grown ones.
+
+    `grown_phases` are the sizes of phases added to a finished run with new
+    classes (`aanets_tf.growth`); their classes end the class order.
+    """
     class_order: tuple[int, ...]
     num_base_classes: int
     classes_per_phase: int
+    grown_phases: tuple[int, ...] = ()
 
     def __post_init__(self):
-        n = len(self.class_order)
-        if sorted(self.class_order) != list(range(n)):
-            raise ValueError(f"`class_order` must be a permutation of 0..{n - 1}. "
-                             f"Received: {self.class_order}")
+        if sorted(self.class_order) != list(range(len(self.class_order))):
+            raise ValueError(f"`class_order` must be a permutation of "
+                             f"0..{len(self.class_order) - 1}. Received: {self.class_order}")
+        if any(size < 1 for size in self.grown_phases):
+            raise ValueError(f"`grown_phases` must hold sizes >= 1. "
+                             f"Received: {self.grown_phases}")
+        n = self._regular_classes
         if not 1 <= self.num_base_classes <= n:
             raise ValueError(f"--num_base_classes must lie in [1, {n}] for a dataset of {n} "
                              f"classes. Received: num_base_classes={self.num_base_classes}")
@@ -48,13 +56,21 @@ class PhasePlan:
                 f"{self.classes_per_phase}.")
 
     @property
+    def _regular_classes(self) -> int:
+        return len(self.class_order) - sum(self.grown_phases)
+
+    @property
+    def _regular_phases(self) -> int:
+        return 1 + (self._regular_classes - self.num_base_classes) // self.classes_per_phase
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_order)
 
     @property
     def num_phases(self) -> int:
-        """Phase 0 plus every incremental phase."""
-        return 1 + (self.num_classes - self.num_base_classes) // self.classes_per_phase
+        """Phase 0 plus every incremental phase, grown ones included."""
+        return self._regular_phases + len(self.grown_phases)
 
     def _check(self, phase: int) -> None:
         if not 0 <= phase < self.num_phases:
@@ -63,7 +79,10 @@ class PhasePlan:
 
     def num_seen_classes(self, phase: int) -> int:
         self._check(phase)
-        return self.num_base_classes + phase * self.classes_per_phase
+        regular = min(phase, self._regular_phases - 1)
+        grown = phase - regular
+        return (self.num_base_classes + regular * self.classes_per_phase
+                + sum(self.grown_phases[:grown]))
 
     def num_old_classes(self, phase: int) -> int:
         self._check(phase)

@@ -35,6 +35,7 @@ class TrainConfig:
     train_images_per_class: int = 0  # 0 = all
     validation_images_per_class: int = 0  # carved from training data (tuning)
     test_images_per_class: int = 0  # 0 = all
+    test_fraction: float = 0.2  # image folders without a test folder: held out per class
     manual_dir: str | None = None  # files of a dataset TFDS cannot download (ImageNet)
     image_size: int = 0  # 0 = the dataset's own square size, else the architecture's
     max_image_pixels: int = 40_000_000  # larger images are refused from their header
@@ -86,7 +87,7 @@ class TrainConfig:
             if not ok:
                 problems.append(f"--{name} {rule}. Received: {name}={getattr(self, name)!r}")
 
-        need(bool(self.dataset), "dataset", "must name a TFDS dataset")
+        need(bool(self.dataset), "dataset", "must name a TFDS dataset, or be 'folder'")
         need(self.num_base_classes >= 1, "num_base_classes", "must be >= 1")
         need(self.classes_per_phase >= 1, "classes_per_phase", "must be >= 1")
         need(self.num_phases >= 0, "num_phases", "must be >= 0 (0 = all)")
@@ -97,6 +98,9 @@ class TrainConfig:
              "must be >= 0")
         need(self.test_images_per_class >= 0, "test_images_per_class", "must be >= 0")
         need(self.image_size >= 0, "image_size", "must be >= 0 (0 = the default)")
+        need(0 <= self.test_fraction < 1, "test_fraction", "must lie in [0, 1)")
+        need(self.dataset != "folder" or bool(self.data_dir), "data_dir",
+             "must name the image folder tree with --dataset=folder")
         need(self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1")
         need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
         need(self.cache_mib >= 0, "cache_mib", "must be >= 0 (0 = always stream)")

@@ -87,9 +87,13 @@ class ExemplarMemory:
     @staticmethod
     def per_class_budget(num_classes: int, exemplars_per_class: int,
                          total_budget: int = 0) -> int:
-        """Exemplars kept per class: fixed (growing memory) or a fixed total shared."""
+        """Exemplars kept per class: fixed (growing memory) or a fixed total shared.
+
+        A fixed total is shared as `ceil(total / classes)`, as the authors'
+        code does (2,000 over 50 classes: 40; over 60: 34).
+        """
         if total_budget:
-            return max(1, total_budget // max(num_classes, 1))
+            return max(1, -(-total_budget // max(num_classes, 1)))
         return exemplars_per_class
 
     def to_dict(self) -> dict:

@@ -38,6 +38,8 @@ from aanets_tf.learner import (AggregationCallback, DivergenceGuard, Incremental
 from aanets_tf.losses import less_forget_weight
 from aanets_tf.network import backbone_of, build_network, grow_network
 
+FOLDER_DATASET = "folder"  # --dataset of image-folder runs (`aanets_tf.folders`)
+
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
                     "jit_compile", "strategy", "manual_dir", "cache_mib")
@@ -129,20 +131,20 @@ def _resume(workdir: str, log: Callable[[str], None]) -> tuple[_RunState, keras.
     return _RunState(), None
 
 
-def _field_defaults() -> dict:
+def field_defaults() -> dict:
     return {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
             if f.default is not dataclasses.MISSING}
 
 
-def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
-    os.makedirs(config.workdir, exist_ok=True)
+def check_workdir(config: TrainConfig, overwrite: bool) -> None:
+    """Refuse a workdir that holds a run of another configuration (reads only)."""
     path = os.path.join(config.workdir, "config.json")
     if os.path.exists(path) and not overwrite:
         with open(path) as f:
             old = json.load(f)
         # A setting a run's config.json lacks (written before the setting
         # existed) had its default's behaviour.
-        old = {**_field_defaults(), **old}
+        old = {**field_defaults(), **old}
         new = config.to_dict()
         ignored = set(RELOCATABLE_KEYS)
         if old.get("branch_mode") == new["branch_mode"] == "single":
@@ -154,6 +156,11 @@ def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
             raise WorkdirConflictError(
                 f"--workdir={config.workdir} holds a run with a different configuration "
                 f"({details}). Use another --workdir, or --overwrite to start over.")
+
+
+def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
+    os.makedirs(config.workdir, exist_ok=True)
+    path = os.path.join(config.workdir, "config.json")
     if overwrite:
         for name in ("checkpoints", "exemplars", "tensorboard", "plots", "metrics.json"):
             p = os.path.join(config.workdir, name)
@@ -227,7 +234,8 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
         eval_split: str = "test", overwrite: bool = False, verbose: int | str = "auto",
         log: Callable[[str], None] = print,
         phase_end_hooks: tuple[Callable[[int, keras.Model, dict], None], ...] = (),
-        strategy: tf.distribute.Strategy | None = None) -> dict:
+        strategy: tf.distribute.Strategy | None = None,
+        plan: PhasePlan | None = None) -> dict:
     """Run (or resume) the class-incremental protocol; returns the metrics dict.
 
     Everything runs under `config.mixed_precision` and inside the scope of the
@@ -246,6 +254,8 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
             each phase is evaluated and checkpointed (exports, tuning reports).
         strategy: an existing strategy (tests, notebooks); built from
             `config.strategy` when None.
+        plan: the phases (a grown run's, `aanets_tf.growth`); from the
+            configuration and `config.seed` when None.
     """
     strategy = strategy or distribute.build_strategy(config.strategy)
     if not distribute.is_chief(strategy):
@@ -254,11 +264,13 @@ def run(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None = Non
             workdir=os.path.join(config.workdir, "workers", f"{task_type}_{task_id}"),
             export=False)
     with precision.precision_policy(config.mixed_precision), strategy.scope():
-        return _run_phases(config, data=data, eval_split=eval_split, overwrite=overwrite,
+        return _run_phases(config, data=data, plan=plan, eval_split=eval_split,
+                           overwrite=overwrite,
                            verbose=verbose, log=log, phase_end_hooks=phase_end_hooks)
 
 
 def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | None,
+                plan: PhasePlan | None,
                 eval_split: str, overwrite: bool, verbose: int | str,
                 log: Callable[[str], None],
                 phase_end_hooks: tuple[Callable[[int, keras.Model, dict], None], ...]) -> dict:
@@ -270,9 +282,21 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if data is None:
+    # Checked before the data is read: indexing writes its cache into the workdir.
+    check_workdir(config, overwrite)
+    if data is None and config.dataset == FOLDER_DATASET:
+        from aanets_tf import folders
+
+        data = folders.load_folder_dataset(
+            config.data_dir, test_fraction=config.test_fraction, seed=config.seed,
+            train_images_per_class=config.train_images_per_class,
+            test_images_per_class=config.test_images_per_class,
+            max_image_pixels=config.max_image_pixels, strict_images=config.strict_images,
+            log=log)
+    elif data is None:
         data = pipeline.load_dataset(
             config.dataset, config.data_dir, download=config.download,
+            index_dir=os.path.join(config.workdir, "data_index"),
             manual_dir=config.manual_dir,
             train_images_per_class=config.train_images_per_class,
             validation_images_per_class=config.validation_images_per_class,
@@ -281,8 +305,8 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
             log=log)
     if config.num_classes:
         data = pipeline.class_subset(data, config.num_classes, config.seed)
-    plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
-                     config.num_base_classes, config.classes_per_phase)
+    plan = plan or PhasePlan(tuple(class_order(data.num_classes, config.seed)),
+                             config.num_base_classes, config.classes_per_phase)
     num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
     if num_phases > plan.num_phases:
         raise ValueError(f"--num_phases={config.num_phases} exceeds the "
@@ -396,6 +420,9 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
             num_seen, config.exemplars_per_class, config.memory_budget)
         for c in new_classes:
             mask = new_labels == c
+            if mask.sum() < per_class:
+                log(f"Warning: class {data.label_names[c]!r} has {int(mask.sum())} training "
+                    f"image(s), fewer than its {per_class} exemplars: its memory keeps them all.")
             state.memory.add_class(int(c), new.positions[mask], new_features[mask],
                                    max_rank=per_class)
         write_exemplars(exemplar_path(config.workdir, phase), data.train.source,
@@ -414,10 +441,13 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
         predictions = {"cnn": np.argmax(outputs["logits"], axis=1),
                        "nme": metrics_lib.nme_predict(outputs["features"], means)}
         groups = [(plan.num_old_classes(p), plan.num_seen_classes(p)) for p in range(phase + 1)]
+        evaluated = np.unique(labels)
         phase_metrics = {
             "phase": phase,
             "new_classes": [int(c) for c in new_classes],
             "num_seen_classes": num_seen,
+            # Classes with test images (a grown run may have lost some old ones).
+            "evaluated_classes": [data.label_names[plan.class_order[c]] for c in evaluated],
             "cnn_accuracy": metrics_lib.accuracy(predictions["cnn"], labels),
             "nme_accuracy": metrics_lib.accuracy(predictions["nme"], labels),
             "old_accuracy": (metrics_lib.accuracy(predictions["cnn"][labels < num_old],

@@ -175,7 +175,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
                  manual_dir: str | None = None, train_images_per_class: int = 0,
                  validation_images_per_class: int = 0, test_images_per_class: int = 0,
                  read_test: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                 strict_images: bool = False, log=print) -> ClassIncrementalData:
+                 strict_images: bool = False, index_dir: str | None = None,
+                 log=print) -> ClassIncrementalData:
     """Index a TFDS image-classification dataset (e.g. `cifar100`, `imagenet2012`).
 
     The class count and names come from the dataset's info, so every dataset
@@ -202,6 +203,9 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
         max_image_pixels: images whose header declares more pixels are bad.
         strict_images: raise `BadImageError` naming bad images; otherwise they
             are skipped, listed in `skipped` and logged.
+        index_dir: where each split's index is kept and reused by later
+            loads with the same settings (a resumed ImageNet run does not
+            read the whole split again); None: not kept.
 
     Raises:
         DatasetNotFoundError: the data is not in `data_dir` and cannot be prepared.
@@ -218,7 +222,8 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     # ones are wanted too (validation).
     index = index_tfds_split(
         builder, "train", num_classes, max_pixels=max_image_pixels, strict=strict_images,
-        per_class=0 if validation_images_per_class else train_images_per_class)
+        per_class=0 if validation_images_per_class else train_images_per_class,
+        cache_dir=index_dir)
     good = np.flatnonzero(index.good)
     good_labels = index.labels[good]
     counts = np.bincount(good_labels, minlength=num_classes)
@@ -238,12 +243,16 @@ def load_dataset(name: str, data_dir: str | None = None, *, download: bool = Fal
     skipped = list(index.skipped)
     test = None
     if read_test:
-        test_index = index_tfds_split(builder, "test", num_classes, max_pixels=max_image_pixels,
-                                      strict=strict_images, per_class=test_images_per_class)
+        # ImageNet has no labelled test split: its validation split is the test set.
+        test_split = "test" if "test" in builder.info.splits else "validation"
+        test_index = index_tfds_split(builder, test_split, num_classes,
+                                      max_pixels=max_image_pixels,
+                                      strict=strict_images, per_class=test_images_per_class,
+                                      cache_dir=index_dir)
         test_good = np.flatnonzero(test_index.good)
         test_good = test_good[first_per_class(test_index.labels[test_good],
                                               test_images_per_class, num_classes)]
-        test = Split(TFDSSource(builder, "test", test_index.labels), test_good)
+        test = Split(TFDSSource(builder, test_split, test_index.labels), test_good)
         skipped += test_index.skipped
     if skipped:
         log(f"Skipped {len(skipped)} bad image(s) of {name}, e.g. "

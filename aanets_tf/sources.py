@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import json
+import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aanets_tf import images
+from aanets_tf import atomic_io, images
 
 
 class BadImageError(ValueError):
@@ -192,23 +194,23 @@ class Index:
     skipped: list[SkippedRecord]
 
 
-def _index_stream(records: tf.data.Dataset, decode, describe, num_classes: int, total: int,
+def _index_stream(records: tf.data.Dataset, read, describe, num_classes: int, total: int,
                   max_pixels: int, strict: bool, stop_when=None, batch: int = 1024) -> Index:
     """Check every record of an in-order `(payload, label)` stream of `total` records.
 
-    The header is checked first, so an oversized image is never decoded; a
-    record that passes is decoded in full. A decode that raises drops its
+    `read(payload)` gives the encoded bytes. The header is checked first, so
+    an oversized image is never decoded; a record that passes is decoded
+    (`images.validate`). A decode that raises drops its
     element (`ignore_errors`): a position missing from the output failed to
     decode and is reported as corrupt. `stop_when(counts)` ends the read
     early once the good records per class suffice.
     """
     def check(position, record):
         payload, label = record
-        encoded, decode_pixels = decode(payload)
+        encoded = read(payload)
         status = images.check_header(encoded, max_pixels)
         # Decoding inside `cond` runs only for a header that passed.
-        rows = tf.cond(tf.equal(status, images.OK),
-                       lambda: tf.shape(decode_pixels(encoded))[0],
+        rows = tf.cond(tf.equal(status, images.OK), lambda: images.validate(encoded),
                        lambda: tf.constant(1))
         return position, tf.cast(label, tf.int64), status + 0 * rows
 
@@ -238,17 +240,61 @@ def _index_stream(records: tf.data.Dataset, decode, describe, num_classes: int, 
                   else f"its header declares more than max_image_pixels={max_pixels} pixels"
                   if status[p] == images.TOO_LARGE else images.STATUS_MESSAGES[int(status[p])])
         skipped.append(SkippedRecord(describe(int(p)), reason))
-    if skipped and strict:
+    index = Index(labels, (status == images.OK) & ~out_of_range, skipped)
+    if strict:
+        _refuse_bad(index)
+    return index
+
+
+def _refuse_bad(index: Index) -> None:
+    skipped = index.skipped
+    if skipped:
         shown = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
         raise BadImageError(f"{len(skipped)} bad image(s): {shown}{more}. Fix or remove them, "
                             "or run without strict image checking to skip and count them.")
-    return Index(labels, (status == images.OK) & ~out_of_range, skipped)
+
+
+def _cached(cache_dir: str | None, name: str, key: dict, strict: bool, compute) -> Index:
+    """`compute()`, or the index a load with the same `key` kept in `cache_dir`.
+
+    The arrays are written before the JSON that names their key, each
+    atomically, so an interrupted write leaves no index that looks valid.
+    """
+    if cache_dir is None:
+        return compute()
+    stem = os.path.join(cache_dir, name)
+    index = None
+    try:
+        with open(stem + ".json") as f:
+            saved = json.load(f)
+        if saved["key"] == key:
+            with np.load(stem + ".npz") as arrays:
+                index = Index(arrays["labels"], arrays["good"],
+                              [SkippedRecord(**r) for r in saved["skipped"]])
+    except (OSError, ValueError, KeyError, TypeError):
+        index = None  # none, or unreadable: index again
+    if index is not None:
+        if strict:
+            _refuse_bad(index)
+        return index
+    index = compute()
+    with atomic_io.staged_path(stem + ".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, labels=index.labels, good=index.good)
+    atomic_io.write_json(stem + ".json", {"key": key,
+                                          "skipped": [r.to_dict() for r in index.skipped]})
+    return index
 
 
 def index_tfds_split(builder: tfds.core.DatasetBuilder, split: str, num_classes: int, *,
-                     max_pixels: int, strict: bool, per_class: int = 0) -> Index:
-    """Index a TFDS split; with `per_class`, stop once every class has that many good records."""
+                     max_pixels: int, strict: bool, per_class: int = 0,
+                     cache_dir: str | None = None) -> Index:
+    """Index a TFDS split; with `per_class`, stop once every class has that many good records.
+
+    With `cache_dir`, the index is kept there and reused by a later call with
+    the same dataset, version, split and settings.
+    """
     def stop_when(counts):
         return per_class > 0 and counts.min() >= per_class
 
@@ -256,9 +302,12 @@ def index_tfds_split(builder: tfds.core.DatasetBuilder, split: str, num_classes:
         return f"{builder.name} {split} record {position}"
 
     total = builder.info.splits[split].num_examples
-    return _index_stream(_tfds_records(builder, split),
-                         lambda payload: (payload, images.decode_rgb),
-                         describe, num_classes, total, max_pixels, strict, stop_when)
+    key = {"dataset": builder.name, "version": str(builder.version), "split": split,
+           "num_examples": total, "max_pixels": max_pixels, "per_class": per_class}
+    return _cached(cache_dir, f"{builder.name}-{split}", key, strict,
+                   lambda: _index_stream(_tfds_records(builder, split), lambda payload: payload,
+                                         describe, num_classes, total, max_pixels, strict,
+                                         stop_when))
 
 
 def index_files(paths: list[str], labels: np.ndarray, num_classes: int, *, max_pixels: int,
@@ -267,5 +316,5 @@ def index_files(paths: list[str], labels: np.ndarray, num_classes: int, *, max_p
     records = tf.data.Dataset.from_tensor_slices(
         (tf.constant(list(paths) or [""], tf.string)[:len(paths)],
          tf.constant(np.asarray(labels, np.int64))))
-    return _index_stream(records, lambda path: (tf.io.read_file(path), images.decode_rgb),
+    return _index_stream(records, tf.io.read_file,
                          lambda p: str(paths[p]), num_classes, len(paths), max_pixels, strict)

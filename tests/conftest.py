@@ -30,3 +30,28 @@ def random_batch(n: int, input_shape: tuple, num_classes: int, seed: int = 0):
     rng = np.random.RandomState(seed)
     images = rng.uniform(0, 255, size=(n,) + tuple(input_shape)).astype("float32")
     return images, np.arange(n, dtype="int32") % num_classes
+
+
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def without_timings(obj):
+    """A metrics dict without its wall-clock fields (for comparing runs)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def bomb_png(side: int = 60_000) -> bytes:
+    """A valid PNG header declaring `side` x `side` RGB pixels, with a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))

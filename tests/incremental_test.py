@@ -13,7 +13,7 @@ import pytest
 from aanets_tf import checkpointing, incremental, pipeline
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
-from conftest import REPO_ROOT, SHARED_DATA_DIR
+from conftest import REPO_ROOT, SHARED_DATA_DIR, without_timings
 
 pytestmark = pytest.mark.slow
 
@@ -22,15 +22,6 @@ TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_bas
             classes_per_phase=2, num_phases=2, train_images_per_class=12,
             test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
             eval_batch_size=64, export=False, aggregation_lr=0.5)
-TIMING_KEYS = ("train_seconds", "eval_seconds")
-
-
-def _without_timings(obj):
-    if isinstance(obj, dict):
-        return {k: _without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [_without_timings(v) for v in obj]
-    return obj
 
 
 def _metrics(workdir):
@@ -128,8 +119,8 @@ def test_run_from_before_a_setting_existed_resumes_with_its_default(finished_run
     with open(path, "w") as f:
         json.dump(older, f)
     config = config.replace(workdir=workdir)
-    assert _without_timings(incremental.run(config, data=data, verbose=0,
-                                            log=lambda _: None)) == _without_timings(results)
+    assert without_timings(incremental.run(config, data=data, verbose=0,
+                                            log=lambda _: None)) == without_timings(results)
     with open(path, "w") as f:
         json.dump(older, f)
     with pytest.raises(incremental.WorkdirConflictError,
@@ -151,7 +142,7 @@ def test_corrupt_checkpoint_falls_back_to_last_good(finished_run, data, tmp_path
     assert any("unreadable" in line for line in lines)
     assert any("=== Phase 1" in line for line in lines)
     assert not any("=== Phase 0" in line for line in lines)
-    assert _without_timings(again) == _without_timings(results)
+    assert without_timings(again) == without_timings(results)
 
 
 def test_budget_too_small_is_refused(data, tmp_path):
@@ -212,5 +203,5 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(finished_run, tmp_p
                              cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming phase 1 after epoch 1" in resumed.stdout
-    assert _without_timings(_metrics(workdir)) == _without_timings(json.loads(
+    assert without_timings(_metrics(workdir)) == without_timings(json.loads(
         json.dumps(results)))

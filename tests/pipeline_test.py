@@ -361,3 +361,28 @@ def test_class_subset_keeps_the_first_classes_of_the_order_relabelled():
     assert data.train.labels.max() == 9  # the original is untouched
     with pytest.raises(ValueError, match="num_classes=11"):
         pipeline.class_subset(data, 11, seed=1993)
+
+
+def test_index_is_kept_and_reused_with_the_same_settings(bad_records_dir, tmp_path,
+                                                         monkeypatch):
+    from aanets_tf import sources
+
+    index_dir = str(tmp_path / "index")
+    first = pipeline.load_dataset("bad_image_records", bad_records_dir, index_dir=index_dir)
+    assert sorted(os.listdir(index_dir)) == [
+        "bad_image_records-test.json", "bad_image_records-test.npz",
+        "bad_image_records-train.json", "bad_image_records-train.npz"]
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the split was read again")
+
+    monkeypatch.setattr(sources, "_index_stream", no_reading)
+    again = pipeline.load_dataset("bad_image_records", bad_records_dir, index_dir=index_dir)
+    np.testing.assert_array_equal(again.train.positions, first.train.positions)
+    assert again.skipped == first.skipped
+    with pytest.raises(pipeline.BadImageError, match="4 bad image"):
+        pipeline.load_dataset("bad_image_records", bad_records_dir, index_dir=index_dir,
+                              strict_images=True)
+    with pytest.raises(AssertionError, match="read again"):  # other settings: indexed anew
+        pipeline.load_dataset("bad_image_records", bad_records_dir, index_dir=index_dir,
+                              max_image_pixels=100)

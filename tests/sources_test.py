@@ -1,14 +1,13 @@
 """Tests for aanets_tf.sources: reading selections, and indexing that finds bad images."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from aanets_tf import pipeline, sources
+from conftest import bomb_png
 
 
 def _png(array) -> bytes:
@@ -21,16 +20,6 @@ def _jpeg(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=90)
     return out.getvalue()
-
-
-def _bomb_png(side: int = 60_000) -> bytes:
-    """A valid PNG header declaring `side` x `side` pixels, with a few bytes of data."""
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture
@@ -55,7 +44,7 @@ def image_files(tmp_path):
         "text.png": (b"this is not an image at all", "no known image signature"),
         "truncated_header.png": (_png(rgb)[:12], "header is truncated"),
         "truncated_body.jpg": (good["rgb.jpg"][:len(good["rgb.jpg"]) // 2], "cannot be decoded"),
-        "bomb.png": (_bomb_png(), "max_image_pixels=40000000"),
+        "bomb.png": (bomb_png(), "max_image_pixels=40000000"),
     }
     paths, labels, expected = [], [], []
     for i, (name, data) in enumerate(list(good.items()) + [(n, d) for n, (d, _) in bad.items()]):

@@ -171,7 +171,7 @@ def test_paper_flagfiles_match_the_paper_settings():
         assert plan.num_phases == incremental_phases + 1
         assert config.lr_boundaries() == [80, 120]
         assert (config.lambda_base, config.margin, config.top_k) == (5.0, 0.5, 2)
-        assert config.exemplars_per_class == 20 and config.memory_budget == 0
+        assert config.memory_budget == 2000  # the authors' released command
 
 
 def test_imagenet_flagfiles_match_the_released_command():

@@ -2,13 +2,19 @@ r"""Train AANets (or the single-branch LUCIR baseline) class-incrementally.
 
     python tools/train.py --flagfile=cifar.flags
     python tools/train.py --flagfile=flags/cifar10_cpu.flags --workdir=runs/cpu
+    python tools/train.py --dataset=folder --data_dir=my_images --workdir=runs/mine
+    python tools/train.py --workdir=runs/mine --add_classes_from=new_images
 
-Writes config.json, metrics.json, TensorBoard logs, plots and one checkpoint
-per phase into --workdir; rerun with the same --workdir to resume.
+Writes config.json, metrics.json, TensorBoard logs, plots, exemplars, one
+checkpoint and one SavedModel per phase into --workdir; rerun with the same
+--workdir to resume. With --add_classes_from, adds one phase of new classes
+to a finished image-folder run (its settings come from its config.json) and
+points models.config's `canary` label at the new version.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -22,6 +28,33 @@ from tools import train_flags  # noqa: E402
 FLAGS = flags.FLAGS
 
 
+def define_flags() -> None:
+    train_flags.define_flags()
+    flags.DEFINE_string("add_classes_from", None,
+                        "Grow the finished image-folder run in --workdir by one phase: the "
+                        "class folders in this directory (<dir>/train/<class>/* with an "
+                        "optional <dir>/test/<class>/*, or <dir>/<class>/*) it has not learned.")
+    flags.DEFINE_list("classes", None, "With --add_classes_from: only these class folders.")
+    flags.DEFINE_boolean("promote", False,
+                         "With --add_classes_from: serve the new version alone as 'stable' "
+                         "(default: new = 'canary', previous = 'stable').")
+
+
+def _grow(verbose) -> int:
+    from aanets_tf import growth
+    from aanets_tf.config import TrainConfig
+
+    # The run's own settings apply; flags given on the command line override
+    # them (and are refused, like a resume, when they would change the run).
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {name: FLAGS[name].value for name in fields
+                 if FLAGS[name].present and name != "workdir"}
+    if "lr_decay_epochs" in overrides:
+        overrides["lr_decay_epochs"] = tuple(float(v) for v in overrides["lr_decay_epochs"])
+    return growth.grow(FLAGS.workdir, FLAGS.add_classes_from, classes=FLAGS.classes,
+                       promote=FLAGS.promote, overrides=overrides, verbose=verbose)
+
+
 def main(argv):
     config = train_flags.config_for_main(argv)
 
@@ -29,19 +62,24 @@ def main(argv):
     from aanets_tf.distribute import StrategyUnavailableError
     from aanets_tf.pipeline import DatasetNotFoundError
 
+    if FLAGS.add_classes_from is None and (FLAGS.classes or FLAGS.promote):
+        raise app.UsageError("--classes and --promote go with --add_classes_from.")
+    verbose = 1 if sys.stdout.isatty() else 2
     try:
-        results = incremental.run(config, overwrite=FLAGS.overwrite,
-                                  verbose=1 if sys.stdout.isatty() else 2)
+        if FLAGS.add_classes_from is not None:
+            results = _grow(verbose)
+        else:
+            results = incremental.run(config, overwrite=FLAGS.overwrite, verbose=verbose)
     except (DatasetNotFoundError, incremental.WorkdirConflictError, FileExistsError,
             StrategyUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
     print(reporting.summary_table(results))
-    print(f"\nResults in {os.path.abspath(config.workdir)}")
+    print(f"\nResults in {os.path.abspath(FLAGS.workdir)}")
     return 0
 
 
 if __name__ == "__main__":
-    train_flags.define_flags()
+    define_flags()
     app.run(main)

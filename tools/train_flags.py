@@ -14,8 +14,11 @@ from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, LR_SCHEDUL
                               STRATEGIES, TrainConfig)
 
 HELP = {
-    "dataset": "TFDS image-classification dataset (cifar100, cifar10, ...).",
-    "data_dir": "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets).",
+    "dataset": "TFDS image-classification dataset (cifar100, cifar10, imagenet2012, ...), or "
+               "'folder' for image folders in --data_dir (<dir>/train/<class>/*, optional "
+               "<dir>/test/<class>/*).",
+    "data_dir": "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets), or the "
+                "image folder tree with --dataset=folder.",
     "download": "Let TFDS download and prepare the dataset if it is missing.",
     "seed": "Seed of the class order (1993 = the paper's) and of all randomness.",
     "num_base_classes": "Classes of phase 0 (B).",
@@ -30,6 +33,8 @@ HELP = {
     "validation_images_per_class": "Carve N images per class from the training data as a "
                                    "validation split (tuning).",
     "test_images_per_class": "Keep the first N test images of each class (0 = all).",
+    "test_fraction": "Image folders without a test folder: fraction of each class's images "
+                     "held out for testing (chosen by --seed).",
     "manual_dir": "Directory holding the files of a dataset that TFDS cannot download "
                   "(imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar); the "
                   "dataset is prepared from them into --data_dir.",
