@@ -17,8 +17,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import atomic_io, images
-from aanets_tf.sources import ImageSource, _check_positions, _enumerated_selection
+from aanets_tf import atomic_io
+from aanets_tf.sources import EncodedSource, ImageSource, _check_positions, _enumerated_selection
 
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
@@ -73,7 +73,7 @@ def write_exemplars(path: str, source: ImageSource, ranked: dict[int, np.ndarray
     return len(positions)
 
 
-class ExemplarSource(ImageSource):
+class ExemplarSource(EncodedSource):
     """The exemplars of several phases' files, in file order, as an `ImageSource`.
 
     Indexing reads the files once (they are small: a few images per class);
@@ -114,12 +114,6 @@ class ExemplarSource(ImageSource):
         records = self._parsed(self.paths).map(lambda f: f["image"]) if self.paths else (
             tf.data.Dataset.from_tensor_slices(tf.zeros((0,), tf.string)))
         return _enumerated_selection(records, positions)
-
-    def decode(self, payload):
-        return images.decode_rgb(payload)
-
-    def encode(self, payload):
-        return payload
 
     def describe(self, position):
         return f"exemplar {position} (class {self.labels[position]}, rank {self.ranks[position]})"

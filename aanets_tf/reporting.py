@@ -114,3 +114,16 @@ def summary_table(metrics: dict) -> str:
                  f"NME {_fmt(avg.get('nme'))}")
     lines.append(f"forgetting: CNN {_fmt(fgt.get('cnn'))}  NME {_fmt(fgt.get('nme'))}")
     return "\n".join(lines)
+
+
+# Keys whose values are wall-clock measurements, not results.
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def without_timings(obj):
+    """A metrics dict without its wall-clock entries, recursively (to compare runs)."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj

@@ -94,7 +94,17 @@ def _enumerated_selection(records: tf.data.Dataset, positions: np.ndarray) -> tf
             .filter(lambda payload, k: k >= 0))
 
 
-class TFDSSource(ImageSource):
+class EncodedSource(ImageSource):
+    """A source whose payloads are encoded image bytes."""
+
+    def decode(self, payload):
+        return images.decode_rgb(payload)
+
+    def encode(self, payload):
+        return payload
+
+
+class TFDSSource(EncodedSource):
     """A prepared TFDS split, streamed from its shards in TFDS order (`shuffle_files=False`).
 
     The stream stops after the last selected record, and only selected
@@ -112,12 +122,6 @@ class TFDSSource(ImageSource):
         # would not be the first `n` records of it: take them from the stream.
         records = _tfds_records(self.builder, self.split).map(lambda image, _: image)
         return _enumerated_selection(records, positions)
-
-    def decode(self, payload):
-        return images.decode_rgb(payload)
-
-    def encode(self, payload):
-        return payload
 
     def describe(self, position):
         return f"{self.builder.name} {self.split} record {position}"

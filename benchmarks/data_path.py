@@ -52,7 +52,7 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "benchmarks/results/data_path", "Output directory.")
     flags.DEFINE_string("scratch", os.path.join(tempfile.gettempdir(), "aanets_data_path"),
                         "Where the generated dataset and the runs go.")
-    flags.DEFINE_list("only", ["memory", "imagenet"], "Measurements to run.")
+    flags.DEFINE_list("only", ["memory", "imagenet", "cache"], "Measurements to run.")
     flags.DEFINE_integer("imagenet_batch_size", 32, "Batch size of the ImageNet-shaped run.")
     flags.DEFINE_integer("memory_repeats", 3, "Runs of each memory configuration (the "
                                               "median is compared: peak memory varies by "
@@ -237,6 +237,38 @@ def measure_imagenet(scratch: str, batch_size: int) -> dict:
     }
 
 
+def measure_cache(repeats: int = 3) -> dict:
+    """The CPU protocol's phase-0 training pipeline streamed and cached, interleaved.
+
+    Images per second over a whole epoch after an untimed first one (which
+    fills the cache); the median of `repeats` per variant.
+    """
+    from aanets_tf import pipeline
+
+    data = pipeline.load_dataset("cifar10", os.path.join(os.path.dirname(REPO_ROOT), "shared",
+                                                         "tensorflow_datasets"),
+                                 train_images_per_class=500, read_test=False)
+    base = np.isin(data.train.labels, [4, 2, 7, 6])
+    part = pipeline.Part(data.train.source, data.train.positions[base], data.train.labels[base])
+    steps = pipeline.steps_per_epoch(len(part), 128)
+    rates = {"streamed": [], "cached": []}
+    for _ in range(repeats):
+        for name in rates:
+            iterator = iter(pipeline.train_dataset(
+                [part], 128, seed=0, epochs=2, cache=name == "cached",
+                transform=pipeline.ImageTransform("cifar", 32)))
+            for _ in range(steps):
+                next(iterator)
+            start = time.perf_counter()
+            images = sum(int(next(iterator)[1].shape[0]) for _ in range(steps))
+            rates[name].append(images / (time.perf_counter() - start))
+    median = {k: round(float(np.median(v)), 1) for k, v in rates.items()}
+    return {"images_per_second": median,
+            "runs": {k: [round(r, 1) for r in v] for k, v in rates.items()},
+            "cached_over_streamed": round(median["cached"] / median["streamed"], 2),
+            "images_per_epoch": len(part)}
+
+
 def markdown(report: dict) -> str:
     lines = [f"Machine: {machine.summary_line(report['machine'])}", ""]
     if "memory" in report:
@@ -249,6 +281,12 @@ def markdown(report: dict) -> str:
         lines += ["", f"Difference of the medians: {m['difference_mib']} MiB (limit "
                       f"{m['limit_mib']}): "
                       f"{'pass' if m['pass'] else 'FAIL'}", ""]
+    if "cache" in report:
+        c = report["cache"]
+        lines += [f"CPU protocol phase-0 pipeline ({c['images_per_epoch']} images per epoch), "
+                  f"images/s, median of {len(c['runs']['cached'])}: streamed "
+                  f"{c['images_per_second']['streamed']}, cached "
+                  f"{c['images_per_second']['cached']} ({c['cached_over_streamed']}x)", ""]
     if "imagenet" in report:
         r = report["imagenet"]
         lines += [
@@ -280,6 +318,8 @@ def main(argv):
         report["memory"] = measure_memory(FLAGS.scratch, FLAGS.memory_repeats)
     if "imagenet" in FLAGS.only:
         report["imagenet"] = measure_imagenet(FLAGS.scratch, FLAGS.imagenet_batch_size)
+    if "cache" in FLAGS.only:
+        report["cache"] = measure_cache()
     atomic_io.write_json(os.path.join(FLAGS.out, "data_path.json"), report)
     text = markdown(report)
     atomic_io.write_text(os.path.join(FLAGS.out, "data_path.md"), text)

@@ -381,7 +381,6 @@ def main(argv):
     names = [s for s in STEPS if s in FLAGS.only]
     import keras
     import psutil
-    import tensorflow as tf
 
     from aanets_tf import atomic_io, pipeline
     from aanets_tf.class_order import PhasePlan, class_order

@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,7 +12,8 @@ import tensorflow as tf
 
 from aanets_tf import checkpointing, growth, incremental, serving_config
 from aanets_tf.config import TrainConfig
-from conftest import REPO_ROOT, SHARED_DATA_DIR, without_timings
+from aanets_tf.reporting import without_timings
+from conftest import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
 from tools import make_folder_dataset
 
 pytestmark = pytest.mark.slow
@@ -102,16 +101,7 @@ def test_grow_killed_mid_phase_resumes_to_the_same_metrics(grown, trees):
     _, results, copy = grown
     command = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
                f"--workdir={copy}", f"--add_classes_from={trees[1]}"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd=REPO_ROOT)
-    epoch_file = checkpointing.epoch_state_path(copy, 2)
-    deadline = time.time() + 300
-    # The run's own signal: the epoch checkpoint it writes after each epoch.
-    while not os.path.exists(epoch_file) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "the grow ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_epoch(command, checkpointing.epoch_state_path(copy, 2), REPO_ROOT)
     assert not os.path.exists(os.path.join(copy, "checkpoints", "phase_2.keras"))
     resumed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

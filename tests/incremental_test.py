@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +11,8 @@ import pytest
 from aanets_tf import checkpointing, incremental, pipeline
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
-from conftest import REPO_ROOT, SHARED_DATA_DIR, without_timings
+from aanets_tf.reporting import without_timings
+from conftest import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
 
 pytestmark = pytest.mark.slow
 
@@ -186,15 +185,8 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(finished_run, tmp_p
     """Killed after phase 1's first epoch, resumed: metrics identical (timings aside)."""
     config, results = finished_run
     workdir = str(tmp_path / "killed")
-    process = subprocess.Popen(_train_command(workdir), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd=REPO_ROOT)
     epoch_file = checkpointing.epoch_state_path(workdir, 1)
-    deadline = time.time() + 300
-    while not os.path.exists(epoch_file) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed mid-phase"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_epoch(_train_command(workdir), epoch_file, REPO_ROOT)
     with open(epoch_file) as f:
         assert json.load(f)["epochs_done"] == 1
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "phase_1.keras"))

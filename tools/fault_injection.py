@@ -23,17 +23,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-# Keys whose values are wall-clock measurements, not results.
-TIMING_KEYS = ("train_seconds", "eval_seconds")
-
-
-def without_timings(obj):
-    """`obj` with every timing entry removed, recursively."""
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
+from aanets_tf.reporting import without_timings  # noqa: E402
 
 
 def differences(a, b, path="") -> list[str]:
