@@ -162,7 +162,8 @@ def _prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
     os.makedirs(config.workdir, exist_ok=True)
     path = os.path.join(config.workdir, "config.json")
     if overwrite:
-        for name in ("checkpoints", "exemplars", "tensorboard", "plots", "metrics.json"):
+        for name in ("checkpoints", "exemplars", "tensorboard", "plots", "metrics.json",
+                     "growth.json"):
             p = os.path.join(config.workdir, name)
             if os.path.isdir(p):
                 shutil.rmtree(p)
