@@ -388,7 +388,11 @@ def train_dataset(parts: list[Part], batch_size: int, *, seed: int, epochs: int 
         return mixed.shuffle(min(shuffle_buffer, n), seed=shuffle_seed,
                              reshuffle_each_iteration=False).batch(batch_size)
 
+    # The size is known: Keras then counts steps itself, and a record that
+    # vanished since indexing fails loudly instead of shortening an epoch.
+    batches = (epochs - initial_epoch) * steps_per_epoch(n, batch_size)
     return (tf.data.Dataset.range(initial_epoch, epochs).flat_map(one_epoch)
+            .apply(tf.data.experimental.assert_cardinality(batches))
             .map(lambda x, y: (tf.cast(x, tf.float32), y))
             .prefetch(tf.data.AUTOTUNE).with_options(_options()))
 
@@ -407,8 +411,12 @@ def eval_dataset(source: ImageSource, positions: np.ndarray, batch_size: int, *,
         image = transform.eval(source.decode(payload))
         return tf.image.flip_left_right(image) if flip else image
 
-    dataset = source.read(np.asarray(positions, np.int64)).map(
+    positions = np.asarray(positions, np.int64)
+    dataset = source.read(positions).map(
         prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    # A known size lets Keras's predict end without an "ran out of data" warning.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(
+        steps_per_epoch(len(positions), batch_size)))
     if pad_last_batch:
         def pad(x):
             x = tf.pad(x, [[0, batch_size - tf.shape(x)[0]]] + [[0, 0]] * (len(x.shape) - 1))
