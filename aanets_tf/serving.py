@@ -13,6 +13,15 @@ with three signatures:
   `(batch, d)`, the pooled backbone features (for nearest-mean classifiers and
   embeddings).
 
+Every signature refuses, before any work, a batch above `max_batch`; the
+bytes signature also refuses a string above `max_image_bytes` and an image
+whose header declares more than `max_image_pixels` (read from the header,
+before decoding: a small file must not decode to gigabytes). Refusals are
+`INVALID_ARGUMENT` errors that name the limit; the limits (`ServingLimits`)
+are written into `assets.extra/classes.json` for clients to read. The pixel
+signatures take images of the network's size only (their input signature
+says so; TF Serving refuses other shapes with the expected one).
+
 Pixel normalisation happens inside the network, so clients send raw pixels.
 Column i of `logits`/`probabilities` is the i-th class of the run's class
 order; `top_k_class_ids` are the dataset's own label ids, and the SavedModel
@@ -24,6 +33,7 @@ Serving run the graph once before it marks a version available.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -33,6 +43,8 @@ from typing import Sequence
 import keras
 import numpy as np
 import tensorflow as tf
+
+from aanets_tf.images import checked_decode_rgb
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -45,6 +57,23 @@ CLASSIFICATION_OUTPUTS = ("logits", "probabilities", "top_k_class_ids", "top_k_s
 CLASSES_FILE = os.path.join("assets.extra", "classes.json")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_TOP_K = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingLimits:
+    """What one request may ask of an exported model."""
+    max_batch: int = 256  # images per request, every signature
+    max_image_bytes: int = 10 * 2 ** 20  # one encoded image (serving_bytes)
+    max_image_pixels: int = 4096 * 4096  # height x width from its header (serving_bytes)
+
+    def __post_init__(self):
+        for name, value in dataclasses.asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer. "
+                                 f"Received: {name}={value!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def input_size(network: keras.Model) -> tuple[int, int]:
@@ -92,7 +121,8 @@ def _validated_classes(network: keras.Model, class_ids, label_names,
 
 
 def serving_endpoints(network: keras.Model, class_ids: Sequence[int],
-                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K) -> dict:
+                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K,
+                      limits: ServingLimits = ServingLimits()) -> dict:
     """The three signature functions, each `(fn, input_signature)`, by signature name.
 
     Args:
@@ -102,10 +132,11 @@ def serving_endpoints(network: keras.Model, class_ids: Sequence[int],
         top_k: classes returned per image; capped at the number of columns.
     """
     class_ids, labels, k = _validated_classes(network, class_ids, label_names, top_k)
-    return _endpoints(network, class_ids, labels, k)
+    return _endpoints(network, class_ids, labels, k, limits)
 
 
-def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k: int) -> dict:
+def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k: int,
+               limits: ServingLimits) -> dict:
     height, width = input_size(network)
     ids_table = tf.constant(class_ids, dtype=tf.int64)
     labels_table = tf.constant(labels, dtype=tf.string)
@@ -129,8 +160,20 @@ def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k:
             "top_k_labels": tf.gather(labels_table, columns),
         }
 
+    def within_batch_limit(batch):
+        return tf.debugging.assert_less_equal(
+            tf.shape(batch)[0], limits.max_batch,
+            message=f"A request may hold at most max_batch={limits.max_batch} images; "
+                    "split it. Received a batch of")
+
     def decode(encoded):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        # Size and header are checked before decoding (`checked_decode_rgb`).
+        size_ok = tf.debugging.assert_less_equal(
+            tf.strings.length(encoded), limits.max_image_bytes,
+            message=f"An encoded image may hold at most max_image_bytes="
+                    f"{limits.max_image_bytes} bytes. Received")
+        with tf.control_dependencies([size_ok]):
+            image = checked_decode_rgb(encoded, limits.max_image_pixels)
         shape = tf.shape(image)
         same_size = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
         # Bilinear resizing (antialiased when shrinking) only when needed, so an
@@ -140,15 +183,19 @@ def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k:
         return tf.ensure_shape(pixels, (height, width, 3))
 
     def serving_default(images):
-        return classify(tf.cast(images, tf.float32))
+        with tf.control_dependencies([within_batch_limit(images)]):
+            return classify(tf.cast(images, tf.float32))
 
     def serving_bytes(image_bytes):
-        pixels = tf.map_fn(decode, image_bytes,
-                           fn_output_signature=tf.TensorSpec((height, width, 3), tf.float32))
+        with tf.control_dependencies([within_batch_limit(image_bytes)]):
+            pixels = tf.map_fn(decode, image_bytes,
+                               fn_output_signature=tf.TensorSpec((height, width, 3),
+                                                                 tf.float32))
         return classify(pixels)
 
     def features(images):
-        return {"features": forward(tf.cast(images, tf.float32))["features"]}
+        with tf.control_dependencies([within_batch_limit(images)]):
+            return {"features": forward(tf.cast(images, tf.float32))["features"]}
 
     images_spec = tf.TensorSpec((None, height, width, 3), tf.uint8, name=IMAGES_KEY)
     bytes_spec = tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES_KEY)
@@ -160,7 +207,8 @@ def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k:
 
 
 def write_saved_model(network: keras.Model, path: str, class_ids: Sequence[int],
-                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K) -> None:
+                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K,
+                      limits: ServingLimits = ServingLimits()) -> None:
     """Write the SavedModel (signatures, vocabulary, warmup request) to `path` as is.
 
     Not atomic: `export_phase` is the way to publish a version.
@@ -169,7 +217,7 @@ def write_saved_model(network: keras.Model, path: str, class_ids: Sequence[int],
     # Variables are collected from the endpoints; `archive.track(network)` would
     # also trace every layer for serialization, doubling the export time.
     archive = keras.export.ExportArchive()
-    for name, (fn, signature) in _endpoints(network, class_ids, labels, k).items():
+    for name, (fn, signature) in _endpoints(network, class_ids, labels, k, limits).items():
         archive.add_endpoint(name, fn, input_signature=signature)
     archive.write_out(path, verbose=False)
 
@@ -177,7 +225,8 @@ def write_saved_model(network: keras.Model, path: str, class_ids: Sequence[int],
     os.makedirs(os.path.join(path, "assets.extra"), exist_ok=True)
     with open(os.path.join(path, CLASSES_FILE), "w") as f:
         json.dump({"class_ids": class_ids, "labels": labels, "top_k": k,
-                   "image_size": [height, width], "signatures": list(SIGNATURES)}, f, indent=2)
+                   "image_size": [height, width], "signatures": list(SIGNATURES),
+                   "limits": limits.to_dict()}, f, indent=2)
     _write_warmup_request(os.path.join(path, WARMUP_FILE), height, width)
 
 
@@ -214,7 +263,7 @@ def export_versions(base_dir: str) -> list[int]:
 
 def export_phase(network: keras.Model, base_dir: str, version: int, class_ids: list[int],
                  label_names: list[str], *, top_k: int = DEFAULT_TOP_K,
-                 overwrite: bool = False) -> str:
+                 limits: ServingLimits = ServingLimits(), overwrite: bool = False) -> str:
     """Publish `network` as version `version` of the model at `base_dir`.
 
     The SavedModel is written to a hidden directory beside the version (TF
@@ -229,6 +278,7 @@ def export_phase(network: keras.Model, base_dir: str, version: int, class_ids: l
             `num_seen` entries).
         label_names: the dataset's class names, indexed by dataset label.
         top_k: classes returned per image, capped at the number of classes.
+        limits: what one request may ask (batch size, image bytes and pixels).
         overwrite: replace an existing version. Without it an existing version
             raises `FileExistsError`.
 
@@ -254,7 +304,7 @@ def export_phase(network: keras.Model, base_dir: str, version: int, class_ids: l
     os.mkdir(staging)
     retired = None
     try:
-        write_saved_model(network, staging, class_ids, label_names, top_k)
+        write_saved_model(network, staging, class_ids, label_names, top_k, limits)
         refuse_if_exists()
         if os.path.lexists(target):
             # A directory cannot be renamed onto a non-empty one: move the old

@@ -35,10 +35,11 @@ def _read_json(path: str, what: str) -> dict:
 
 def export_from_workdir(workdir: str, phase: int | None = None, *,
                         export_dir: str | None = None, model_name: str | None = None,
-                        top_k: int = 5, overwrite: bool = False) -> str:
+                        top_k: int = 5, limits=None, overwrite: bool = False) -> str:
     """Export phase `phase` (default: the last completed one) of the run in `workdir`.
 
-    Returns the version directory written.
+    `limits` (`serving.ServingLimits`, defaults when None) caps what one
+    request may ask. Returns the version directory written.
     """
     # The network modules register the custom layers the checkpoint names.
     from aanets_tf import backbones, checkpointing, network as network_lib, serving  # noqa: F401
@@ -71,7 +72,8 @@ def export_from_workdir(workdir: str, phase: int | None = None, *,
     export_root = export_dir or config.get("export_dir") or os.path.join(workdir, "export")
     base_dir = os.path.join(export_root, model_name or config.get("model_name") or "aanets")
     return serving.export_phase(network, base_dir, phase + 1, class_order[:num_seen],
-                                metrics["label_names"], top_k=top_k, overwrite=overwrite)
+                                metrics["label_names"], top_k=top_k, overwrite=overwrite,
+                                limits=limits or serving.ServingLimits())
 
 
 def define_flags() -> None:
@@ -83,6 +85,13 @@ def define_flags() -> None:
     flags.DEFINE_string("model_name", None, "Model name (default: the run's --model_name).")
     flags.DEFINE_integer("top_k", 5, "Classes returned per image.", lower_bound=1)
     flags.DEFINE_boolean("overwrite", False, "Replace the version if it exists.")
+    flags.DEFINE_integer("max_batch", 256, "Images one request may hold (every signature).",
+                         lower_bound=1)
+    flags.DEFINE_integer("max_image_bytes", 10 * 2 ** 20,
+                         "Bytes of one encoded image (serving_bytes).", lower_bound=1)
+    flags.DEFINE_integer("max_image_pixels", 4096 * 4096,
+                         "Height x width an encoded image's header may declare "
+                         "(serving_bytes); refused before decoding.", lower_bound=1)
 
 
 def main(argv):
@@ -92,11 +101,13 @@ def main(argv):
         # TensorFlow's SavedModel writer logs every step at INFO.
         logging.set_verbosity(logging.WARNING)
     from aanets_tf.checkpointing import CorruptCheckpointError
+    from aanets_tf.serving import ServingLimits
 
     try:
+        limits = ServingLimits(FLAGS.max_batch, FLAGS.max_image_bytes, FLAGS.max_image_pixels)
         path = export_from_workdir(FLAGS.workdir, FLAGS.phase, export_dir=FLAGS.export_dir,
                                    model_name=FLAGS.model_name, top_k=FLAGS.top_k,
-                                   overwrite=FLAGS.overwrite)
+                                   limits=limits, overwrite=FLAGS.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, CorruptCheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -243,3 +243,54 @@ def test_a_mixed_precision_network_exports_float32_outputs(policy, tmp_path):
     assert out["logits"].dtype == out["probabilities"].dtype == tf.float32
     np.testing.assert_allclose(out["logits"].numpy(), keras_outputs(network, pixels)["logits"],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def limited(networks, tmp_path_factory):
+    """Version 1 exported with small limits, loaded."""
+    base = str(tmp_path_factory.mktemp("limited") / "aanets")
+    limits = serving.ServingLimits(max_batch=3, max_image_bytes=4000, max_image_pixels=64 * 64)
+    path = serving.export_phase(networks[0], base, 1, CLASS_ORDER[:PHASE_CLASSES[0]],
+                                LABEL_NAMES, limits=limits)
+    return path, tf.saved_model.load(path), limits
+
+
+def _png(array):
+    return tf.io.encode_png(array).numpy()
+
+
+def test_limits_are_stored_and_hostile_requests_refused_before_work(limited):
+    from conftest import bomb_png
+
+    path, model, limits = limited
+    assert serving.read_classes(path)["limits"] == limits.to_dict()
+    by_bytes = model.signatures[serving.SERVING_BYTES]
+    good = _png(images(1, seed=3)[0])
+    normal = by_bytes(image_bytes=tf.constant([good]))["logits"].numpy()
+    # A header declaring 60,000 x 60,000 pixels (10.8 GB decoded) in a few KB.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_pixels=4096"):
+        by_bytes(image_bytes=tf.constant([good, bomb_png()]))
+    big = _png(np.random.RandomState(0).randint(0, 256, (48, 48, 3)).astype(np.uint8))
+    assert len(big) > limits.max_image_bytes
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_bytes=4000"):
+        by_bytes(image_bytes=tf.constant([big]))
+    for garbage, words in ((b"", "empty"), (b"<html>not an image", "no known image signature"),
+                           (good[:20], "header")):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=words):
+            by_bytes(image_bytes=tf.constant([garbage]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_batch=3"):
+        by_bytes(image_bytes=tf.constant([good] * 4))
+    for name in (serving.SERVING_DEFAULT, serving.FEATURES):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="max_batch=3"):
+            model.signatures[name](images=tf.constant(images(4)))
+        model.signatures[name](images=tf.constant(images(3)))  # at the limit: answered
+    # Still answering normal requests, with the same outputs.
+    np.testing.assert_array_equal(by_bytes(image_bytes=tf.constant([good]))["logits"].numpy(),
+                                  normal)
+
+
+def test_serving_limits_must_be_positive_integers():
+    with pytest.raises(ValueError, match="max_batch=0"):
+        serving.ServingLimits(max_batch=0)
+    with pytest.raises(ValueError, match="max_image_pixels=1.5"):
+        serving.ServingLimits(max_image_pixels=1.5)
