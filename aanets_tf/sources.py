@@ -193,7 +193,7 @@ def _tfds_records(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Data
 @dataclasses.dataclass
 class Index:
     """What indexing a split found: records usable in order, and those left out."""
-    labels: np.ndarray  # (n,) label of every record read (bad ones too)
+    labels: np.ndarray  # (n,) label of every record read; -1 where it failed to decode
     good: np.ndarray  # (n,) bool
     skipped: list[SkippedRecord]
 
@@ -204,10 +204,10 @@ def _index_stream(records: tf.data.Dataset, read, describe, num_classes: int, to
 
     `read(payload)` gives the encoded bytes. The header is checked first, so
     an oversized image is never decoded; a record that passes is decoded
-    (`images.validate`). A decode that raises drops its
-    element (`ignore_errors`): a position missing from the output failed to
-    decode and is reported as corrupt. `stop_when(counts)` ends the read
-    early once the good records per class suffice.
+    (`images.validate`). A decode that raises drops its element
+    (`ignore_errors`): a position missing from the output failed to decode
+    and is reported as corrupt. `stop_when(counts)` ends the read early once
+    the good records per class suffice.
     """
     def check(position, record):
         payload, label = record
