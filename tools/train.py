@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from tools import train_flags  # noqa: E402
 
@@ -57,6 +57,10 @@ def _grow(verbose) -> int:
 
 def main(argv):
     config = train_flags.config_for_main(argv)
+    if not FLAGS["verbosity"].present:
+        # TFDS and the SavedModel writer log every dataset read and export step
+        # at INFO; --verbosity=0 brings them back.
+        logging.set_verbosity(logging.WARNING)
 
     from aanets_tf import incremental, reporting
     from aanets_tf.distribute import StrategyUnavailableError
