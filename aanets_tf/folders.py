@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from aanets_tf import pipeline
-from aanets_tf.sources import FileSource, SkippedRecord, index_files
+from aanets_tf.sources import FileSource, SkippedRecord, index_files, refuse_bad
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 
@@ -184,11 +184,8 @@ def load_folder_dataset(root: str, *, label_names: list[str] | None = None,
     all_names = known + classes
     label_of = {name: i for i, name in enumerate(all_names)}
     check = dict(max_pixels=max_image_pixels, strict=strict_images, num_classes=len(all_names))
-    if strict_images and skipped:
-        raise pipeline.BadImageError(
-            f"{len(skipped)} file(s) that are not images: "
-            + "; ".join(s.name for s in skipped[:5]) + ". Remove them, or run without "
-            "--strict_images to skip and count them.")
+    if strict_images:
+        refuse_bad(skipped)  # non-image files, before any image is read
     train_split, bad_train = file_split(train, label_of, train_images_per_class, **check)
     test_split, bad_test = file_split(test, label_of, test_images_per_class, **check)
     skipped += bad_train + bad_test

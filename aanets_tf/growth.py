@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from aanets_tf import atomic_io, folders, incremental, pipeline, serving, serving_config
-from aanets_tf.class_order import PhasePlan, class_order
+from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
 from aanets_tf.sources import FileSource
 
@@ -63,11 +63,6 @@ def _metrics(workdir: str) -> dict | None:
         return None
     with open(path) as f:
         return json.load(f)
-
-
-def _base_plan(config: TrainConfig, num_classes: int) -> PhasePlan:
-    return PhasePlan(tuple(class_order(num_classes, config.seed)), config.num_base_classes,
-                     config.classes_per_phase)
 
 
 def _test_files(root: str, names: list[str], config: TrainConfig) -> dict[str, list[str]]:
@@ -159,7 +154,7 @@ def grow(workdir: str, add_from: str, *, classes: list[str] | None = None,
         if metrics is None:
             raise GrowthError(f"{workdir} has no finished phase yet: train it first (rerun "
                               "python tools/train.py with its settings).")
-        base = _base_plan(config, len(metrics["label_names"]))
+        base = incremental.protocol_plan(config, len(metrics["label_names"]))
         if config.num_phases and config.num_phases < base.num_phases:
             raise GrowthError(f"The run stops after --num_phases={config.num_phases} of "
                               f"{base.num_phases} phases: grown classes come after all of "

@@ -68,10 +68,6 @@ class ExemplarMemory:
     def classes(self) -> list[int]:
         return sorted(self._ranked)
 
-    def ranking(self, class_id: int) -> np.ndarray:
-        """The class's ranked sample indices, best exemplar first."""
-        return self._ranked[int(class_id)]
-
     def exemplar_indices(self, class_id: int, per_class: int) -> np.ndarray:
         return self._ranked[int(class_id)][:per_class]
 

@@ -197,6 +197,12 @@ def _level2_seed(seed: int, phase: int) -> int:
     return seed + _PHASE_SEED_STRIDE * phase + 1
 
 
+def protocol_plan(config: TrainConfig, num_classes: int) -> PhasePlan:
+    """The configured phases over `num_classes` classes in the `config.seed` order."""
+    return PhasePlan(tuple(class_order(num_classes, config.seed)), config.num_base_classes,
+                     config.classes_per_phase)
+
+
 def _schedule(config: TrainConfig, learning_rate: float, steps_per_epoch: int):
     """A phase's learning-rate schedule: step decay, or cosine decay to 0."""
     if config.lr_schedule == "cosine":
@@ -306,8 +312,7 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
             log=log)
     if config.num_classes:
         data = pipeline.class_subset(data, config.num_classes, config.seed)
-    plan = plan or PhasePlan(tuple(class_order(data.num_classes, config.seed)),
-                             config.num_base_classes, config.classes_per_phase)
+    plan = plan or protocol_plan(config, data.num_classes)
     num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
     if num_phases > plan.num_phases:
         raise ValueError(f"--num_phases={config.num_phases} exceeds the "
@@ -427,7 +432,8 @@ def _run_phases(config: TrainConfig, *, data: pipeline.ClassIncrementalData | No
             state.memory.add_class(int(c), new.positions[mask], new_features[mask],
                                    max_rank=per_class)
         write_exemplars(exemplar_path(config.workdir, phase), data.train.source,
-                        {int(c): state.memory.ranking(int(c)) for c in new_classes},
+                        {int(c): state.memory.exemplar_indices(int(c), per_class)
+                         for c in new_classes},
                         {int(c): int(position[c]) for c in new_classes}, per_class)
         memory = exemplars_of(phase + 1)
         kept = memory.positions(per_class)

@@ -246,12 +246,12 @@ def _index_stream(records: tf.data.Dataset, read, describe, num_classes: int, to
         skipped.append(SkippedRecord(describe(int(p)), reason))
     index = Index(labels, (status == images.OK) & ~out_of_range, skipped)
     if strict:
-        _refuse_bad(index)
+        refuse_bad(index.skipped)
     return index
 
 
-def _refuse_bad(index: Index) -> None:
-    skipped = index.skipped
+def refuse_bad(skipped: list[SkippedRecord]) -> None:
+    """Raise `BadImageError` naming the first few of `skipped` (strict runs)."""
     if skipped:
         shown = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:5])
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
@@ -280,7 +280,7 @@ def _cached(cache_dir: str | None, name: str, key: dict, strict: bool, compute) 
         index = None  # none, or unreadable: index again
     if index is not None:
         if strict:
-            _refuse_bad(index)
+            refuse_bad(index.skipped)
         return index
     index = compute()
     with atomic_io.staged_path(stem + ".npz") as tmp:

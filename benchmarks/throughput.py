@@ -382,15 +382,13 @@ def main(argv):
     import keras
     import psutil
 
-    from aanets_tf import atomic_io, pipeline
-    from aanets_tf.class_order import PhasePlan, class_order
+    from aanets_tf import atomic_io, incremental, pipeline
 
     started = time.perf_counter()
     data = pipeline.load_dataset(config.dataset, config.data_dir, download=config.download,
                                  train_images_per_class=config.train_images_per_class,
                                  test_images_per_class=config.test_images_per_class)
-    plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
-                     config.num_base_classes, config.classes_per_phase)
+    plan = incremental.protocol_plan(config, data.num_classes)
     keras.utils.set_random_seed(config.seed)
     benches = {name: StepBench(config, data, plan, *settings)
                for name, settings in variants.items()}
