@@ -77,15 +77,7 @@ def get_architecture(name: str) -> Architecture:
     return ARCHITECTURES[name]
 
 
-def _input_and_normalization(arch: Architecture, input_shape):
-    shape = tuple(input_shape or arch.input_shape)
-    if len(shape) != 3 or shape[-1] != 3:
-        raise ValueError(f"`input_shape` must be (H, W, 3). Received: input_shape={shape}")
-    inputs = keras.Input(shape=shape, name="images")
-    mean = np.array(arch.mean, dtype=np.float32) * 255.0
-    variance = (np.array(arch.std, dtype=np.float32) * 255.0) ** 2
-    x = keras.layers.Normalization(mean=mean, variance=variance, name="normalization")(inputs)
-    return inputs, x
+BRANCH_LAYOUTS = ("single", "dual")
 
 
 def _stem(arch: Architecture, stable: bool) -> Stem:
@@ -101,66 +93,113 @@ def _level(arch: Architecture, k: int, stable: bool, name: str) -> ResidualLevel
                          final_relu=not last, name=name)
 
 
-def build_resnet(arch: str | Architecture, input_shape=None,
-                 name: str = "resnet") -> keras.Model:
-    """A plain LUCIR ResNet backbone: images `(b, H, W, 3)` -> features `(b, d)`."""
-    arch = get_architecture(arch) if isinstance(arch, str) else arch
-    # === Functional Model ===
-    inputs, x = _input_and_normalization(arch, input_shape)
-    x = _stem(arch, stable=False)(x)
-    for k in range(arch.num_levels):
-        x = _level(arch, k, stable=False, name=f"level{k + 1}")(x)
-    # Features are pooled in float32 under a mixed-precision policy too: they
-    # feed the cosine classifier, the less-forget loss, herding and NME.
-    features = keras.layers.GlobalAveragePooling2D(name="pool", dtype="float32")(x)
-    return keras.Model(inputs, features, name=name)
+@keras.saving.register_keras_serializable(package="aanets_tf")
+class Backbone(keras.Model):
+    """A ResNet backbone that knows its layout: images `(b, H, W, 3)` -> features `(b, d)`.
 
+    `branches="single"` is the plain LUCIR ResNet: `stem`, `level1..levelK`,
+    `pool`. `branches="dual"` is an AANet: a stable stem shared by both
+    branches, then for every level k `stable_level{k}` and `plastic_level{k}`
+    fed with the same input and mixed by `aggregation{k}` (the last level
+    after global pooling, which is equivalent by linearity and cheaper).
 
-def build_aanet(arch: str | Architecture, input_shape=None, *,
-                learnable_aggregation: bool = True, initial_aggregation: float = 0.5,
-                name: str = "aanet") -> keras.Model:
-    """An AANet backbone: stable and plastic level pairs mixed by aggregation weights.
-
-    The stem is stable (shared by both branches). Images `(b, H, W, 3)` ->
-    features `(b, d)`.
+    Args:
+        arch: a name in `ARCHITECTURES`.
+        branches: `"single"` or `"dual"`.
+        image_shape: `(H, W, 3)`; the architecture's own size when None.
+        learnable_aggregation: dual only; False freezes the aggregation weights.
+        initial_aggregation: dual only; the aggregation weights' start value in [0, 1].
     """
-    arch = get_architecture(arch) if isinstance(arch, str) else arch
-    if not 0.0 <= initial_aggregation <= 1.0:
-        raise ValueError("`initial_aggregation` must lie in [0, 1]. "
-                         f"Received: initial_aggregation={initial_aggregation}")
-    # === Functional Model ===
-    inputs, x = _input_and_normalization(arch, input_shape)
-    x = _stem(arch, stable=True)(x)
-    for k in range(arch.num_levels):
-        stable = _level(arch, k, stable=True, name=f"stable_level{k + 1}")(x)
-        plastic = _level(arch, k, stable=False, name=f"plastic_level{k + 1}")(x)
-        last = k == arch.num_levels - 1
-        if last:
-            # float32 features under mixed precision, as in `build_resnet`.
-            pool = keras.layers.GlobalAveragePooling2D
-            stable = pool(name="stable_pool", dtype="float32")(stable)
-            plastic = pool(name="plastic_pool", dtype="float32")(plastic)
-        x = Aggregation(initial_aggregation, learnable=learnable_aggregation,
-                        name=f"aggregation{k + 1}",
-                        dtype="float32" if last else None)([stable, plastic])
-    return keras.Model(inputs, x, name=name)
+
+    def __init__(self, arch: str, *, branches: str = "single",
+                 image_shape: tuple[int, int, int] | None = None,
+                 learnable_aggregation: bool = True, initial_aggregation: float = 0.5,
+                 **kwargs):
+        architecture = get_architecture(arch)
+        if branches not in BRANCH_LAYOUTS:
+            raise ValueError(f"`branches` must be one of {BRANCH_LAYOUTS}. "
+                             f"Received: branches={branches!r}")
+        if not 0.0 <= initial_aggregation <= 1.0:
+            raise ValueError("`initial_aggregation` must lie in [0, 1]. "
+                             f"Received: initial_aggregation={initial_aggregation}")
+        shape = tuple(int(d) for d in (image_shape or architecture.input_shape))
+        if len(shape) != 3 or shape[-1] != 3:
+            raise ValueError(f"`image_shape` must be (H, W, 3). Received: image_shape={shape}")
+
+        # === Functional Model ===
+        inputs = keras.Input(shape=shape, name="images")
+        mean = np.array(architecture.mean, dtype=np.float32) * 255.0
+        variance = (np.array(architecture.std, dtype=np.float32) * 255.0) ** 2
+        x = keras.layers.Normalization(mean=mean, variance=variance,
+                                       name="normalization")(inputs)
+        dual = branches == "dual"
+        x = _stem(architecture, stable=dual)(x)
+        # Features are pooled in float32 under a mixed-precision policy too: they
+        # feed the cosine classifier, the less-forget loss, herding and NME.
+        pool = keras.layers.GlobalAveragePooling2D
+        for k in range(architecture.num_levels):
+            last = k == architecture.num_levels - 1
+            if not dual:
+                x = _level(architecture, k, stable=False, name=f"level{k + 1}")(x)
+                continue
+            stable = _level(architecture, k, stable=True, name=f"stable_level{k + 1}")(x)
+            plastic = _level(architecture, k, stable=False, name=f"plastic_level{k + 1}")(x)
+            if last:
+                stable = pool(name="stable_pool", dtype="float32")(stable)
+                plastic = pool(name="plastic_pool", dtype="float32")(plastic)
+            x = Aggregation(initial_aggregation, learnable=learnable_aggregation,
+                            name=f"aggregation{k + 1}",
+                            dtype="float32" if last else None)([stable, plastic])
+        if not dual:
+            x = pool(name="pool", dtype="float32")(x)
+        super().__init__(inputs, x, **kwargs)
+
+        # === Config ===
+        self.arch = architecture.name
+        self.branches = branches
+        self.image_shape = shape
+        self.learnable_aggregation = bool(learnable_aggregation)
+        self.initial_aggregation = float(initial_aggregation)
+
+    @property
+    def architecture(self) -> Architecture:
+        return ARCHITECTURES[self.arch]
+
+    @property
+    def is_aanet(self) -> bool:
+        return self.branches == "dual"
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "arch": self.arch,
+            "branches": self.branches,
+            "image_shape": list(self.image_shape),
+            "learnable_aggregation": self.learnable_aggregation,
+            "initial_aggregation": self.initial_aggregation,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Backbone":
+        return cls(**config)
+
+
+def build_resnet(arch: str, input_shape=None, name: str = "resnet") -> Backbone:
+    """A plain LUCIR ResNet backbone: images `(b, H, W, 3)` -> features `(b, d)`."""
+    return Backbone(arch, branches="single", image_shape=input_shape, name=name)
+
+
+def build_aanet(arch: str, input_shape=None, *, learnable_aggregation: bool = True,
+                initial_aggregation: float = 0.5, name: str = "aanet") -> Backbone:
+    """An AANet backbone (see `Backbone`, `branches="dual"`)."""
+    return Backbone(arch, branches="dual", image_shape=input_shape,
+                    learnable_aggregation=learnable_aggregation,
+                    initial_aggregation=initial_aggregation, name=name)
 
 
 def is_aanet(backbone: keras.Model) -> bool:
-    return any(isinstance(layer, Aggregation) for layer in backbone.layers)
-
-
-def architecture_of(backbone: keras.Model) -> Architecture:
-    """The `Architecture` a backbone was built with (matched on its levels)."""
-    levels = [layer for layer in backbone.layers
-              if isinstance(layer, ResidualLevel) and not layer.stable]
-    filters = tuple(level.filters for level in levels)
-    blocks = tuple(level.num_blocks for level in levels)
-    for arch in ARCHITECTURES.values():
-        if arch.level_filters == filters and arch.level_blocks == blocks:
-            return arch
-    raise ValueError(f"Backbone {backbone.name!r} matches no known architecture "
-                     f"(level filters {filters}, blocks {blocks}).")
+    return isinstance(backbone, Backbone) and backbone.is_aanet
 
 
 def _copy_to_stable(plain_layer, stable_layer) -> None:
@@ -174,7 +213,7 @@ def _copy_to_stable(plain_layer, stable_layer) -> None:
         sbn.set_weights(bn.get_weights())
 
 
-def aanet_from_resnet(resnet: keras.Model, *, learnable_aggregation: bool = True,
+def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
                       initial_aggregation: float = 0.5, name: str = "aanet") -> keras.Model:
     """Build an AANet whose stable and plastic blocks both start from a trained ResNet.
 
@@ -183,11 +222,12 @@ def aanet_from_resnet(resnet: keras.Model, *, learnable_aggregation: bool = True
     the AANet computes the same features as `resnet`, whatever the
     aggregation weights.
     """
-    if is_aanet(resnet):
-        raise ValueError(f"`resnet` must be a plain ResNet backbone; {resnet.name!r} "
-                         "is already an AANet.")
-    arch = architecture_of(resnet)
-    aanet = build_aanet(arch, resnet.input_shape[1:],
+    if not isinstance(resnet, Backbone) or resnet.is_aanet:
+        raise ValueError(f"`resnet` must be a single-branch `Backbone`; {resnet.name!r} "
+                         f"is a {type(resnet).__name__} with "
+                         f"branches={getattr(resnet, 'branches', None)!r}.")
+    arch = resnet.architecture
+    aanet = build_aanet(arch.name, resnet.image_shape,
                         learnable_aggregation=learnable_aggregation,
                         initial_aggregation=initial_aggregation, name=name)
     aanet.get_layer("normalization").set_weights(

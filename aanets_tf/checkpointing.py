@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zipfile
 
 import keras
 
@@ -64,13 +65,68 @@ def save_network(network: keras.Model, workdir: str, phase: int) -> None:
         network.save(tmp)
 
 
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that would run Python code when loaded (a Lambda layer)."""
+
+
+# Objects whose config carries Python bytecode. Keras' safe mode refuses them too, unless
+# unsafe deserialization was enabled process-wide.
+_CODE_CLASSES = ("Lambda", "__lambda__")
+
+
+def _code_in_config(config) -> list[str]:
+    """Names of the objects in a `.keras` config that carry Python code, depth first."""
+    found, stack = [], [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") in _CODE_CLASSES:
+                config = node.get("config")
+                found.append(str(config.get("name", node["class_name"]))
+                             if isinstance(config, dict) else node["class_name"])
+                continue  # its function is part of the same finding
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def load_network(path: str) -> keras.Model:
-    """Load a phase checkpoint, with a clear error for a truncated or corrupt file."""
+    """Load a phase checkpoint, with a clear error for a truncated, corrupt or unsafe file.
+
+    Checkpoints are loaded with Keras' safe mode on, and their config is read first:
+    one holding a Lambda layer (Python bytecode) is refused before Keras sees it, even
+    if something in the process called `keras.config.enable_unsafe_deserialization()`
+    (which overrides `safe_mode=True`). The project's own networks never hold one.
+    """
     try:
-        return keras.models.load_model(path, compile=False)
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
     except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
         raise CorruptCheckpointError(f"Checkpoint {path} is unreadable ({type(e).__name__}: "
                                      f"{str(e)[:200]}).") from e
+    code = _code_in_config(config)
+    if code:
+        raise UnsafeCheckpointError(
+            f"Checkpoint {path} holds layers that run Python code when loaded (Lambda "
+            f"layers): {code}. Networks of this project have none; it is refused. "
+            f"Received: {path}")
+    try:
+        loaded = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
+        raise CorruptCheckpointError(f"Checkpoint {path} is unreadable ({type(e).__name__}: "
+                                     f"{str(e)[:200]}).") from e
+    return network.upgrade_legacy_network(loaded)
+
+
+# Loss names that runs wrote before they were spelled out (epoch logs, the
+# `final_losses` of metrics.json); read under their current names on resume.
+RENAMED_LOSSES = {"lf": "less_forget", "mr": "margin_ranking"}
+
+
+def current_loss_names(losses: dict) -> dict:
+    """`losses` with keys written under an earlier name renamed (`RENAMED_LOSSES`)."""
+    return {RENAMED_LOSSES.get(k, k): v for k, v in losses.items()}
 
 
 class EpochState:
@@ -80,7 +136,7 @@ class EpochState:
                  history: dict | None = None, train_seconds: float = 0.0):
         self.epochs_done = epochs_done
         self.trajectory = trajectory if trajectory is not None else []
-        self.history = history if history is not None else {}
+        self.history = current_loss_names(history or {})
         self.train_seconds = train_seconds
 
 

@@ -44,15 +44,15 @@ class PhasePlan:
                              f"Received: {self.grown_phases}")
         n = self._regular_classes
         if not 1 <= self.num_base_classes <= n:
-            raise ValueError(f"--num_base_classes must lie in [1, {n}] for a dataset of {n} "
+            raise ValueError(f"`num_base_classes` must lie in [1, {n}] for a dataset of {n} "
                              f"classes. Received: num_base_classes={self.num_base_classes}")
         if self.classes_per_phase < 1:
-            raise ValueError(f"--classes_per_phase must be >= 1. "
+            raise ValueError(f"`classes_per_phase` must be >= 1. "
                              f"Received: classes_per_phase={self.classes_per_phase}")
         if (n - self.num_base_classes) % self.classes_per_phase:
             raise ValueError(
                 f"The {n - self.num_base_classes} classes after the {self.num_base_classes} "
-                f"base classes do not split into phases of --classes_per_phase="
+                f"base classes do not split into phases of classes_per_phase="
                 f"{self.classes_per_phase}.")
 
     @property

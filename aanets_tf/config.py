@@ -85,7 +85,7 @@ class TrainConfig:
 
         def need(ok: bool, name: str, rule: str):
             if not ok:
-                problems.append(f"--{name} {rule}. Received: {name}={getattr(self, name)!r}")
+                problems.append(f"`{name}` {rule}. Received: {name}={getattr(self, name)!r}")
 
         need(bool(self.dataset), "dataset", "must name a TFDS dataset, or be 'folder'")
         need(self.num_base_classes >= 1, "num_base_classes", "must be >= 1")
@@ -100,7 +100,7 @@ class TrainConfig:
         need(self.image_size >= 0, "image_size", "must be >= 0 (0 = the default)")
         need(0 <= self.test_fraction < 1, "test_fraction", "must lie in [0, 1)")
         need(self.dataset != "folder" or bool(self.data_dir), "data_dir",
-             "must name the image folder tree with --dataset=folder")
+             "must name the image folder tree with dataset=folder")
         need(self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1")
         need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
         need(self.cache_mib >= 0, "cache_mib", "must be >= 0 (0 = always stream)")
@@ -117,7 +117,7 @@ class TrainConfig:
              f"must be one of {PRECISIONS}")
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
         need(not (self.jit_compile and self.deterministic), "jit_compile",
-             "cannot be combined with --deterministic (XLA does not support TensorFlow's "
+             "cannot be combined with `deterministic` (XLA does not support TensorFlow's "
              "op determinism)")
         for name in ("learning_rate", "aggregation_lr"):
             value = getattr(self, name)

@@ -7,6 +7,45 @@ import numpy as np
 from keras import ops
 
 
+def check_class_counts(num_old_classes: int, num_new_classes: int) -> None:
+    """A grown classifier has `>= 0` old classes and `>= 1` new ones."""
+    if num_old_classes < 0:
+        raise ValueError("`num_old_classes` must be >= 0. "
+                         f"Received: num_old_classes={num_old_classes}")
+    if num_new_classes < 1:
+        raise ValueError("`num_new_classes` must be positive. "
+                         f"Received: num_new_classes={num_new_classes}")
+
+
+def add_class_weights(layer: keras.layers.Layer, kind: str, dim: int, old_columns: int,
+                      new_columns: int):
+    """`(old, new)` weights of a grown classifier, `(dim, columns)` each: `old_<kind>`
+    frozen (None without old classes), `new_<kind>` trainable."""
+    old = None
+    if old_columns:
+        old = layer.add_weight(name=f"old_{kind}", shape=(dim, old_columns),
+                               initializer="glorot_uniform", trainable=False)
+    new = layer.add_weight(
+        name=f"new_{kind}", shape=(dim, new_columns),
+        initializer=keras.initializers.RandomUniform(-dim ** -0.5, dim ** -0.5),
+        trainable=True)
+    return old, new
+
+
+def joined(old, new):
+    """Old columns first, then new ones."""
+    return new if old is None else ops.concatenate([old, new], axis=1)
+
+
+def cosine_similarity(features, weights):
+    """Cosine of each feature `(batch, dim)` with each weight column `(dim, n)`: `(batch, n)`,
+    in float32."""
+    features = ops.cast(features, "float32")
+    f = features / ops.maximum(ops.norm(features, axis=-1, keepdims=True), 1e-12)
+    w = weights / ops.maximum(ops.norm(weights, axis=0, keepdims=True), 1e-12)
+    return ops.matmul(f, w)
+
+
 @keras.saving.register_keras_serializable(package="aanets_tf")
 class CosineClassifier(keras.layers.Layer):
     """`logits = sigma * cos(f, w_c)`: no bias, learnable scale `sigma`.
@@ -27,12 +66,7 @@ class CosineClassifier(keras.layers.Layer):
     def __init__(self, num_old_classes: int, num_new_classes: int,
                  initial_sigma: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        if num_old_classes < 0:
-            raise ValueError("`num_old_classes` must be >= 0. "
-                             f"Received: num_old_classes={num_old_classes}")
-        if num_new_classes < 1:
-            raise ValueError("`num_new_classes` must be positive. "
-                             f"Received: num_new_classes={num_new_classes}")
+        check_class_counts(num_old_classes, num_new_classes)
         self.num_old_classes = num_old_classes
         self.num_new_classes = num_new_classes
         self.initial_sigma = float(initial_sigma)
@@ -42,33 +76,19 @@ class CosineClassifier(keras.layers.Layer):
         return self.num_old_classes + self.num_new_classes
 
     def build(self, input_shape):
-        dim = int(input_shape[-1])
-        self.old_weights = None
-        if self.num_old_classes:
-            self.old_weights = self.add_weight(
-                name="old_weights", shape=(dim, self.num_old_classes),
-                initializer="glorot_uniform", trainable=False)
-        self.new_weights = self.add_weight(
-            name="new_weights", shape=(dim, self.num_new_classes),
-            initializer=keras.initializers.RandomUniform(-dim ** -0.5, dim ** -0.5),
-            trainable=True)
+        self.old_weights, self.new_weights = add_class_weights(
+            self, "weights", int(input_shape[-1]), self.num_old_classes, self.num_new_classes)
         self.sigma = self.add_weight(
             name="sigma", shape=(),
             initializer=keras.initializers.Constant(self.initial_sigma), trainable=True)
 
     def class_weights(self):
         """All class weights, `(feature_dim, num_classes)`, old classes first."""
-        if self.old_weights is None:
-            return self.new_weights
-        return ops.concatenate([self.old_weights, self.new_weights], axis=1)
+        return joined(self.old_weights, self.new_weights)
 
     def cosine(self, features):
         """Unscaled cosine similarities, `(batch, num_classes)`."""
-        features = ops.cast(features, "float32")
-        f = features / ops.maximum(ops.norm(features, axis=-1, keepdims=True), 1e-12)
-        w = self.class_weights()
-        w = w / ops.maximum(ops.norm(w, axis=0, keepdims=True), 1e-12)
-        return ops.matmul(f, w)
+        return cosine_similarity(features, self.class_weights())
 
     def call(self, features):
         return self.sigma * self.cosine(features)

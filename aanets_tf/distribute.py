@@ -66,7 +66,7 @@ def _create(name: str, tpu: str) -> tf.distribute.Strategy:
             return tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as e:
             raise StrategyUnavailableError(
-                "--strategy=multi_worker must be set up before TensorFlow runs its first "
+                "strategy=multi_worker must be set up before TensorFlow runs its first "
                 "op: build it first (`distribute.build_strategy('multi_worker')`, as "
                 f"`incremental.run` does when it loads the data itself). ({e})") from e
     try:
@@ -75,9 +75,9 @@ def _create(name: str, tpu: str) -> tf.distribute.Strategy:
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
         raise StrategyUnavailableError(
-            f"--strategy=tpu needs a reachable TPU (TPUClusterResolver(tpu={tpu!r}) "
+            f"strategy=tpu needs a reachable TPU (TPUClusterResolver(tpu={tpu!r}) "
             f"failed: {type(e).__name__}: {str(e)[:300]}). Run on a TPU VM, or choose "
-            "--strategy=default, mirrored or multi_worker.") from e
+            "strategy=default, mirrored or multi_worker.") from e
     return tf.distribute.TPUStrategy(resolver)
 
 

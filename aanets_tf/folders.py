@@ -24,7 +24,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import pipeline
+from aanets_tf import datasets
 from aanets_tf.sources import FileSource, SkippedRecord, index_files, refuse_bad
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -138,7 +138,7 @@ def read_folders(root: str, *, names: list[str] | None = None, test_fraction: fl
 
 
 def file_split(files_by_class: dict, label_of: dict, per_class: int, *, max_pixels: int,
-               strict: bool, num_classes: int) -> tuple[pipeline.Split, list[SkippedRecord]]:
+               strict: bool, num_classes: int) -> tuple[datasets.Split, list[SkippedRecord]]:
     """Index the files of each class (labelled by `label_of`); the first `per_class` good ones."""
     paths, labels = [], []
     for name, files in files_by_class.items():
@@ -147,16 +147,16 @@ def file_split(files_by_class: dict, label_of: dict, per_class: int, *, max_pixe
     labels = np.asarray(labels, np.int64)
     index = index_files(paths, labels, num_classes, max_pixels=max_pixels, strict=strict)
     good = np.flatnonzero(index.good)
-    good = good[pipeline.first_per_class(labels[good], per_class, num_classes)]
-    return pipeline.Split(FileSource(paths, labels), good), index.skipped
+    good = good[datasets.first_per_class(labels[good], per_class, num_classes)]
+    return datasets.Split(FileSource(paths, labels), good), index.skipped
 
 
 def load_folder_dataset(root: str, *, label_names: list[str] | None = None,
                         names: list[str] | None = None, test_fraction: float = 0.2,
                         seed: int = 0, train_images_per_class: int = 0,
                         test_images_per_class: int = 0,
-                        max_image_pixels: int = pipeline.DEFAULT_MAX_IMAGE_PIXELS,
-                        strict_images: bool = False, log=print) -> pipeline.ClassIncrementalData:
+                        max_image_pixels: int = datasets.DEFAULT_MAX_IMAGE_PIXELS,
+                        strict_images: bool = False, log=print) -> datasets.ClassIncrementalData:
     """A folder tree as a dataset whose images are checked once and then streamed.
 
     Args:
@@ -167,7 +167,7 @@ def load_folder_dataset(root: str, *, label_names: list[str] | None = None,
         names, test_fraction, seed: see `read_folders`.
         train_images_per_class, test_images_per_class: the first N good
             images of each class in path order (0: all).
-        max_image_pixels, strict_images: see `pipeline.load_dataset`.
+        max_image_pixels, strict_images: see `datasets.load_dataset`.
 
     Raises:
         FolderError: see `read_folders`; a class the run already learned.
@@ -180,7 +180,7 @@ def load_folder_dataset(root: str, *, label_names: list[str] | None = None,
     if learned:
         raise FolderError(f"The run already learned class(es) {learned}; a class is learned "
                           f"once. Remove or rename their folders in {root!r}, or pick the "
-                          "new ones with --classes.")
+                          "new ones with `classes`.")
     all_names = known + classes
     label_of = {name: i for i, name in enumerate(all_names)}
     check = dict(max_pixels=max_image_pixels, strict=strict_images, num_classes=len(all_names))
@@ -196,6 +196,6 @@ def load_folder_dataset(root: str, *, label_names: list[str] | None = None,
     if skipped:
         log(f"Skipped {len(skipped)} file(s) of {root}, e.g. "
             + "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3]))
-    return pipeline.ClassIncrementalData(
+    return datasets.ClassIncrementalData(
         name=f"folder:{root}", train=train_split, test=test_split, num_classes=len(all_names),
         label_names=all_names, image_shape=None, skipped=skipped)

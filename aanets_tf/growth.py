@@ -2,7 +2,7 @@
 
     python tools/train.py --workdir=W --add_classes_from=DIR [--classes=a,b] [--promote]
 
-A grow call adds one phase to a run of `--dataset=folder`: every class folder
+A grow call adds one phase to a run of `dataset=folder`: every class folder
 in `DIR` the run has not learned (or those named), trained at Level 1 and
 Level 2 against the last phase's network with the exemplars the workdir
 keeps (the old classes' images need not exist any more), evaluated on every
@@ -26,7 +26,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import atomic_io, folders, incremental, pipeline, serving, serving_config
+from aanets_tf import (atomic_io, datasets, folders, incremental, run_state, serving,
+                       serving_config)
 from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
 from aanets_tf.sources import FileSource
@@ -43,10 +44,10 @@ def stored_config(workdir: str) -> TrainConfig:
     """The configuration a run's `config.json` holds (defaults for settings it predates)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
-        raise GrowthError(f"--workdir={workdir} holds no run (no config.json): train it first "
-                          "with --dataset=folder --data_dir=<image folders>.")
+        raise GrowthError(f"workdir={workdir} holds no run (no config.json): train it first "
+                          "with dataset=folder data_dir=<image folders>.")
     with open(path) as f:
-        return TrainConfig.from_dict({**incremental.field_defaults(), **json.load(f)})
+        return TrainConfig.from_dict({**run_state.field_defaults(), **json.load(f)})
 
 
 def read_growth(workdir: str) -> list[dict]:
@@ -77,14 +78,14 @@ def _test_files(root: str, names: list[str], config: TrainConfig) -> dict[str, l
     return {name: files for name, files in test.items() if name in names}
 
 
-def _merged_test(new: pipeline.Split, old: list[tuple[list[str], np.ndarray]]
-                 ) -> pipeline.Split:
+def _merged_test(new: datasets.Split, old: list[tuple[list[str], np.ndarray]]
+                 ) -> datasets.Split:
     """One `FileSource` split: the old classes' good test files, then the new ones'."""
     paths, labels = [], []
     for files, file_labels in old + [(list(new.source.paths[new.positions]), new.labels)]:
         paths += files
         labels += list(file_labels)
-    return pipeline.Split(FileSource(paths, np.asarray(labels, np.int64)),
+    return datasets.Split(FileSource(paths, np.asarray(labels, np.int64)),
                           np.arange(len(paths), dtype=np.int64))
 
 
@@ -106,8 +107,8 @@ def _pending_or_new(workdir: str, grows: list[dict], done: int, add_from: str,
             raise GrowthError(
                 f"Phase {last['phase']} of {workdir} (adding {last['classes']} from "
                 f"{last['from']}) is unfinished. Finish it first: python tools/train.py "
-                f"--workdir={workdir} --add_classes_from={last['from']} "
-                f"--classes={','.join(last['classes'])}")
+                f"workdir={workdir} add_classes_from={last['from']} "
+                f"classes={','.join(last['classes'])}")
         return last, True
     if classes is None:
         classes = _unlearned(add_from, known, None)
@@ -124,7 +125,7 @@ def grow(workdir: str, add_from: str, *, classes: list[str] | None = None,
     """Add one phase of new classes from `add_from` to the run in `workdir`.
 
     Args:
-        workdir: a run of `--dataset=folder`.
+        workdir: a run of `dataset=folder`.
         add_from: a folder tree of new classes (`DIR/train/<class>` with an
             optional `DIR/test/<class>`, or class folders directly in `DIR`).
         classes: the classes to add (default: every class folder the run has
@@ -144,9 +145,9 @@ def grow(workdir: str, add_from: str, *, classes: list[str] | None = None,
     config = config.replace(workdir=workdir, **{k: v for k, v in (overrides or {}).items()
                                                 if k != "workdir"})
     if config.dataset != incremental.FOLDER_DATASET:
-        raise GrowthError(f"--add_classes_from grows runs of --dataset=folder; {workdir} holds "
-                          f"a run of --dataset={config.dataset}.")
-    incremental.check_workdir(config, overwrite=False)  # before anything is written
+        raise GrowthError(f"`add_classes_from` grows runs of dataset=folder; {workdir} holds "
+                          f"a run of dataset={config.dataset}.")
+    run_state.check_workdir(config, overwrite=False)  # before anything is written
     add_from = os.path.abspath(add_from)
     metrics = _metrics(workdir)
     grows = read_growth(workdir)
@@ -156,7 +157,7 @@ def grow(workdir: str, add_from: str, *, classes: list[str] | None = None,
                               "python tools/train.py with its settings).")
         base = incremental.protocol_plan(config, len(metrics["label_names"]))
         if config.num_phases and config.num_phases < base.num_phases:
-            raise GrowthError(f"The run stops after --num_phases={config.num_phases} of "
+            raise GrowthError(f"The run stops after num_phases={config.num_phases} of "
                               f"{base.num_phases} phases: grown classes come after all of "
                               "its own.")
         if len(metrics["phases"]) < base.num_phases:
@@ -218,7 +219,7 @@ def write_models_config(config: TrainConfig, promote: bool) -> str:
     back is pointing `stable` at an older version (`export/models_config.py
     --policy=specific --versions=... --labels=stable=N`).
     """
-    base = incremental.export_base_dir(config)
+    base = run_state.export_base_dir(config)
     versions = serving.export_versions(base)
     if not versions:
         raise GrowthError(f"No exported version under {base}.")

@@ -65,6 +65,26 @@ def _uint(data: tf.Tensor, pos, size: int, big: bool = False) -> tf.Tensor:
     return value
 
 
+def _fields(data: tf.Tensor, fields: list) -> list[tf.Tensor]:
+    """Unsigned integers `(pos, size, big)` of `data` as int64 scalars, in one gather.
+
+    The same values as `_uint` per field; reading them all at once keeps the op count of
+    a header parse low (each op costs microseconds; a served image pays them all).
+    """
+    width = max(size for _, size, _ in fields)
+    offsets, weights = [], []
+    for _, size, big in fields:
+        order = list(range(size)) if big else list(reversed(range(size)))
+        offsets.append(order + [0] * (width - size))
+        weights.append([256 ** (size - 1 - k) for k in range(size)] + [0] * (width - size))
+    starts = tf.stack([tf.cast(pos, tf.int64) for pos, _, _ in fields])
+    index = tf.minimum(starts[:, None] + tf.constant(offsets, tf.int64),
+                       tf.size(data, out_type=tf.int64) - 1)
+    values = tf.reduce_sum(tf.cast(tf.gather(data, index), tf.int64)
+                           * tf.constant(weights, tf.int64), axis=1)
+    return tf.unstack(values, num=len(fields))
+
+
 def _int64(value: int) -> tf.Tensor:
     return tf.constant(value, tf.int64)
 
@@ -97,16 +117,17 @@ def _jpeg_size(encoded: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     data = _prefix_bytes(encoded, n + 1)
 
     def step(pos, count, height, width, done):
-        marker = _at(data, pos + 1)
-        valid = tf.equal(_at(data, pos), 0xFF)
+        first, marker, length, frame_height, frame_width = _fields(data, [
+            (pos, 1, True), (pos + 1, 1, True), (pos + 2, 2, True), (pos + 5, 2, True),
+            (pos + 7, 2, True)])
+        valid = tf.equal(first, 0xFF)
         fill = tf.equal(marker, 0xFF)
         sof = (marker >= 0xC0) & (marker <= 0xCF) & ~tf.reduce_any(
             tf.equal(marker, tf.constant([0xC4, 0xC8, 0xCC], tf.int64)))  # DHT, JPG, DAC
         standalone = ((marker >= 0xD0) & (marker <= 0xD7)) | tf.equal(marker, 0x01)
-        length = _uint(data, pos + 2, 2, big=True)
         found = valid & sof & (pos + 9 <= n)
-        height = tf.where(found, _uint(data, pos + 5, 2, big=True), height)
-        width = tf.where(found, _uint(data, pos + 7, 2, big=True), width)
+        height = tf.where(found, frame_height, height)
+        width = tf.where(found, frame_width, width)
         # SOI/EOI/SOS before any SOF, or a length < 2, end the walk without dimensions.
         done = ~valid | sof | ((marker >= 0xD8) & (marker <= 0xDA)) | (
             ~fill & ~standalone & (length < 2))
@@ -136,15 +157,16 @@ def _gif_size(encoded: tf.Tensor, n: tf.Tensor, hb: tf.Tensor) -> tuple[tf.Tenso
         return pos + 1, count
 
     def step(pos, count, height, width, done, bad):
-        b = _at(data, pos)
+        b, frame_width, frame_height, flags = _fields(data, [
+            (pos, 1, False), (pos + 5, 2, False), (pos + 7, 2, False), (pos + 9, 1, False)])
         image = tf.equal(b, 0x2C)
-        height = tf.where(image, tf.maximum(height, _uint(data, pos + 7, 2)), height)
-        width = tf.where(image, tf.maximum(width, _uint(data, pos + 5, 2)), width)
+        height = tf.where(image, tf.maximum(height, frame_height), height)
+        width = tf.where(image, tf.maximum(width, frame_width), width)
         bad = ~tf.reduce_any(tf.equal(b, tf.constant([0x21, 0x2C, 0x3B], tf.int64)))
         done = tf.equal(b, 0x3B) | bad
         # Extension: introducer and label; image: 10-byte descriptor, optional colour
         # table and the LZW code size byte. Both are followed by sub-blocks.
-        data_start = tf.where(image, pos + 11 + table_size(_at(data, pos + 9)), pos + 2)
+        data_start = tf.where(image, pos + 11 + table_size(flags), pos + 2)
         pos, count = skip_sub_blocks(tf.where(done, n, data_start), count + 1)
         return pos, count, height, width, done, bad
 
@@ -163,20 +185,21 @@ def _fixed_size(fmt: tf.Tensor, head: tf.Tensor, hb: tf.Tensor,
     """(height, width) for PNG, BMP and WebP, all at fixed offsets; -1 when unreadable."""
     chunk = tf.strings.substr(head, 12, 4)
     signed = lambda v: tf.where(v >= 2**31, v - 2**32, v)  # noqa: E731
+    (png_h, png_w, bmp_info, bmp_h, bmp_w, vp8_tag, vp8_h, vp8_w, vp8l_tag, vp8l_bits,
+     vp8x_h, vp8x_w) = _fields(hb, [
+         (20, 4, True), (16, 4, True), (14, 4, False), (22, 4, False), (18, 4, False),
+         (23, 3, True), (28, 2, False), (26, 2, False), (20, 1, False), (21, 4, False),
+         (27, 3, False), (24, 3, False)])
     candidates = [  # (usable, height, width)
-        (tf.equal(fmt, _PNG) & (n >= 24) & tf.equal(chunk, b"IHDR"),
-         _uint(hb, 20, 4, big=True), _uint(hb, 16, 4, big=True)),
+        (tf.equal(fmt, _PNG) & (n >= 24) & tf.equal(chunk, b"IHDR"), png_h, png_w),
         (tf.equal(fmt, _BMP) & (n >= 26) & tf.reduce_any(tf.equal(
-            _uint(hb, 14, 4), tf.constant(_BMP_INFO_SIZES, tf.int64))),
-         tf.abs(signed(_uint(hb, 22, 4))), signed(_uint(hb, 18, 4))),
+            bmp_info, tf.constant(_BMP_INFO_SIZES, tf.int64))),
+         tf.abs(signed(bmp_h)), signed(bmp_w)),
         (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8 ") & (n >= 30) &
-         tf.equal(_uint(hb, 23, 3, big=True), 0x9D012A),
-         _bits(_uint(hb, 28, 2), 0x3FFF), _bits(_uint(hb, 26, 2), 0x3FFF)),
-        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8L") & (n >= 25) & tf.equal(_at(hb, 20), 0x2F),
-         _bits(tf.bitwise.right_shift(_uint(hb, 21, 4), 14), 0x3FFF) + 1,
-         _bits(_uint(hb, 21, 4), 0x3FFF) + 1),
-        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8X") & (n >= 30),
-         _uint(hb, 27, 3) + 1, _uint(hb, 24, 3) + 1),
+         tf.equal(vp8_tag, 0x9D012A), _bits(vp8_h, 0x3FFF), _bits(vp8_w, 0x3FFF)),
+        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8L") & (n >= 25) & tf.equal(vp8l_tag, 0x2F),
+         _bits(tf.bitwise.right_shift(vp8l_bits, 14), 0x3FFF) + 1, _bits(vp8l_bits, 0x3FFF) + 1),
+        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8X") & (n >= 30), vp8x_h + 1, vp8x_w + 1),
     ]
     height = width = _int64(-1)
     for usable, h, w in candidates:
@@ -207,6 +230,15 @@ def read_header(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     return fmt, height, width
 
 
+def _inline(function):
+    """`function` (a `tf.function`), or its Python body while a graph is being traced.
+
+    Traced inline, its ops join the caller's graph; called as a function from inside a
+    graph (`map_fn` in a SavedModel signature), each image would pay a function call.
+    """
+    return function if tf.executing_eagerly() else function.python_function
+
+
 def _check(encoded, max_pixels) -> tuple[tf.Tensor, ...]:
     """(encoded, format code, height, width, int32 status) after validating `max_pixels`."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or (
@@ -214,7 +246,7 @@ def _check(encoded, max_pixels) -> tuple[tf.Tensor, ...]:
         raise ValueError("`max_pixels` must be a positive Python integer below 2**62. "
                          f"Received: max_pixels={max_pixels!r}")
     encoded = tf.convert_to_tensor(encoded, tf.string)
-    fmt, height, width = read_header(encoded)
+    fmt, height, width = _inline(read_header)(encoded)
     # h > max // w is h * w > max without the int64 overflow of 2**32-sized dimensions.
     too_large = height > tf.math.floordiv(tf.constant(max_pixels, tf.int64), tf.maximum(width, 1))
     status = tf.where(too_large, TOO_LARGE, OK)
@@ -333,11 +365,15 @@ def checked_decode_rgb(encoded: tf.Tensor, max_pixels: int, name=None) -> tf.Ten
     """
     encoded, fmt, height, width, status = _check(encoded, max_pixels)
     record = [] if name is None else [" ", tf.convert_to_tensor(name, tf.string)]
-    problem = tf.gather([STATUS_MESSAGES[code] for code in sorted(STATUS_MESSAGES)], status)
-    message = _join([
-        "Refusing to decode image", *record, ": ", problem,
-        ". Received: format=", tf.gather(("unknown",) + FORMATS, fmt), ", height=", height,
-        ", width=", width, ", bytes=", tf.strings.length(encoded), f", max_pixels={max_pixels}"])
-    check = tf.debugging.Assert(tf.equal(status, OK), [message])
-    with tf.control_dependencies([check]):
-        return decode_rgb(tf.identity(encoded))
+
+    def refuse() -> tf.Tensor:
+        # Built only for a refusal: a served image pays for every op of the good path.
+        problem = tf.gather([STATUS_MESSAGES[code] for code in sorted(STATUS_MESSAGES)], status)
+        return _refuse(tf.constant(False), [
+            "Refusing to decode image", *record, ": ", problem,
+            ". Received: format=", tf.gather(("unknown",) + FORMATS, fmt), ", height=", height,
+            ", width=", width, ", bytes=", tf.strings.length(encoded),
+            f", max_pixels={max_pixels}"])
+
+    # The decoder runs only in the branch the check selects, never beside it.
+    return tf.cond(tf.equal(status, OK), lambda: _inline(decode_rgb)(encoded), refuse)

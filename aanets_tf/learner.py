@@ -81,8 +81,8 @@ class IncrementalLearner(keras.Model):
                                  if level2_optimizer is not None else None)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.ce_tracker = keras.metrics.Mean(name="ce")
-        self.lf_tracker = keras.metrics.Mean(name="lf")
-        self.mr_tracker = keras.metrics.Mean(name="mr")
+        self.less_forget_tracker = keras.metrics.Mean(name="less_forget")
+        self.margin_ranking_tracker = keras.metrics.Mean(name="margin_ranking")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._level2_function = None
         # The wrapped network is built; saving the learner (epoch checkpoints)
@@ -91,8 +91,8 @@ class IncrementalLearner(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.ce_tracker, self.lf_tracker, self.mr_tracker,
-                self.accuracy_tracker]
+        return [self.loss_tracker, self.ce_tracker, self.less_forget_tracker,
+                self.margin_ranking_tracker, self.accuracy_tracker]
 
     def level1_variables(self) -> list:
         return variable_groups(self.network).level1
@@ -113,16 +113,20 @@ class IncrementalLearner(keras.Model):
         return self.network(inputs, training=training)["logits"]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Under a strategy, Keras `fit` first builds the model from one batch
-        # that it reduces across replicas, which MultiWorkerMirroredStrategy
-        # cannot do for an `(images, labels)` tuple. The networks are built and
-        # `build_optimizers` built both optimizers: there is nothing to build.
+        # The one override of a private Keras method, for want of a public way
+        # to tell `fit` that the model is built. Under a strategy, Keras 3
+        # `fit` first builds the model from one batch that it reduces across
+        # replicas, which fails under MultiWorkerMirroredStrategy ("Attempt to
+        # convert a value (PerReplica...) to a Tensor"; keras-team/keras#20585,
+        # open). The networks are built and `build_optimizers` built both
+        # optimizers: there is nothing to build. Without this override the
+        # two-worker test of tests/distribute_test.py fails.
         if self.optimizer is not None and self.optimizer.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def level1_losses(self, images, labels, training=True):
-        """Level-1 loss terms. Returns (total, ce, lf, mr, logits).
+        """Level-1 loss terms. Returns (total, ce, less_forget, margin_ranking, logits).
 
         Each term is this replica's share of the mean over the global batch;
         on one device, the batch mean.
@@ -163,8 +167,8 @@ class IncrementalLearner(keras.Model):
         # The trackers sum over replicas; each step records the global-batch mean.
         self.loss_tracker.update_state(total * replicas)
         self.ce_tracker.update_state(ce * replicas)
-        self.lf_tracker.update_state(lf * replicas)
-        self.mr_tracker.update_state(mr * replicas)
+        self.less_forget_tracker.update_state(lf * replicas)
+        self.margin_ranking_tracker.update_state(mr * replicas)
         self.accuracy_tracker.update_state(labels, logits)
         return distribute.reducible_logs({m.name: m.result() for m in self.metrics})
 
@@ -280,7 +284,7 @@ class DivergenceGuard(keras.callbacks.Callback):
                 raise TrainingDivergedError(
                     f"Training diverged in phase {self.phase}, epoch {self.epoch + 1} "
                     f"({where}): {name}={float(value)}. The last completed phase's "
-                    "checkpoint is kept; lower --learning_rate or --aggregation_lr.")
+                    "checkpoint is kept; lower `learning_rate` or `aggregation_lr`.")
 
     def on_train_batch_end(self, batch, logs=None):
         self._check(logs, f"batch {batch + 1}")

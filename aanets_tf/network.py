@@ -13,10 +13,12 @@ import dataclasses
 import keras
 import numpy as np
 
+from aanets_tf.aggregation import Aggregation
+from aanets_tf.backbones import ARCHITECTURES, Backbone
 from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
 
 
-def build_network(backbone: keras.Model, num_old_classes: int, num_new_classes: int,
+def build_network(backbone: Backbone, num_old_classes: int, num_new_classes: int,
                   name: str = "network") -> keras.Model:
     """Stack a cosine classifier on `backbone`."""
     # === Functional Model ===
@@ -28,15 +30,58 @@ def build_network(backbone: keras.Model, num_old_classes: int, num_new_classes: 
     return keras.Model(inputs, {"logits": logits, "features": features}, name=name)
 
 
-def backbone_of(network: keras.Model) -> keras.Model:
-    return network.layers[1]
+def backbone_of(network: keras.Model) -> Backbone:
+    """The network's `Backbone` (its one layer of that type)."""
+    found = [layer for layer in network.layers if isinstance(layer, Backbone)]
+    if len(found) != 1:
+        raise ValueError(f"Expected a network with one `Backbone`; {network.name!r} has "
+                         f"{len(found)}. Received layers: {[l.name for l in network.layers]}")
+    return found[0]
 
 
 def classifier_of(network: keras.Model) -> CosineClassifier:
     return network.get_layer("classifier")
 
 
-def grow_network(previous: keras.Model, backbone: keras.Model, num_new_classes: int,
+def upgrade_legacy_network(network: keras.Model) -> keras.Model:
+    """A network whose backbone is a `Backbone`, from one saved before backbones had a class.
+
+    Such checkpoints hold the backbone as a plain functional model with the
+    same layers. The architecture is the one whose level filters and blocks
+    match, the branch layout follows the aggregation layers; weights are copied
+    in layer order, so the returned network computes what the saved one did.
+    Networks that already have a `Backbone` are returned as they are.
+    """
+    if any(isinstance(layer, Backbone) for layer in network.layers):
+        return network
+    legacy = [layer for layer in network.layers
+              if isinstance(layer, keras.Model) and any(l.name == "stem" for l in layer.layers)]
+    if len(legacy) != 1:
+        raise ValueError(f"Network {network.name!r} has no backbone this version can read.")
+    legacy = legacy[0]
+    levels = [layer for layer in legacy.layers
+              if layer.name.startswith(("level", "plastic_level"))]
+    layout = (tuple(level.filters for level in levels),
+              tuple(level.num_blocks for level in levels))
+    names = [name for name, arch in ARCHITECTURES.items()
+             if (arch.level_filters, arch.level_blocks) == layout]
+    if not names:
+        raise ValueError(f"Backbone {legacy.name!r} of {network.name!r} matches no known "
+                         f"architecture (level filters and blocks {layout}).")
+    aggregations = [layer for layer in legacy.layers if isinstance(layer, Aggregation)]
+    backbone = Backbone(names[0], branches="dual" if aggregations else "single",
+                        image_shape=legacy.input_shape[1:],
+                        learnable_aggregation=all(a.learnable for a in aggregations),
+                        name=legacy.name)
+    backbone.set_weights(legacy.get_weights())
+    head = classifier_of(network)
+    upgraded = build_network(backbone, head.num_old_classes, head.num_new_classes,
+                             name=network.name)
+    classifier_of(upgraded).set_weights(head.get_weights())
+    return upgraded
+
+
+def grow_network(previous: keras.Model, backbone: Backbone, num_new_classes: int,
                  new_class_features: np.ndarray, new_class_labels: np.ndarray,
                  name: str = "network") -> keras.Model:
     """The next phase's network: old class weights copied and frozen, new ones imprinted.

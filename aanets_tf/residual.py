@@ -22,8 +22,103 @@ def make_conv(filters: int, kernel_size: int, strides: int, stable: bool,
 
 
 def make_batch_norm(name: str) -> keras.layers.BatchNormalization:
-    return keras.layers.BatchNormalization(
-        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
+
+
+@keras.saving.register_keras_serializable(package="aanets_tf")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras `BatchNormalization` computed by TensorFlow's fused kernel.
+
+    Keras 3 normalises with separate ops (two reductions for the moments,
+    then a multiply and an add, and as many again in the backward pass); the
+    fused kernel (`FusedBatchNormV3`, oneDNN's on CPU) does each direction in
+    one pass over the activations (with moving statistics, the blocks fold
+    BatchNorm into the convolution instead: `conv_bn`). Same variables, same
+    paths, same arithmetic within float rounding: the normalisation uses the
+    biased batch variance, and the moving variance is updated with the biased
+    one too, as Keras does (the kernel returns the unbiased one, rescaled).
+
+    Under mixed precision the kernel takes the 16-bit activations with float32
+    statistics, saving Keras' casts to float32 and back. Falls back to the
+    Keras computation where the fused kernel does not apply: another backend,
+    masks, synchronised statistics (distribution strategies), renormalisation,
+    or inputs that are not NHWC images.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (keras.backend.backend() == "tensorflow" and mask is None
+                and not self.synchronized and not self.renorm and self.scale
+                and self.center and len(inputs.shape) == 4 and self.axis in (-1, 3))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        # 16-bit activations go in as they are: the kernel computes the statistics
+        # and the normalisation in float32 (as Keras does after casting) and
+        # rounds only its output, so no cast of the activations is needed.
+        x = inputs if inputs.dtype in (tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
+        gamma = tf.cast(self.gamma, tf.float32)
+        beta = tf.cast(self.beta, tf.float32)
+        if training and self.trainable:
+            empty = tf.zeros((0,), tf.float32)
+            y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=empty, variance=empty,
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=True)
+            # Grappler fuses this kernel with a following ReLU into one oneDNN op
+            # whose ReLU maps NaN to 0, so a NaN in the activations (a diverged
+            # step) would vanish before the loss. Adding `0 * sum(mean)` keeps it:
+            # NaN or infinite statistics turn the whole output into NaN, and the
+            # add between the two ops leaves ReLU as TensorFlow's own op.
+            y = y + 0.0 * tf.cast(tf.reduce_sum(mean), y.dtype)
+            count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+            variance = variance * (count - 1.0) / tf.maximum(count, 1.0)  # biased
+            momentum = self.momentum
+            self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+            self.moving_variance.assign(
+                self.moving_variance * momentum + variance * (1.0 - momentum))
+        else:
+            y, *_ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon, exponential_avg_factor=1.0, data_format="NHWC",
+                is_training=False)
+        return tf.cast(y, self.compute_dtype)
+
+
+def uses_batch_statistics(bn: keras.layers.BatchNormalization, training) -> bool:
+    """Whether `bn` normalises with the batch's statistics (Keras' rule)."""
+    return bool(training) and bn.trainable
+
+
+def conv_bn(conv: keras.layers.Layer, bn: keras.layers.BatchNormalization, x, training):
+    """`bn(conv(x))`; with moving statistics, one convolution with BatchNorm folded in.
+
+    BatchNorm with fixed statistics is the per-channel map `y * a + b`
+    (`a = gamma / sqrt(moving_variance + epsilon)`, `b = beta - moving_mean * a`),
+    so it folds into the convolution: kernel `kernel * a` and a bias `b`. The
+    graph then holds Conv2D + BiasAdd (+ Add + Relu in a block), which
+    Grappler fuses into one oneDNN convolution, and the backward pass of
+    Level 2, the teacher and herding/evaluation need no BatchNorm gradient.
+    The folded kernel is rebuilt at every call (a `(k, k, in, out)` product),
+    so it always follows the current weights.
+    """
+    if uses_batch_statistics(bn, training) or keras.backend.backend() != "tensorflow":
+        return bn(conv(x), training=training)
+    import tensorflow as tf
+
+    kernel = conv.effective_kernel() if isinstance(conv, StableConv2D) else conv.kernel
+    kernel = tf.cast(kernel, tf.float32)
+    scale = tf.cast(bn.gamma, tf.float32) * tf.math.rsqrt(
+        tf.cast(bn.moving_variance, tf.float32) + bn.epsilon)
+    bias = tf.cast(bn.beta, tf.float32) - tf.cast(bn.moving_mean, tf.float32) * scale
+    strides = conv.strides if isinstance(conv.strides, int) else conv.strides[0]
+    y = tf.nn.conv2d(x, tf.cast(kernel * scale, x.dtype), strides=strides,
+                     padding=conv.padding.upper())
+    return tf.nn.bias_add(y, tf.cast(bias, x.dtype))
 
 
 @keras.saving.register_keras_serializable(package="aanets_tf")
@@ -78,14 +173,11 @@ class ResidualBlock(keras.layers.Layer):
             self.projection_bn.build(mid_shape)
 
     def call(self, inputs, training=None):
-        x = self.conv1(inputs)
-        x = self.bn1(x, training=training)
-        x = keras.ops.relu(x)
-        x = self.conv2(x)
-        x = self.bn2(x, training=training)
+        x = keras.ops.relu(conv_bn(self.conv1, self.bn1, inputs, training))
+        x = conv_bn(self.conv2, self.bn2, x, training)
         shortcut = inputs
         if self.projection_conv is not None:
-            shortcut = self.projection_bn(self.projection_conv(inputs), training=training)
+            shortcut = conv_bn(self.projection_conv, self.projection_bn, inputs, training)
         x = x + shortcut
         return keras.ops.relu(x) if self.final_relu else x
 
@@ -209,7 +301,7 @@ class Stem(keras.layers.Layer):
         self.bn.build(self.conv.compute_output_shape(input_shape))
 
     def call(self, inputs, training=None):
-        x = keras.ops.relu(self.bn(self.conv(inputs), training=training))
+        x = keras.ops.relu(conv_bn(self.conv, self.bn, inputs, training))
         return self.pool(x) if self.pool is not None else x
 
     def compute_output_shape(self, input_shape):

@@ -7,8 +7,8 @@ with three signatures:
   `logits` and `probabilities` float32 `(batch, num_seen)`,
   `top_k_class_ids` int64 `(batch, k)`, `top_k_scores` float32 `(batch, k)`,
   `top_k_labels` string `(batch, k)`.
-- `serving_bytes`: `image_bytes` string `(batch,)` of encoded PNG/JPEG/GIF/BMP
-  images, decoded to RGB and resized to `(H, W)` inside -> the same outputs.
+- `serving_bytes`: `image_bytes` string `(batch,)` of encoded PNG/JPEG/GIF/BMP/
+  WebP images, decoded to RGB and resized to `(H, W)` inside -> the same outputs.
 - `features`: `images` uint8 `(batch, H, W, 3)` -> `features` float32
   `(batch, d)`, the pooled backbone features (for nearest-mean classifiers and
   embeddings).
@@ -16,11 +16,14 @@ with three signatures:
 Every signature refuses, before any work, a batch above `max_batch`; the
 bytes signature also refuses a string above `max_image_bytes` and an image
 whose header declares more than `max_image_pixels` (read from the header,
-before decoding: a small file must not decode to gigabytes). Refusals are
+before decoding: a small file must not decode to gigabytes). The pixel
+signatures refuse images of any other shape than `(batch, H, W, 3)`, naming
+the expected size: TF Serving does not compare a request's shape with the
+signature's, and a network with global pooling would otherwise classify
+another size at the wrong scale without a word. Refusals are
 `INVALID_ARGUMENT` errors that name the limit; the limits (`ServingLimits`)
-are written into `assets.extra/classes.json` for clients to read. The pixel
-signatures take images of the network's size only (their input signature
-says so; TF Serving refuses other shapes with the expected one).
+are written into `assets.extra/classes.json` for clients to read. An empty
+batch is refused too.
 
 Pixel normalisation happens inside the network, so clients send raw pixels.
 Column i of `logits`/`probabilities` is the i-th class of the run's class
@@ -45,6 +48,9 @@ import numpy as np
 import tensorflow as tf
 
 from aanets_tf.images import checked_decode_rgb
+# The one listing of an export's versions; the serving module offers it too.
+from aanets_tf.serving_config import (ForeignExportError, export_versions,  # noqa: F401
+                                      version_number)
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -136,7 +142,7 @@ def serving_endpoints(network: keras.Model, class_ids: Sequence[int],
 
 
 def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k: int,
-               limits: ServingLimits) -> dict:
+               limits: ServingLimits, checks: bool = True) -> dict:
     height, width = input_size(network)
     ids_table = tf.constant(class_ids, dtype=tf.int64)
     labels_table = tf.constant(labels, dtype=tf.string)
@@ -160,20 +166,57 @@ def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k:
             "top_k_labels": tf.gather(labels_table, columns),
         }
 
-    def within_batch_limit(batch):
-        return tf.debugging.assert_less_equal(
-            tf.shape(batch)[0], limits.max_batch,
-            message=f"A request may hold at most max_batch={limits.max_batch} images; "
-                    "split it. Received a batch of")
+    def checked(batch, signature: str, item_shape: tuple[int, ...], what: str):
+        """`batch` once its shape and size are within bounds, else INVALID_ARGUMENT.
+
+        TF Serving hands requests to the graph without comparing their shapes with the
+        signature's, so the graph checks them itself, before any work. The data pass
+        through the check, not beside it (a `tf.cond`; for strings a slice that is empty
+        unless the check holds), so that no op on a refused batch runs and fails first
+        with a message of its own.
+        """
+        if not checks:
+            return batch
+        shape = tf.shape(batch)
+        rank = 1 + len(item_shape)
+        # Comparing a padded copy keeps a wrong rank from failing inside the comparison.
+        padded = tf.concat([shape, tf.fill([rank], -1)], 0)[:rank]
+        shape_ok = tf.equal(tf.size(shape), rank) & tf.reduce_all(
+            tf.equal(padded[1:], tf.constant(item_shape, tf.int32, shape=[rank - 1])))
+        # An empty batch is refused too: the network's fused convolutions fail on one.
+        batch_ok = (padded[0] >= 1) & (padded[0] <= limits.max_batch)
+        expected = "(batch" + "".join(f", {d}" for d in item_shape) + (
+            ")" if item_shape else ",)")
+
+        def refuse():
+            shape_check = tf.debugging.Assert(shape_ok, [
+                f"{signature} takes {what} of shape {expected}. Received: shape=", shape],
+                summarize=8)
+            with tf.control_dependencies([shape_check]):
+                batch_check = tf.debugging.Assert(batch_ok, [
+                    f"A request must hold at least 1 and at most max_batch={limits.max_batch} "
+                    "images; split a larger one. Received: batch=", padded[0]])
+            with tf.control_dependencies([batch_check]):
+                return tf.identity(batch)
+
+        if item_shape:
+            return tf.cond(shape_ok & batch_ok, lambda: tf.identity(batch), refuse)
+        # Strings: the stateful assertions fail the call; meanwhile nothing is decoded.
+        flat = tf.reshape(batch, [-1])
+        with tf.control_dependencies([refuse()]):
+            return flat[:tf.where(shape_ok & batch_ok, tf.size(flat), 0)]
 
     def decode(encoded):
-        # Size and header are checked before decoding (`checked_decode_rgb`).
-        size_ok = tf.debugging.assert_less_equal(
-            tf.strings.length(encoded), limits.max_image_bytes,
-            message=f"An encoded image may hold at most max_image_bytes="
-                    f"{limits.max_image_bytes} bytes. Received")
-        with tf.control_dependencies([size_ok]):
-            image = checked_decode_rgb(encoded, limits.max_image_pixels)
+        if not checks:
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        else:
+            # Size and header are checked before decoding (`checked_decode_rgb`).
+            size_ok = tf.debugging.Assert(
+                tf.strings.length(encoded) <= limits.max_image_bytes,
+                [f"An encoded image may hold at most max_image_bytes={limits.max_image_bytes} "
+                 "bytes. Received: bytes=", tf.strings.length(encoded)])
+            with tf.control_dependencies([size_ok]):
+                image = checked_decode_rgb(encoded, limits.max_image_pixels)
         shape = tf.shape(image)
         same_size = tf.logical_and(tf.equal(shape[0], height), tf.equal(shape[1], width))
         # Bilinear resizing (antialiased when shrinking) only when needed, so an
@@ -182,23 +225,27 @@ def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k:
                          lambda: tf.image.resize(image, (height, width), antialias=True))
         return tf.ensure_shape(pixels, (height, width, 3))
 
+    image_shape = (height, width, 3)
+    pixels_what = f"uint8 images of the network's size, {height} x {width} pixels,"
+
     def serving_default(images):
-        with tf.control_dependencies([within_batch_limit(images)]):
-            return classify(tf.cast(images, tf.float32))
+        images = checked(images, SERVING_DEFAULT, image_shape, pixels_what)
+        return classify(tf.cast(images, tf.float32))
 
     def serving_bytes(image_bytes):
-        with tf.control_dependencies([within_batch_limit(image_bytes)]):
-            pixels = tf.map_fn(decode, image_bytes,
-                               fn_output_signature=tf.TensorSpec((height, width, 3),
-                                                                 tf.float32))
+        image_bytes = checked(image_bytes, SERVING_BYTES, (), "encoded images")
+        pixels = tf.map_fn(decode, image_bytes,
+                           fn_output_signature=tf.TensorSpec(image_shape, tf.float32))
         return classify(pixels)
 
     def features(images):
-        with tf.control_dependencies([within_batch_limit(images)]):
-            return {"features": forward(tf.cast(images, tf.float32))["features"]}
+        images = checked(images, FEATURES, image_shape, pixels_what)
+        return {"features": forward(tf.cast(images, tf.float32))["features"]}
 
     images_spec = tf.TensorSpec((None, height, width, 3), tf.uint8, name=IMAGES_KEY)
-    bytes_spec = tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES_KEY)
+    # Of unknown rank: the graph optimizer trusts a declared rank, and removed the checks'
+    # reshaping of a request of another rank (a scalar, a matrix) as a no-op.
+    bytes_spec = tf.TensorSpec(None, tf.string, name=IMAGE_BYTES_KEY)
     return {
         SERVING_DEFAULT: (serving_default, [images_spec]),
         SERVING_BYTES: (serving_bytes, [bytes_spec]),
@@ -208,16 +255,19 @@ def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k:
 
 def write_saved_model(network: keras.Model, path: str, class_ids: Sequence[int],
                       label_names: Sequence[str], top_k: int = DEFAULT_TOP_K,
-                      limits: ServingLimits = ServingLimits()) -> None:
+                      limits: ServingLimits = ServingLimits(), *, checks: bool = True) -> None:
     """Write the SavedModel (signatures, vocabulary, warmup request) to `path` as is.
 
-    Not atomic: `export_phase` is the way to publish a version.
+    Not atomic: `export_phase` is the way to publish a version. `checks=False`
+    leaves out every request check (shapes, limits, image headers): it exists
+    to measure what they cost (`benchmarks/serving_latency.py`), never to serve.
     """
     class_ids, labels, k = _validated_classes(network, class_ids, label_names, top_k)
     # Variables are collected from the endpoints; `archive.track(network)` would
     # also trace every layer for serialization, doubling the export time.
     archive = keras.export.ExportArchive()
-    for name, (fn, signature) in _endpoints(network, class_ids, labels, k, limits).items():
+    endpoints = _endpoints(network, class_ids, labels, k, limits, checks)
+    for name, (fn, signature) in endpoints.items():
         archive.add_endpoint(name, fn, input_signature=signature)
     archive.write_out(path, verbose=False)
 
@@ -253,12 +303,49 @@ def read_classes(version_dir: str) -> dict:
         return json.load(f)
 
 
-def export_versions(base_dir: str) -> list[int]:
-    """Versions present under a model's base path, ascending (as TF Serving sees them)."""
-    if not os.path.isdir(base_dir):
-        return []
-    return sorted(int(n) for n in os.listdir(base_dir)
-                  if n.isdigit() and os.path.isfile(os.path.join(base_dir, n, "saved_model.pb")))
+def read_limits(version_dir: str) -> ServingLimits:
+    """The request limits an export enforces (the defaults for exports older than them)."""
+    stored = read_classes(version_dir).get("limits", {})
+    fields = {f.name for f in dataclasses.fields(ServingLimits)}
+    if not isinstance(stored, dict) or not set(stored) <= fields:
+        raise ValueError(f"{os.path.join(version_dir, CLASSES_FILE)}: `limits` must be an "
+                         f"object with keys among {sorted(fields)}. Received: limits={stored!r}")
+    return ServingLimits(**stored)
+
+
+def resolve_version(path: str, version: int | None = None) -> tuple[str, int | None]:
+    """The version directory that `path` names: itself, or a version of a base path.
+
+    Args:
+        path: a version directory (holding `saved_model.pb`) or a model's base path.
+        version: the version wanted; default the newest (of a base path) or any (of a
+            version directory).
+
+    Returns:
+        `(version directory, version number)`; the number is None for a version
+        directory whose name is not a number.
+
+    Raises:
+        FileNotFoundError: `path` holds no SavedModel, or not `version`, or is not an
+            aanets_tf export (no `assets.extra/classes.json`).
+        ForeignExportError: the version resolves outside its base path.
+    """
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        found = version_number(os.path.basename(os.path.normpath(path)))
+        if version is not None and found is not None and version != found:
+            raise FileNotFoundError(f"{path} is version {found}, not {version}.")
+        directory = path
+    else:
+        versions = export_versions(path)
+        if not versions:
+            raise FileNotFoundError(f"{path} holds no SavedModel (neither saved_model.pb nor "
+                                    "numbered version directories).")
+        found = versions[-1] if version is None else version
+        if found not in versions:
+            raise FileNotFoundError(f"{path} has no version {found}; it has {versions}.")
+        directory = os.path.join(path, str(found))
+    read_classes(directory)  # an aanets_tf export carries its vocabulary and limits
+    return directory, found
 
 
 def export_phase(network: keras.Model, base_dir: str, version: int, class_ids: list[int],
@@ -294,9 +381,10 @@ def export_phase(network: keras.Model, base_dir: str, version: int, class_ids: l
         if os.path.lexists(target) and not overwrite:
             raise FileExistsError(
                 f"Export version {version} already exists at {target}. Pass overwrite=True "
-                "(--overwrite) to replace it, or export to another version or base path.")
+                "(`overwrite`) to replace it, or export to another version or base path.")
 
     refuse_if_exists()
+    export_versions(base_dir)  # refuses a base path holding versions linked from elsewhere
     os.makedirs(base_dir, exist_ok=True)
     # os.mkdir honours the umask (mkdtemp would make it private to this user,
     # unreadable to a server running as another one).

@@ -1,15 +1,18 @@
 """TF Serving's `models.config`: which versions of a model are served, and their labels.
 
-A label (`stable`, `canary`) names one version; TF Serving accepts a label
-only for a version it has loaded, so labels must name served versions. When
-the base path exists on this machine its versions are checked too; a
-container path such as `/models/aanets` is taken as given.
+`export_versions` is the one listing of the versions under a base path (the
+exporter, the client and the tools all use it; it refuses versions linked from
+outside the base path). A label (`stable`, `canary`) names one version; TF
+Serving accepts a label only for a version it has loaded, so labels must name
+served versions. When the base path exists on this machine its versions are
+checked too; a container path such as `/models/aanets` is taken as given.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import warnings
 
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
@@ -18,12 +21,59 @@ POLICIES = ("latest", "all", "specific")
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
+class ForeignExportError(ValueError):
+    """An export directory holds something `export_phase` would not have written there."""
+
+
+def version_number(name: str) -> int | None:
+    """`name` as a version number, or None: positive, in decimal, without leading zeros."""
+    if name.isascii() and name.isdigit() and name == str(int(name)) and int(name) >= 1:
+        return int(name)
+    return None
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(directory)]) == \
+        os.path.realpath(directory)
+
+
+def export_versions(base_dir: str) -> list[int]:
+    """Versions present under a model's base path, ascending (as TF Serving sees them).
+
+    A version is a directory named by a positive number that holds `saved_model.pb`
+    (TF Serving loads exactly those). Hidden entries (the staging directories of
+    `export_phase`) are skipped; other names that are not numbers (`v2`, `01`, `latest`)
+    are skipped with a warning, as TF Serving skips them. A version that resolves
+    outside `base_dir` (a symlink to another tree) raises `ForeignExportError`: the
+    project never writes one, and serving it would serve files nobody exported here.
+    """
+    if not os.path.isdir(base_dir):
+        return []
+    versions = []
+    for name in sorted(os.listdir(base_dir)):
+        path = os.path.join(base_dir, name)
+        if name.startswith("."):
+            continue
+        version = version_number(name)
+        if version is None:
+            warnings.warn(f"{path} is not a version directory (a version is named by a "
+                          "positive number without leading zeros); ignored.", stacklevel=2)
+            continue
+        if not _inside(path, base_dir):
+            raise ForeignExportError(
+                f"Version {version} of {base_dir} resolves outside it, to "
+                f"{os.path.realpath(path)}: not an export of this model. Remove the link or "
+                f"copy the version into {base_dir}. Received: {path}")
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            versions.append(version)
+    return sorted(versions)
+
+
 def _versions_on_disk(base_path: str) -> list[int] | None:
-    """Numeric version directories under a local base path, or None if it is not local."""
+    """`export_versions` of a local base path, or None if it is not local."""
     if "://" in base_path or not os.path.isdir(base_path):
         return None
-    return sorted(int(n) for n in os.listdir(base_path)
-                  if n.isdigit() and os.path.isdir(os.path.join(base_path, n)))
+    return export_versions(base_path)
 
 
 def model_config(name: str, base_path: str, *, policy: str = "latest", num_latest: int = 1,

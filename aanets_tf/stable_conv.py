@@ -65,9 +65,12 @@ class StableConv2D(keras.layers.Layer):
             trainable=True,
         )
 
+    def effective_kernel(self):
+        """`kernel * scale`, `(k, k, in, out)`, in the variables' dtype."""
+        return ops.multiply(self.kernel, ops.cast(self.scale, self.kernel.dtype))
+
     def call(self, inputs):
-        kernel = ops.multiply(self.kernel, ops.cast(self.scale, self.kernel.dtype))
-        return ops.conv(inputs, ops.cast(kernel, inputs.dtype),
+        return ops.conv(inputs, ops.cast(self.effective_kernel(), inputs.dtype),
                         strides=self.strides, padding=self.padding)
 
     def compute_output_shape(self, input_shape):

@@ -9,43 +9,31 @@ seed and every trial). The test split is never read: `load_tuning_data`
 reads only the training split, and the tuner hands every trial a dataset
 whose test split raises on any use.
 
-The search space is written as text (the `--search` flag of `tools/tune.py`):
-
-    learning_rate=log:0.01:0.5,lambda_base=1:10,top_k=int:1:4,margin=choice:0.3|0.5|0.7
-
-See `docs/tuning.md` for the syntax, the outputs and the chief/worker mode.
+The search space is parsed by `aanets_tf.search_space`; the distributed
+search's chief lives in `aanets_tf.tuning_chief`. See `docs/tuning.md` for the
+syntax, the outputs and the chief/worker mode.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import gc
 import io
 import json
-import math
 import os
 import time
-from concurrent import futures
 from typing import Callable
 
 import keras
 import keras_tuner
-from keras_tuner.src.distribute import utils as distribute_utils
 
-from aanets_tf import atomic_io, checkpointing, incremental, pipeline
+from aanets_tf import atomic_io, checkpointing, datasets, incremental, run_state
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
+from aanets_tf.search_space import Dimension, fmt, tuned_values
+from aanets_tf.tuning_chief import is_chief, is_worker, serve_oracle
 
-# `TrainConfig` fields a search may vary. The rest (data, protocol, budget) is
-# fixed by the training flags: changing them changes the task, not the method.
-SEARCHABLE = ("learning_rate", "aggregation_lr", "lambda_base", "margin", "top_k",
-              "weight_decay", "initial_aggregation", "momentum", "aggregation_momentum",
-              "lr_decay_factor")
-DEFAULT_SEARCH = ("learning_rate=log:0.01:0.5,aggregation_lr=log:0.0001:1,lambda_base=1:10,"
-                  "margin=0.1:0.7,top_k=int:1:4,weight_decay=log:0.00001:0.001,"
-                  "initial_aggregation=0.2:0.8")
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE_KINDS = ("cnn", "nme")
 # What a trial reports; the oracle maximises one of them.
@@ -56,10 +44,6 @@ RECORD_FILE = "tuning.json"
 TABLE_FILES = ("trials.csv", "trials.json")
 
 
-class SearchSpaceError(ValueError):
-    """The search-space text is malformed or names something that cannot be searched."""
-
-
 class TestSplitAccessError(keras_tuner.errors.FatalRuntimeError):
     """Something tried to read the test split during tuning (stops the whole search)."""
 
@@ -68,211 +52,7 @@ class SearchConflictError(RuntimeError):
     """The tuning directory holds a search with other settings."""
 
 
-# === The search space ===
-
-@dataclasses.dataclass(frozen=True)
-class Dimension:
-    """One searched `TrainConfig` field: a range `[low, high]` or a list of choices.
-
-    `integer` follows the field's type (`top_k` is an integer, the rest are
-    real numbers). `sampling` is `"linear"` or `"log"` (log-uniform).
-    """
-    name: str
-    low: float | int | None = None
-    high: float | int | None = None
-    step: float | int | None = None
-    sampling: str = "linear"
-    choices: tuple = ()
-    integer: bool = False
-
-    def values_to_check(self) -> tuple:
-        """Values that must each give a valid `TrainConfig`."""
-        return self.choices or (self.low, self.high)
-
-    def spec(self) -> str:
-        """The dimension in `--search` syntax (canonical form)."""
-        if self.choices:
-            return f"{self.name}=choice:" + "|".join(_fmt(v) for v in self.choices)
-        prefix = "log:" if self.sampling == "log" else ("int:" if self.integer else "")
-        step = f":{_fmt(self.step)}" if self.step is not None else ""
-        return f"{self.name}={prefix}{_fmt(self.low)}:{_fmt(self.high)}{step}"
-
-    def declare(self, hp: keras_tuner.HyperParameters, default=None) -> None:
-        """Register the dimension in `hp`; `default` is used when it lies in the space."""
-        if self.choices:
-            hp.Choice(self.name, list(self.choices),
-                      default=default if default in self.choices else None)
-            return
-        if not (self.low <= default <= self.high) or (
-                self.step is not None and not _on_grid(default, self.low, self.step)):
-            default = None
-        if self.integer:
-            hp.Int(self.name, int(self.low), int(self.high),
-                   step=None if self.step is None else int(self.step),
-                   sampling=self.sampling, default=default)
-        else:
-            hp.Float(self.name, float(self.low), float(self.high), step=self.step,
-                     sampling=self.sampling, default=default)
-
-
-def _fmt(value) -> str:
-    return str(value) if isinstance(value, int) else f"{value:g}"
-
-
-def _on_grid(value, low, step) -> bool:
-    k = (value - low) / step
-    return abs(k - round(k)) < 1e-9
-
-
-_FIELD_DEFAULTS = TrainConfig()
-
-
-def _is_integer_field(name: str) -> bool:
-    value = getattr(_FIELD_DEFAULTS, name)
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(text: str, integer: bool):
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{text!r} is not a finite number")
-    if integer:
-        if not value.is_integer():
-            raise ValueError(f"{text!r} is not an integer")
-        return int(value)
-    return value
-
-
-def _parse_entry(entry: str) -> Dimension:
-    """One `NAME=SPEC` entry; raises ValueError with a message that starts with the entry."""
-    def fail(reason: str):
-        raise ValueError(f"{entry!r}: {reason}")
-
-    name, sep, spec = entry.partition("=")
-    name, spec = name.strip(), spec.strip()
-    if not sep or not name or not spec:
-        fail("expected NAME=SPEC, e.g. learning_rate=log:0.01:0.5")
-    if name not in SEARCHABLE:
-        if name in _FIELD_DEFAULTS.to_dict():
-            fail(f"--{name} is a training flag but not a searchable hyper-parameter; set it "
-                 f"with --{name}=VALUE. Searchable: {', '.join(SEARCHABLE)}")
-        close = difflib.get_close_matches(name, SEARCHABLE, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        fail(f"unknown hyper-parameter {name!r}{hint}. Searchable: {', '.join(SEARCHABLE)}")
-    integer = _is_integer_field(name)
-    parts = [p.strip() for p in spec.split(":")]
-
-    def number(text: str):
-        try:
-            return _number(text, integer)
-        except ValueError as e:
-            fail(str(e))
-
-    if parts[0] == "choice":
-        if len(parts) != 2 or not parts[1]:
-            fail(f"choice takes values separated by '|', e.g. {name}=choice:1|2|4")
-        values = tuple(dict.fromkeys(number(v.strip()) for v in parts[1].split("|")))
-        if len(values) < 2:
-            fail(f"choice needs at least two different values (to fix {name}, "
-                 f"set --{name}={_fmt(values[0])} instead)")
-        return Dimension(name, choices=values, integer=integer)
-    sampling = "linear"
-    if parts[0] in ("log", "linear", "int"):
-        prefix = parts.pop(0)
-        if prefix == "int" and not integer:
-            fail(f"'int:' is for integer hyper-parameters; {name} takes real values")
-        sampling = "log" if prefix == "log" else "linear"
-    elif parts[0][:1].isalpha() and parts[0].lower() not in ("inf", "nan"):
-        fail(f"unknown kind {parts[0]!r}; use log:, int: or choice:")
-    if len(parts) not in (2, 3):
-        fail("expected [log:|int:]LOW:HIGH[:STEP] or choice:A|B|...")
-    low, high = number(parts[0]), number(parts[1])
-    step = number(parts[2]) if len(parts) == 3 else None
-    if low >= high:
-        fail(f"empty range: the low end {_fmt(low)} must be below the high end {_fmt(high)}")
-    if sampling == "log" and low <= 0:
-        fail(f"log sampling needs a positive low end. Received: {_fmt(low)}")
-    if step is not None:
-        if sampling == "log":
-            fail("a step is only allowed for linear ranges")
-        if step <= 0 or step > high - low:
-            fail(f"the step must lie in (0, high - low]. Received: step={_fmt(step)}")
-    return Dimension(name, low, high, step, sampling, integer=integer)
-
-
-def _has_no_effect(name: str, config: TrainConfig) -> str | None:
-    """Why searching `name` cannot change a run of `config`, or None."""
-    if name in ("aggregation_lr", "aggregation_momentum", "initial_aggregation"):
-        if config.branch_mode != "dual":
-            return f"--branch_mode={config.branch_mode} has no aggregation weights"
-        if name != "initial_aggregation" and config.aggregation != "learned":
-            return f"--aggregation={config.aggregation} does not train the aggregation weights"
-    if name in ("lambda_base", "margin", "top_k", "aggregation_lr", "aggregation_momentum",
-                "initial_aggregation") and config.num_phases == 1:
-        return "only phase 0 runs (num_phases=1), which does not use it"
-    return None
-
-
-def parse_search(text: str, config: TrainConfig) -> tuple[Dimension, ...]:
-    """Parse `--search` text into dimensions, checked against the trials' `config`.
-
-    Every problem is collected into one `SearchSpaceError` that names each bad
-    entry: malformed text, an unknown or unsearchable name, a name given twice,
-    an empty range, a value the training flags refuse (e.g. an
-    `initial_aggregation` above 1), or a hyper-parameter `config` never uses.
-    """
-    entries = [e.strip() for e in text.split(",") if e.strip()]
-    if not entries:
-        raise SearchSpaceError(f"--search names no hyper-parameter. Received: --search={text!r}. "
-                               f"Searchable: {', '.join(SEARCHABLE)}")
-    problems, dims, seen = [], [], set()
-    for entry in entries:
-        try:
-            dim = _parse_entry(entry)
-        except ValueError as e:
-            problems.append(str(e))
-            continue
-        if dim.name in seen:
-            problems.append(f"{entry!r}: {dim.name} is searched twice")
-            continue
-        seen.add(dim.name)
-        reason = _has_no_effect(dim.name, config)
-        if reason:
-            problems.append(f"{entry!r}: searching {dim.name} has no effect: {reason}")
-        for value in dim.values_to_check():
-            try:
-                config.replace(**{dim.name: value})
-            except ValueError as e:
-                detail = str(e).split("\n", 1)[-1].strip()
-                problems.append(f"{entry!r}: {detail}")
-        dims.append(dim)
-    if problems:
-        raise SearchSpaceError("Invalid --search:\n  " + "\n  ".join(problems))
-    return tuple(dims)
-
-
-def build_hyperparameters(dims: tuple[Dimension, ...],
-                          config: TrainConfig) -> keras_tuner.HyperParameters:
-    """The KerasTuner search space; each default is `config`'s value when inside the space."""
-    hp = keras_tuner.HyperParameters()
-    for dim in dims:
-        dim.declare(hp, default=getattr(config, dim.name))
-    return hp
-
-
 # === Configurations of trials and of the final run ===
-
-def _typed(name: str, value):
-    return int(value) if _is_integer_field(name) else float(value)
-
-
-def tuned_values(values: dict) -> dict:
-    """The searched `TrainConfig` fields among a trial's values (no `tuner/...` entries)."""
-    return {k: _typed(k, v) for k, v in values.items() if k in SEARCHABLE}
-
 
 def trial_config(base: TrainConfig, values: dict, workdir: str) -> TrainConfig:
     """The configuration a trial runs: `base` with the trial's values, in its own workdir.
@@ -321,17 +101,26 @@ class _WithheldTestSplit:
 WITHHELD_TEST_SPLIT = _WithheldTestSplit()
 
 
-def without_test_split(data: pipeline.ClassIncrementalData) -> pipeline.ClassIncrementalData:
+def check_validation_split(validation_images_per_class: int) -> None:
+    """Trials are scored on a validation split carved from the training data: it must exist."""
+    if validation_images_per_class < 1:
+        raise ValueError(
+            "Tuning needs a validation split: `validation_images_per_class` must be >= 1 "
+            "(trials are scored on this many training images per class, held out of their "
+            "training; e.g. 50 for CIFAR-100). "
+            f"Received: validation_images_per_class={validation_images_per_class}")
+
+
+def without_test_split(data: datasets.ClassIncrementalData) -> datasets.ClassIncrementalData:
     """`data` with its test split replaced by one that raises on any use."""
-    if data.validation is None or len(data.validation) == 0:
-        raise ValueError("Tuning needs a validation split: set --validation_images_per_class > 0.")
+    check_validation_split(0 if data.validation is None else len(data.validation))
     return dataclasses.replace(data, test=WITHHELD_TEST_SPLIT)
 
 
 def load_tuning_data(name: str, data_dir: str | None = None, *, download: bool = False,
                      train_images_per_class: int = 0,
-                     validation_images_per_class: int) -> pipeline.ClassIncrementalData:
-    """The training split only, with the validation split carved as `pipeline.load_dataset` does.
+                     validation_images_per_class: int) -> datasets.ClassIncrementalData:
+    """The training split only, with the validation split carved as `datasets.load_dataset` does.
 
     The validation split is the last `validation_images_per_class` training
     images of each class (TFDS order); training keeps the first
@@ -339,13 +128,11 @@ def load_tuning_data(name: str, data_dir: str | None = None, *, download: bool =
     read from disk; the returned data's `test` raises on any use.
 
     Raises:
-        pipeline.DatasetNotFoundError: the data is not in `data_dir` and `download` is off.
+        datasets.DatasetNotFoundError: the data is not in `data_dir` and `download` is off.
         ValueError: no validation images, or a class left without training images.
     """
-    if validation_images_per_class < 1:
-        raise ValueError("Tuning needs a validation split: --validation_images_per_class must "
-                         f"be >= 1. Received: {validation_images_per_class}")
-    data = pipeline.load_dataset(
+    check_validation_split(validation_images_per_class)
+    data = datasets.load_dataset(
         name, data_dir, download=download, train_images_per_class=train_images_per_class,
         validation_images_per_class=validation_images_per_class, read_test=False)
     return dataclasses.replace(data, test=WITHHELD_TEST_SPLIT)
@@ -362,12 +149,12 @@ def build_oracle(kind: str, hyperparameters: keras_tuner.HyperParameters, object
     epochs per phase, up to `max_epochs`.
     """
     if kind not in TUNERS:
-        raise ValueError(f"--tuner must be one of {TUNERS}. Received: tuner={kind!r}")
+        raise ValueError(f"`tuner` must be one of {TUNERS}. Received: tuner={kind!r}")
     if objective_kind not in OBJECTIVE_KINDS:
-        raise ValueError(f"--objective_kind must be one of {OBJECTIVE_KINDS}. "
+        raise ValueError(f"`objective_kind` must be one of {OBJECTIVE_KINDS}. "
                          f"Received: objective_kind={objective_kind!r}")
     if max_trials < 1:
-        raise ValueError(f"--max_trials must be >= 1. Received: max_trials={max_trials}")
+        raise ValueError(f"`max_trials` must be >= 1. Received: max_trials={max_trials}")
     objective = keras_tuner.Objective(OBJECTIVE_NAMES[objective_kind], direction="max")
     common = dict(objective=objective, hyperparameters=hyperparameters, seed=seed,
                   allow_new_entries=False, tune_new_entries=True)
@@ -378,10 +165,10 @@ def build_oracle(kind: str, hyperparameters: keras_tuner.HyperParameters, object
             return keras_tuner.oracles.BayesianOptimizationOracle(
                 max_trials=max_trials, num_initial_points=num_initial_points or None, **common)
         except ImportError as e:
-            raise ImportError("--tuner=bayesian needs scikit-learn and scipy "
+            raise ImportError("tuner=bayesian needs scikit-learn and scipy "
                               "(pip install scikit-learn).") from e
     if hyperband_factor < 2:
-        raise ValueError(f"--hyperband_factor must be >= 2. Received: {hyperband_factor}")
+        raise ValueError(f"`hyperband_factor` must be >= 2. Received: {hyperband_factor}")
     oracle = keras_tuner.oracles.HyperbandOracle(max_epochs=max_epochs, factor=hyperband_factor,
                                                  **common)
     oracle.max_trials = max_trials  # Oracle.create_trial stops at this count.
@@ -410,19 +197,16 @@ class IncrementalTuner(keras_tuner.Tuner):
     """
 
     def __init__(self, oracle: keras_tuner.Oracle, base_config: TrainConfig, *,
-                 data: pipeline.ClassIncrementalData | None = None, verbose: int | str = 0,
+                 data: datasets.ClassIncrementalData | None = None, verbose: int | str = 0,
                  log: Callable[[str], None] = print, **kwargs):
-        if base_config.validation_images_per_class < 1:
-            raise ValueError("Tuning needs a validation split: --validation_images_per_class "
-                             "must be >= 1. Received: "
-                             f"{base_config.validation_images_per_class}")
+        check_validation_split(base_config.validation_images_per_class)
         self.base_config = base_config
         self.verbose = verbose
         self._log = log
         self._data = None if data is None else without_test_split(data)
         super().__init__(oracle=oracle, hypermodel=None, **kwargs)
 
-    def trial_data(self) -> pipeline.ClassIncrementalData:
+    def trial_data(self) -> datasets.ClassIncrementalData:
         """The trials' data (training and validation splits), loaded once."""
         if self._data is None:
             c = self.base_config
@@ -431,7 +215,7 @@ class IncrementalTuner(keras_tuner.Tuner):
                     c.dataset, c.data_dir, download=c.download,
                     train_images_per_class=c.train_images_per_class,
                     validation_images_per_class=c.validation_images_per_class)
-            except (pipeline.DatasetNotFoundError, ValueError) as e:
+            except (datasets.DatasetNotFoundError, ValueError) as e:
                 raise keras_tuner.errors.FatalError(str(e)) from e
         return self._data
 
@@ -442,7 +226,7 @@ class IncrementalTuner(keras_tuner.Tuner):
         trial_id = trial.trial_id
         values = trial.hyperparameters.values
         config = trial_config(self.base_config, values, self.trial_workdir(trial_id))
-        described = ", ".join(f"{k}={_fmt(v)}" for k, v in tuned_values(values).items())
+        described = ", ".join(f"{k}={fmt(v)}" for k, v in tuned_values(values).items())
         self._log(f"Trial {trial_id} on {self.tuner_id}: {described}, {config.epochs} "
                   f"epochs per phase")
         data = self.trial_data()
@@ -465,7 +249,7 @@ class IncrementalTuner(keras_tuner.Tuner):
 
     def on_trial_end(self, trial) -> None:
         super().on_trial_end(trial)
-        if not self._is_worker():
+        if not is_worker():
             write_trials_table(self.oracle, self.project_dir)
 
     def search(self, *args, **kwargs) -> None:
@@ -486,48 +270,6 @@ class IncrementalTuner(keras_tuner.Tuner):
             raise FileNotFoundError(f"Trial {trial.trial_id} left no checkpoint in {workdir}.")
         return checkpointing.load_network(checkpointing.phase_checkpoint_path(workdir,
                                                                               phases[-1]))
-
-
-def is_worker() -> bool:
-    """This process is a worker of a distributed search (KERASTUNER_* variables)."""
-    return distribute_utils.has_chief_oracle() and not distribute_utils.is_chief_oracle()
-
-
-def is_chief() -> bool:
-    """This process is the chief (oracle server) of a distributed search."""
-    return distribute_utils.is_chief_oracle()
-
-
-def serve_oracle(oracle: keras_tuner.Oracle, poll_seconds: float = 1.0,
-                 on_trial_end: Callable[[], None] | None = None) -> None:
-    """Serve `oracle` to the workers over gRPC until the search ends and every worker left.
-
-    Listens on `$KERASTUNER_ORACLE_IP:$KERASTUNER_ORACLE_PORT`, like
-    KerasTuner's own chief. `on_trial_end` is called (under the oracle's lock)
-    after trials end.
-    """
-    import grpc
-    from keras_tuner.src import protos
-    from keras_tuner.src.distribute import oracle_chief
-    from keras_tuner.src.engine import oracle as oracle_module
-
-    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    servicer = oracle_chief.OracleServicer(oracle)
-    protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
-    if not server.add_insecure_port(address):
-        raise OSError(f"The chief cannot listen on {address} (KERASTUNER_ORACLE_IP/PORT).")
-    server.start()
-    ended = len(oracle.end_order)
-    try:
-        while not (servicer.stop_triggered and oracle_chief.exit_chief(oracle)):
-            time.sleep(poll_seconds)
-            if on_trial_end is not None and len(oracle.end_order) != ended:
-                with oracle_module.LOCKS[oracle]:
-                    ended = len(oracle.end_order)
-                    on_trial_end()
-    finally:
-        server.stop(grace=poll_seconds)
 
 
 # === Outputs ===
@@ -592,7 +334,7 @@ def search_record(tuner: str, objective_kind: str, dims: tuple[Dimension, ...],
                   base_config: TrainConfig, **settings) -> dict:
     """What defines a search; a rerun that continues it must match."""
     config = {k: v for k, v in base_config.to_dict().items()
-              if k not in incremental.RELOCATABLE_KEYS}
+              if k not in run_state.RELOCATABLE_KEYS}
     return {"tuner": tuner, "objective": OBJECTIVE_NAMES[objective_kind],
             "search": [d.spec() for d in dims], "trial_config": config, **settings}
 
@@ -609,15 +351,15 @@ def check_search_record(project_dir: str, record: dict) -> None:
     for key in sorted(set(old) | set(new)):
         if key == "trial_config":
             a, b = old.get(key, {}), new.get(key, {})
-            diffs += [f"--{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            diffs += [f"`{k}`: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
                       if a.get(k) != b.get(k)]
         elif old.get(key) != new.get(key):
             diffs.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
     if diffs:
         raise SearchConflictError(
             f"{project_dir} holds a search with other settings ({'; '.join(diffs)}). Rerun "
-            "with the same settings to continue it, use another --project_name, or pass "
-            "--overwrite to start over.")
+            "with the same settings to continue it, use another `project_name`, or pass "
+            "`overwrite` to start over.")
 
 
 def write_search_record(project_dir: str, record: dict) -> None:

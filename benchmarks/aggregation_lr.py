@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from aanets_tf import atomic_io, incremental, pipeline, reporting  # noqa: E402
+from aanets_tf import atomic_io, datasets, incremental, reporting
 from aanets_tf.config import TrainConfig  # noqa: E402
 
 # The CPU protocol of SPEC section 7 (flags/cifar10_cpu.flags).
@@ -52,7 +52,7 @@ def main() -> int:
                        data_dir=args.data_dir,
                        validation_images_per_class=args.validation_images_per_class,
                        num_phases=2, export=False)
-    data = pipeline.load_dataset(
+    data = datasets.load_dataset(
         base.dataset, base.data_dir, train_images_per_class=base.train_images_per_class,
         validation_images_per_class=base.validation_images_per_class)
 

@@ -169,9 +169,9 @@ def pipeline_images_per_second(data_dir: str, batch_size: int) -> float:
     at the start of every epoch, so a few batches timed after the first would
     come out of a full buffer and flatter the pipeline.
     """
-    from aanets_tf import pipeline
+    from aanets_tf import datasets, pipeline
 
-    data = pipeline.load_dataset("synthetic_imagenet", data_dir)
+    data = datasets.load_dataset("synthetic_imagenet", data_dir)
     base = np.isin(data.train.labels, np.arange(10))
     part = pipeline.Part(data.train.source, data.train.positions[base], data.train.labels[base])
     dataset = pipeline.train_dataset([part], batch_size, seed=0, epochs=2,
@@ -243,9 +243,9 @@ def measure_cache(repeats: int = 3) -> dict:
     Images per second over a whole epoch after an untimed first one (which
     fills the cache); the median of `repeats` per variant.
     """
-    from aanets_tf import pipeline
+    from aanets_tf import datasets, pipeline
 
-    data = pipeline.load_dataset("cifar10", os.path.join(os.path.dirname(REPO_ROOT), "shared",
+    data = datasets.load_dataset("cifar10", os.path.join(os.path.dirname(REPO_ROOT), "shared",
                                                          "tensorflow_datasets"),
                                  train_images_per_class=500, read_test=False)
     base = np.isin(data.train.labels, [4, 2, 7, 6])

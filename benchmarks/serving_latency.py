@@ -1,29 +1,37 @@
-r"""Latency and throughput of the exported `serving_default` against the Keras model.
+r"""Latency of the exported signatures: the request checks' cost, and the Keras model beside them.
 
-    python benchmarks/serving_latency.py --out=runs/serving_latency
+    python benchmarks/serving_latency.py --out=benchmarks/results/serving_latency
     python benchmarks/serving_latency.py --workdir=runs/cifar --phase=4   # a trained phase
     python benchmarks/serving_latency.py --arch=resnet8 --rounds=2 --latency_calls=20  # quick
 
 Builds the network of an AANet phase (random weights; `--workdir` loads a
-run's phase checkpoint instead), exports it with `serving.export_phase`,
-reloads it with `tf.saved_model.load`, and times, in one process and
-alternating in every round:
+run's phase checkpoint instead), exports it twice with
+`serving.write_saved_model` (as served, and with `checks=False`: the same
+graph without the request checks of issue 17: shapes, batch, bytes and image
+headers), reloads both with `tf.saved_model.load`, and times, in one process:
 
-- `saved_model`: the `serving_default` signature on uint8 images (its graph
-  includes the uint8 cast, softmax and top-k);
-- `keras_predict_on_batch`: `model.predict_on_batch` on the same images
+- `checked` / `unchecked`: `serving_default` on one uint8 image (its graph
+  includes the cast, softmax and top-k), with and without the checks;
+- `png_checked` / `png_unchecked`, `jpeg_checked` / `jpeg_unchecked`:
+  `serving_bytes` on one PNG or JPEG at the network's size (header parse and
+  checks, then decoding);
+- `keras_predict_on_batch`: `model.predict_on_batch` on the same image
   converted to float32 (the conversion is timed);
-- `keras_call`: `model(images, training=False)`, eager, as a script calls it.
+- `keras_call`: `model(images, training=False)`, eager, as a script calls it
+  (`--nokeras` leaves both Keras variants out).
 
-Batch-1 latency is timed call by call (p50, p99 over all rounds); batch-64
-throughput is images per second per round (median over rounds). Writes
-`serving_latency.json` and `serving_latency.md` under `--out`.
+Batch-1 calls are interleaved call by call, in an order rotating every call,
+so that load from other work falls on every variant alike; the checks' cost
+is the ratio of medians of `checked` to `unchecked` (beside it: the median of
+per-call ratios, the ratio of 10th percentiles, and the ratio of median process
+CPU time, which leaves out the waits for a core on a shared machine). Batch-`--batch_size` throughput is images per second per round
+(median over rounds). Writes `serving_latency.json` and `serving_latency.md`
+under `--out`, with the CPU model and flags (benchmarks/machine.py).
 """
 
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 
@@ -32,8 +40,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from benchmarks import machine  # noqa: E402
+
 FLAGS = flags.FLAGS
-VARIANTS = ("saved_model", "keras_predict_on_batch", "keras_call")
+CHECKS_BUDGET = 1.05  # the checks may cost at most 5% of batch-1 latency
 
 
 def define_flags() -> None:
@@ -52,6 +62,7 @@ def define_flags() -> None:
                          lower_bound=1)
     flags.DEFINE_integer("warmup_calls", 5, "Untimed calls per variant and batch size.",
                          lower_bound=1)
+    flags.DEFINE_boolean("keras", True, "Also time the Keras model (predict_on_batch, eager).")
     flags.DEFINE_string("out", "runs/serving_latency", "Output directory.")
 
 
@@ -59,24 +70,17 @@ def benchmark_network():
     """(network, class_ids, label_names, description) from the flags."""
     import numpy as np
 
-    from aanets_tf import backbones, checkpointing, network as network_lib, serving
+    from aanets_tf import backbones, network as network_lib
 
     if FLAGS.workdir:
-        import json
+        from aanets_tf import run_export
 
-        completed = checkpointing.completed_phases(FLAGS.workdir)
-        if not completed:
-            raise app.UsageError(f"--workdir={FLAGS.workdir} has no phase checkpoint.")
-        phase = completed[-1] if FLAGS.phase is None else FLAGS.phase
-        if phase not in completed:
-            raise app.UsageError(f"--phase={phase} has no checkpoint; completed: {completed}")
-        network = checkpointing.load_network(
-            checkpointing.phase_checkpoint_path(FLAGS.workdir, phase))
-        with open(os.path.join(FLAGS.workdir, "metrics.json")) as f:
-            metrics = json.load(f)
-        num_seen = serving.num_classes(network)
-        return (network, metrics["class_order"][:num_seen], metrics["label_names"],
-                f"{FLAGS.workdir} phase {phase}")
+        try:
+            phase = run_export.load_phase(FLAGS.workdir, FLAGS.phase)
+        except (FileNotFoundError, ValueError) as e:
+            raise app.UsageError(str(e)) from None
+        return (phase.network, phase.class_ids, phase.label_names,
+                f"{FLAGS.workdir} phase {phase.phase}")
     resnet = backbones.build_resnet(FLAGS.arch)
     aanet = backbones.aanet_from_resnet(resnet)
     new = max(1, FLAGS.num_classes // 10)
@@ -102,6 +106,25 @@ def results_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def checks_cost(latency: dict, cpu: dict, checked: str, unchecked: str) -> dict:
+    """What the checks add to batch 1: ratios of `checked` to `unchecked` timings.
+
+    Wall time is the latency a client sees; on a machine shared with other work it
+    also holds the waits for a core, which grow with the number of ops a call runs.
+    The process's CPU time leaves those waits out. The 10th percentile is the least
+    disturbed wall time.
+    """
+    import numpy as np
+
+    a, b = np.asarray(latency[checked]), np.asarray(latency[unchecked])
+    ratio = float(np.median(a) / np.median(b))
+    return {"ratio_of_medians": ratio, "median_of_paired_ratios": float(np.median(a / b)),
+            "ratio_of_p10": float(np.percentile(a, 10) / np.percentile(b, 10)),
+            "cpu_ratio_of_medians": float(np.median(cpu[checked]) / np.median(cpu[unchecked])),
+            "added_ms_median": float((np.median(a) - np.median(b)) * 1e3),
+            "within_budget": ratio <= CHECKS_BUDGET}
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -114,25 +137,44 @@ def main(argv):
     from aanets_tf import atomic_io, serving
 
     network, class_ids, label_names, description = benchmark_network()
-    start = time.perf_counter()
-    path = serving.export_phase(network, os.path.join(FLAGS.out, "export", "aanets"), 1,
-                                class_ids, label_names, overwrite=True)
-    export_seconds = time.perf_counter() - start
-    signature = tf.saved_model.load(path).signatures["serving_default"]
+    signatures = {}
+    export_seconds = {}
+    for kind, checks in (("checked", True), ("unchecked", False)):
+        path = os.path.join(FLAGS.out, "export", kind)
+        start = time.perf_counter()
+        serving.write_saved_model(network, path, class_ids, label_names,
+                                  limits=serving.ServingLimits(), checks=checks)
+        export_seconds[kind] = time.perf_counter() - start
+        signatures[kind] = tf.saved_model.load(path).signatures
 
     height, width = serving.input_size(network)
     rng = np.random.RandomState(0)
     one = rng.randint(0, 256, (1, height, width, 3)).astype(np.uint8)
     many = rng.randint(0, 256, (FLAGS.batch_size, height, width, 3)).astype(np.uint8)
+    encoded = {(fmt, len(x)): np.array([encode(image).numpy() for image in x], dtype=object)
+               for fmt, encode in (("png", tf.io.encode_png), ("jpeg", tf.io.encode_jpeg))
+               for x in (one, many)}
 
-    calls = {
-        "saved_model": lambda x: signature(images=tf.constant(x))["logits"].numpy(),
-        "keras_predict_on_batch": lambda x: np.asarray(
-            network.predict_on_batch(x.astype(np.float32))["logits"]),
-        "keras_call": lambda x: keras.ops.convert_to_numpy(
-            network(x.astype(np.float32), training=False)["logits"]),
-    }
-    reference = calls["keras_call"](many)
+    def pixels_call(kind):
+        fn = signatures[kind]["serving_default"]
+        return lambda x: fn(images=tf.constant(x))["logits"].numpy()
+
+    def bytes_call(kind, fmt):
+        fn = signatures[kind]["serving_bytes"]
+        return lambda x: fn(image_bytes=tf.constant(encoded[fmt, len(x)]))["logits"].numpy()
+
+    calls = {"checked": pixels_call("checked"), "unchecked": pixels_call("unchecked")}
+    for fmt in ("png", "jpeg"):
+        for kind in ("checked", "unchecked"):
+            calls[f"{fmt}_{kind}"] = bytes_call(kind, fmt)
+    if FLAGS.keras:
+        calls["keras_predict_on_batch"] = lambda x: np.asarray(
+            network.predict_on_batch(x.astype(np.float32))["logits"])
+        calls["keras_call"] = lambda x: keras.ops.convert_to_numpy(
+            network(x.astype(np.float32), training=False)["logits"])
+    variants = list(calls)
+    reference = keras.ops.convert_to_numpy(network(many.astype(np.float32),
+                                                   training=False)["logits"])
     max_abs_diff = {name: float(np.abs(call(many) - reference).max())
                     for name, call in calls.items()}
     for call in calls.values():
@@ -141,18 +183,21 @@ def main(argv):
                 call(x)
 
     latency = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}  # process CPU time: what waiting for a core leaves out
     throughput = {name: [] for name in calls}
+    turn = 0
     for r in range(FLAGS.rounds):
-        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]
-        for name in order:
-            call = calls[name]
-            for _ in range(FLAGS.latency_calls):
-                t = time.perf_counter()
-                call(one)
+        for _ in range(FLAGS.latency_calls):
+            turn += 1
+            for name in variants[turn % len(variants):] + variants[:turn % len(variants)]:
+                t, c = time.perf_counter(), time.process_time()
+                calls[name](one)
                 latency[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
+        for name in variants[r % len(variants):] + variants[:r % len(variants)]:
             t = time.perf_counter()
             for _ in range(FLAGS.throughput_batches):
-                call(many)
+                calls[name](many)
             throughput[name].append(FLAGS.batch_size * FLAGS.throughput_batches
                                     / (time.perf_counter() - t))
         print(f"round {r + 1}/{FLAGS.rounds} done", flush=True)
@@ -161,31 +206,40 @@ def main(argv):
         "batch1_p50_ms": percentile_ms(latency[name], 50),
         "batch1_p99_ms": percentile_ms(latency[name], 99),
         "batch1_mean_ms": float(np.mean(latency[name]) * 1e3),
+        "batch1_p10_ms": percentile_ms(latency[name], 10),
+        "batch1_cpu_p50_ms": percentile_ms(cpu[name], 50),
         "throughput_images_per_s": float(np.median(throughput[name])),
         "throughput_per_round": throughput[name],
         "max_abs_logit_diff_vs_keras_call": max_abs_diff[name],
-    } for name in VARIANTS}
+    } for name in variants}
+    cost = {"serving_default": checks_cost(latency, cpu, "checked", "unchecked"),
+            "serving_bytes (PNG)": checks_cost(latency, cpu, "png_checked", "png_unchecked"),
+            "serving_bytes (JPEG)": checks_cost(latency, cpu, "jpeg_checked",
+                                                "jpeg_unchecked")}
+    described = machine.describe()
     report = {
         "model": description,
-        "export_dir": path,
         "export_seconds": export_seconds,
         "settings": {k: FLAGS[k].value for k in ("rounds", "latency_calls", "throughput_batches",
                                                  "batch_size", "warmup_calls")},
-        "environment": {
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version(), "cpus": os.cpu_count(),
-            "devices": [d.device_type for d in tf.config.list_logical_devices()],
-            "load_average": list(os.getloadavg()),
-        },
+        "machine": described,
+        "load_average": list(os.getloadavg()),
+        "checks_cost_batch1": cost,
+        "checks_budget": CHECKS_BUDGET,
         "results": results,
     }
     atomic_io.write_json(os.path.join(FLAGS.out, "serving_latency.json"), report)
     table = results_table(results)
-    atomic_io.write_text(os.path.join(FLAGS.out, "serving_latency.md"),
-                         f"{description}; export {export_seconds:.1f}s\n\n{table}")
-    print(f"{description}; export {export_seconds:.1f}s; load average "
-          f"{report['environment']['load_average'][0]:.2f}")
-    print(table)
+    summary = "\n".join(
+        f"- {name}: checks cost {c['ratio_of_medians']:.3f}x batch-1 latency (ratio of medians,"
+        f" {c['added_ms_median']:+.2f} ms; median of paired ratios "
+        f"{c['median_of_paired_ratios']:.3f}x, of 10th percentiles {c['ratio_of_p10']:.3f}x, of "
+        f"CPU time {c['cpu_ratio_of_medians']:.3f}x); budget {CHECKS_BUDGET:.2f}x: "
+        f"{'pass' if c['within_budget'] else 'FAIL'}" for name, c in cost.items())
+    text = (f"{description}\n\nMachine: {machine.summary_line(described)}; load average "
+            f"{report['load_average'][0]:.2f}\n\n{table}\n{summary}\n")
+    atomic_io.write_text(os.path.join(FLAGS.out, "serving_latency.md"), text)
+    print(text)
     return 0
 
 

@@ -29,13 +29,22 @@ Memory: the peak resident set size of this process, and (with
 `tools/train.py` with that many epochs per phase.
 
 Writes `throughput.json` and `throughput.md` (the table) into `--out`.
+
+With `--torch_reference` the same run also times the PyTorch reference of
+`benchmarks/torch_reference.py` (needs `pip install -r
+benchmarks/requirements-torch.txt`) on the same batches, every step of both
+frameworks interleaved in each repeat, and reports ours / PyTorch images per
+second per step type against the targets of `TORCH_TARGETS` (into
+`benchmarks/results/throughput_torch` unless `--out` is given):
+
+    python benchmarks/throughput.py --flagfile=flags/cifar10_cpu.flags \
+        --variants=float32 --torch_reference
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,18 +57,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from benchmarks import machine  # noqa: E402
+from benchmarks.throughput_report import (TORCH_VARIANT, compare_frameworks,  # noqa: E402
+                                          summarize, table, torch_table)
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-TARGETS = {  # ratio name -> (slower step, reference step, highest allowed ratio)
-    "level1_aanet / phase0": ("level1_aanet", "phase0", 2.5),
-    "level2_aanet / phase0": ("level2_aanet", "phase0", 1.5),
-    "level1_aanet_pipeline / level1_aanet": ("level1_aanet_pipeline", "level1_aanet", 1.1),
-}
-INFORMATIVE = {
-    "level1_single / phase0": ("level1_single", "phase0"),
-    "eval_aanet / eval_plain": ("eval_aanet", "eval_plain"),
-}
+TORCH_STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
+               "eval_aanet")
 STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain", "eval_aanet",
          "level1_aanet_pipeline", "input_pipeline")
 
@@ -81,6 +85,13 @@ def define_flags() -> None:
                       "float32,float32+xla,mixed_bfloat16.")
     flags.DEFINE_list("only", list(STEPS), f"Steps to measure, from {', '.join(STEPS)} "
                       "(a target is judged when both its steps are measured).")
+    flags.DEFINE_bool("torch_reference", False,
+                      "Also time the PyTorch reference (benchmarks/torch_reference.py) in "
+                      "the same run, interleaved, and report ours / PyTorch ratios. Measures "
+                      f"the steps {', '.join(TORCH_STEPS)} unless --only is given, and skips "
+                      "the protocol run unless --protocol_epochs is given.")
+    flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for the reference "
+                                             "(0: the machine's cores).")
     flags.DEFINE_integer("protocol_epochs", 1, "Also run the flagfile's protocol with this "
                                                "many epochs per phase in a subprocess and "
                                                "report its peak memory (0: skip).")
@@ -103,15 +114,11 @@ class StepBench:
     """The models of one variant and a callable per step that runs `steps` steps."""
 
     def __init__(self, config, data, plan, mixed_precision: str, jit_compile: bool):
-        import keras
         import numpy as np
         import tensorflow as tf
 
-        from aanets_tf import incremental, pipeline, precision
-        from aanets_tf.backbones import aanet_from_resnet, build_resnet, clone_backbone
-        from aanets_tf.learner import IncrementalLearner
+        from aanets_tf import incremental, phase, pipeline, precision
         from aanets_tf.losses import less_forget_weight
-        from aanets_tf.network import build_network, grow_network
 
         batch = config.batch_size
         position = np.asarray(plan.position_of)
@@ -119,7 +126,6 @@ class StepBench:
         labels = data.train.labels
         source = data.train.source
         transform = incremental.image_transform(config, data)
-        input_shape = (transform.size, transform.size, 3)
         new_indices = np.flatnonzero(np.isin(labels, new))
         # Exemplars: the first `exemplars_per_class` images of each base class
         # (which ones does not matter for speed), streamed like the new data.
@@ -135,41 +141,36 @@ class StepBench:
         self.pipeline_batch_sizes = [min(batch, phase1_size - i)
                                      for i in range(0, phase1_size, batch)]
 
-        def sgd(lr, momentum):
-            return keras.optimizers.SGD(lr, momentum=momentum)
-
+        # The networks and learners of phase 0 and phase 1, built by the run's own steps.
+        step_config = config.replace(jit_compile=jit_compile)
+        phase0_data = phase.PhaseData(0, list(base), 0, len(base), part(np.flatnonzero(
+            np.isin(labels, base))), labels[np.isin(labels, base)], [], 0)
+        phase0_data.parts = [phase0_data.new]
+        phase1_data = phase.PhaseData(1, list(new), len(base), len(base) + len(new),
+                                      part(new_indices), labels[new_indices], phase1,
+                                      config.exemplars_per_class)
+        infer = phase.inference(step_config, transform)
+        level2_steps = pipeline.steps_per_epoch(phase1_size, batch)
         with precision.precision_policy(mixed_precision):
-            resnet = build_resnet(config.arch, input_shape, name="resnet_phase0")
-            teacher = build_network(resnet, 0, len(base), name="network_phase0")
-            images = np.stack([transform.eval(image).numpy() for image in pipeline.decoded_images(
-                pipeline.Split(source, data.train.positions[new_indices[:batch]]))]
-                              ).astype("float32")
-            features = keras.ops.convert_to_numpy(resnet(images))
-            new_labels = position[labels[new_indices[:batch]]] - len(base)
-            lam = less_forget_weight(config.lambda_base, len(base), len(new))
+            teacher = phase.build_phase_network(step_config, phase0_data, None, transform.size,
+                                                infer)
+            single = phase.build_phase_network(step_config.replace(branch_mode="single"),
+                                               phase1_data, teacher, transform.size, infer)
+            aanet = phase.build_phase_network(step_config.replace(branch_mode="dual"),
+                                              phase1_data, teacher, transform.size, infer)
 
-            def learner(network, previous, level2=False):
-                result = IncrementalLearner(
-                    network, previous, num_old_classes=len(base) if previous else 0,
-                    less_forget_weight=lam if previous else 0.0, margin=config.margin,
-                    top_k=config.top_k, weight_decay=config.weight_decay,
-                    level2_optimizer=sgd(config.aggregation_lr, config.aggregation_momentum)
-                    if level2 else None)
-                result.compile(optimizer=sgd(config.learning_rate, config.momentum),
-                               jit_compile=jit_compile)
-                result.build_optimizers()
+            def learner(network, previous, data, level2_steps=0):
+                result = phase.make_learner(step_config, network, previous, data,
+                                            level2_steps=level2_steps)
                 result.make_train_function()
                 return result
 
-            single = grow_network(teacher, clone_backbone(resnet, name="resnet_phase1"),
-                                  len(new), features, new_labels, name="single_phase1")
-            aanet = grow_network(teacher, aanet_from_resnet(resnet, name="aanet_phase1"),
-                                 len(new), features, new_labels, name="aanet_phase1")
-            self.learners = {"phase0": learner(build_network(
-                build_resnet(config.arch, input_shape, name="resnet"), 0, len(base),
-                name="plain_phase0"), None),
-                "level1_single": learner(single, teacher),
-                "level1_aanet": learner(aanet, teacher, level2=True)}
+            plain = phase.build_phase_network(step_config, phase0_data, None, transform.size,
+                                              infer)
+            self.learners = {"phase0": learner(plain, None, phase0_data),
+                             "level1_single": learner(single, teacher, phase1_data),
+                             "level1_aanet": learner(aanet, teacher, phase1_data,
+                                                     level2_steps)}
             for network in (teacher, aanet):
                 network.compile(jit_compile=jit_compile)
                 network.make_predict_function()
@@ -194,6 +195,32 @@ class StepBench:
             data.test.source, data.test.positions[:batch], batch, transform=transform,
             pad_last_batch=True))),)
         self.batch = batch
+        self.num_classes = (len(base), len(new))
+        self.less_forget_weight = less_forget_weight(config.lambda_base, len(base), len(new))
+
+    def batches(self) -> dict:
+        """The cached batches as NumPy.
+
+        `{"phase0": (images, labels), "phase1": (images, labels), "eval": images}`.
+        """
+        def numpy(iterator):
+            images, labels = next(iterator)
+            return images.numpy(), labels.numpy()
+
+        return {"phase0": numpy(self.iterators["phase0"]),
+                "phase1": numpy(self.iterators["level1_aanet"]),
+                "eval": self.eval_batch[0].numpy()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters (BatchNorm statistics excluded) of the phase-0 and phase-1 AANet networks."""
+        from aanets_tf.network import parameter_counts
+
+        def count(network):
+            counts = parameter_counts(network)
+            return counts["total"] - counts["statistics"]
+
+        return {"plain_phase0": count(self.learners["phase0"].network),
+                "aanet_phase1": count(self.learners["level1_aanet"].network)}
 
     def run(self, step: str, steps: int) -> tuple[int, float]:
         """Run `steps` steps of `step`; returns (images, seconds) of the full-batch steps.
@@ -233,16 +260,65 @@ class StepBench:
         return images, seconds
 
 
+def load_torch_reference():
+    """`benchmarks.torch_reference`, or a UsageError naming the requirements file."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise app.UsageError(
+            "--torch_reference needs PyTorch, which is not installed (" + str(error) + "). "
+            "Install the benchmark's pinned CPU build: pip install -r "
+            "benchmarks/requirements-torch.txt") from error
+    from benchmarks import torch_reference
+
+    return torch_reference
+
+
+class TorchBench:
+    """The PyTorch reference steps on the same batches as a `StepBench`, same interface."""
+
+    def __init__(self, config, bench: StepBench, threads: int = 0):
+        torch_reference = load_torch_reference()
+        batches = bench.batches()
+        num_old, num_new = bench.num_classes
+        self.steps = torch_reference.TorchSteps(
+            *batches["phase0"], *batches["phase1"], batches["eval"],
+            num_old=num_old, num_new=num_new, learning_rate=config.learning_rate,
+            momentum=config.momentum, weight_decay=config.weight_decay,
+            aggregation_lr=config.aggregation_lr,
+            aggregation_momentum=config.aggregation_momentum,
+            less_forget_weight=bench.less_forget_weight, margin=config.margin,
+            top_k=config.top_k, threads=threads or None, seed=config.seed)
+        self.supported = torch_reference.STEPS
+        self.batch = bench.batch
+        import torch
+
+        self.versions = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "interop_threads": torch.get_num_interop_threads()}
+
+    def parameter_counts(self) -> dict[str, int]:
+        return self.steps.parameter_counts()
+
+    def run(self, step: str, steps: int) -> tuple[int, float]:
+        start = time.perf_counter()
+        self.steps.run(step, steps)
+        return steps * self.batch, time.perf_counter() - start
+
+
 def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_steps: int,
             warmup: int, log=print) -> dict:
-    """`{variant: {step: [images/s per repeat]}}`, every (variant, step) timed once a repeat."""
-    tasks = [(v, s) for v in benches for s in names]
+    """`{variant: {step: [images/s per repeat]}}`, every (variant, step) timed once a repeat.
+
+    A bench with a `supported` attribute (the PyTorch reference) runs only those steps.
+    """
+    tasks = [(v, s) for v in benches for s in names
+             if s in getattr(benches[v], "supported", names)]
     for variant, step in tasks:
         start = time.perf_counter()
         for _ in range(warmup):
             benches[variant].run(step, 1)
         log(f"warm-up {variant:>20} {step:<22} {time.perf_counter() - start:6.1f}s")
-    samples = {v: {s: [] for s in names} for v in benches}
+    samples = {v: {s: [] for w, s in tasks if w == v} for v in benches}
     for r in range(repeats):
         rotated = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
         for variant, step in rotated:
@@ -253,69 +329,6 @@ def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_
         log(f"repeat {r + 1}/{repeats}: " + ", ".join(
             f"{s} {samples[v][s][-1]:.0f}" for v, s in tasks))
     return samples
-
-
-def summarize(samples: dict) -> dict:
-    """Medians, ratios of time per image, and the targets' verdicts, per variant.
-
-    A ratio is the median over repeats of the ratio within each repeat (the
-    two steps timed moments apart, under the same machine load).
-    """
-    out = {}
-    for variant, steps in samples.items():
-        medians = {s: statistics.median(v) for s, v in steps.items()}
-
-        def ratio(slow, reference):
-            return statistics.median(r / s for r, s in zip(steps[reference], steps[slow]))
-
-        out[variant] = {
-            "images_per_second": medians,
-            "targets": {name: {"ratio": ratio(a, b), "limit": limit,
-                               "pass": ratio(a, b) <= limit}
-                        for name, (a, b, limit) in TARGETS.items()
-                        if a in steps and b in steps},
-            "ratios": {name: ratio(a, b) for name, (a, b) in INFORMATIVE.items()
-                       if a in steps and b in steps},
-        }
-    first = next(iter(samples))
-    for variant in list(out)[1:]:
-        out[variant]["speedup_vs_" + first] = {
-            s: statistics.median(v / f for v, f in zip(samples[variant][s], samples[first][s]))
-            for s in samples[first]}
-    return out
-
-
-def table(summary: dict, batch_size: int, memory: dict) -> str:
-    """The Markdown table of the README's Performance section."""
-    variants = list(summary)
-    lines = ["| step (batch %d) | " % batch_size
-             + " | ".join(f"{v} img/s" for v in variants)
-             + " | time per image vs. reference |",
-             "|---" * (len(variants) + 2) + "|"]
-    reference = {"level1_single": "phase0", "level1_aanet": "phase0",
-                 "level2_aanet": "phase0", "eval_aanet": "eval_plain",
-                 "level1_aanet_pipeline": "level1_aanet"}
-    first = summary[variants[0]]
-    ratios = {**{n: t["ratio"] for n, t in first["targets"].items()}, **first["ratios"]}
-    for step in first["images_per_second"]:
-        cells = [f"{summary[v]['images_per_second'][step]:.1f}" for v in variants]
-        key = f"{step} / {reference.get(step)}"
-        relative = f"{ratios[key]:.2f}x {reference[step]}" if key in ratios else "-"
-        lines.append(f"| {step} | " + " | ".join(cells) + f" | {relative} |")
-    lines.append("")
-    lines.append("| target (time per image) | limit | " + " | ".join(variants) + " |")
-    lines.append("|---" * (len(variants) + 2) + "|")
-    for name, (_, _, limit) in TARGETS.items():
-        if name not in first["targets"]:
-            continue
-        cells = [f"{summary[v]['targets'][name]['ratio']:.2f} "
-                 f"({'pass' if summary[v]['targets'][name]['pass'] else 'FAIL'})"
-                 for v in variants]
-        lines.append(f"| {name} | <= {limit} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for key, value in memory.items():
-        lines.append(f"- {key}: {value}")
-    return "\n".join(lines) + "\n"
 
 
 def peak_rss_mib() -> float:
@@ -378,30 +391,51 @@ def main(argv):
     unknown = sorted(set(FLAGS.only) - set(STEPS))
     if unknown:
         raise app.UsageError(f"--only: unknown steps {unknown}; choose from {STEPS}.")
-    names = [s for s in STEPS if s in FLAGS.only]
+    torch_mode = FLAGS.torch_reference
+    if torch_mode:
+        load_torch_reference()  # fail before any work when torch is missing
+    only = FLAGS.only if FLAGS["only"].present or not torch_mode else TORCH_STEPS
+    names = [s for s in STEPS if s in only]
+    out_dir = FLAGS.out
+    if torch_mode and not FLAGS["out"].present:
+        out_dir = "benchmarks/results/throughput_torch"
+    protocol_epochs = FLAGS.protocol_epochs
+    if torch_mode and not FLAGS["protocol_epochs"].present:
+        protocol_epochs = 0
     import keras
     import psutil
 
-    from aanets_tf import atomic_io, incremental, pipeline
+    from aanets_tf import atomic_io, datasets, incremental
 
     started = time.perf_counter()
-    data = pipeline.load_dataset(config.dataset, config.data_dir, download=config.download,
+    load_before = os.getloadavg()
+    data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
                                  train_images_per_class=config.train_images_per_class,
                                  test_images_per_class=config.test_images_per_class)
     plan = incremental.protocol_plan(config, data.num_classes)
     keras.utils.set_random_seed(config.seed)
     benches = {name: StepBench(config, data, plan, *settings)
                for name, settings in variants.items()}
+    parameters = None
+    if torch_mode:
+        first = next(iter(benches.values()))
+        benches[TORCH_VARIANT] = TorchBench(config, first, FLAGS.torch_threads)
+        parameters = {"ours": first.parameter_counts(),
+                      "torch": benches[TORCH_VARIANT].parameter_counts()}
+        if parameters["ours"] != parameters["torch"]:
+            raise AssertionError(f"The PyTorch reference is not the same network: parameter "
+                                 f"counts {parameters}.")
+        print(f"parameters (ours = PyTorch): {parameters['ours']}")
     samples = measure(benches, names, FLAGS.repeats, FLAGS.steps, FLAGS.pipeline_steps,
                       FLAGS.warmup)
-    summary = summarize(samples)
+    summary = summarize({v: s for v, s in samples.items() if v != TORCH_VARIANT})
     memory = {"benchmark peak RSS (MiB)": round(peak_rss_mib(), 1),
               "benchmark RSS at the end (MiB)": round(
                   psutil.Process().memory_info().rss / 2 ** 20, 1)}
     protocol = None
-    if FLAGS.protocol_epochs > 0:
-        protocol = run_protocol(config, FLAGS.protocol_epochs)
-        memory[f"protocol peak RSS, {FLAGS.protocol_epochs} epoch(s) per phase (MiB)"] = round(
+    if protocol_epochs > 0:
+        protocol = run_protocol(config, protocol_epochs)
+        memory[f"protocol peak RSS, {protocol_epochs} epoch(s) per phase (MiB)"] = round(
             protocol["peak_rss_mib"], 1)
     report = {
         "config": config.to_dict(),
@@ -417,12 +451,29 @@ def main(argv):
         "wall_seconds": time.perf_counter() - started,
     }
     markdown = table(summary, config.batch_size, memory)
-    atomic_io.write_json(os.path.join(FLAGS.out, "throughput.json"), report)
-    atomic_io.write_text(os.path.join(FLAGS.out, "throughput.md"), markdown)
-    print()
-    print(markdown)
     failed = [f"{v}: {n}" for v, s in summary.items() for n, t in s["targets"].items()
               if not t["pass"]]
+    if torch_mode:
+        comparison = compare_frameworks(samples)
+        versions = benches[TORCH_VARIANT].versions
+        # Other work on a shared machine slows PyTorch's OpenMP threads more than
+        # TensorFlow's thread pool: the load average says how busy the machine was.
+        load = {"before": load_before, "after": os.getloadavg()}
+        report.update(torch=versions, parameter_counts=parameters,
+                      torch_comparison=comparison, load_average_1_5_15_min=load)
+        markdown = (torch_table(comparison, config.batch_size,
+                                machine.summary_line(report["machine"]), versions)
+                    + f"Load average (1, 5, 15 min) before the run: "
+                    f"{', '.join(f'{x:.2f}' for x in load['before'])}; after: "
+                    f"{', '.join(f'{x:.2f}' for x in load['after'])} "
+                    f"({report['machine']['cpus']} cores).\n\n" + markdown)
+        failed += [f"{v}: {step} ours/PyTorch {row['ratio']:.2f} < {row['target']}"
+                   for v, rows in comparison.items() for step, row in rows.items()
+                   if "target" in row and not row["reached"]]
+    atomic_io.write_json(os.path.join(out_dir, "throughput.json"), report)
+    atomic_io.write_text(os.path.join(out_dir, "throughput.md"), markdown)
+    print()
+    print(markdown)
     print("All targets met." if not failed else "Targets missed: " + "; ".join(failed))
     return 0
 

@@ -8,12 +8,15 @@ Reads the phase's checkpoint (`<workdir>/checkpoints/phase_{p}.keras`) and the
 run's class order and label names (`metrics.json`), and writes version
 `phase + 1` to `<export_dir>/<model_name>/`, as the trainer does after each
 phase. Defaults come from the run's `config.json`: the last completed phase,
-its `--export_dir` (else `<workdir>/export`) and its `--model_name`.
+its `--export_dir` (else `<workdir>/export`) and its `--model_name`. The work
+is `aanets_tf.run_export.export_from_workdir`; this file only reads flags. A
+workdir whose files lead outside it, a checkpoint that would run code on load
+(a Lambda layer) and an export directory holding versions linked from
+elsewhere are refused (docs/security.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -22,58 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from tools.train_flags import as_flag_names  # noqa: E402
+
 FLAGS = flags.FLAGS
-
-
-def _read_json(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing: --workdir must be a training run's "
-                                f"directory (it holds {what}).")
-    with open(path) as f:
-        return json.load(f)
-
-
-def export_from_workdir(workdir: str, phase: int | None = None, *,
-                        export_dir: str | None = None, model_name: str | None = None,
-                        top_k: int = 5, limits=None, overwrite: bool = False) -> str:
-    """Export phase `phase` (default: the last completed one) of the run in `workdir`.
-
-    `limits` (`serving.ServingLimits`, defaults when None) caps what one
-    request may ask. Returns the version directory written.
-    """
-    # The network modules register the custom layers the checkpoint names.
-    from aanets_tf import backbones, checkpointing, network as network_lib, serving  # noqa: F401
-
-    config = _read_json(os.path.join(workdir, "config.json"), "the run's configuration")
-    metrics = _read_json(os.path.join(workdir, "metrics.json"),
-                         "the class order and label names")
-    completed = checkpointing.completed_phases(workdir)
-    if not completed:
-        raise FileNotFoundError(f"No phase checkpoint under {checkpointing.checkpoint_dir(workdir)}"
-                                ": the run has not finished a phase yet.")
-    if phase is None:
-        phase = completed[-1]
-    if phase not in completed:
-        raise ValueError(f"Phase {phase} has no checkpoint in {workdir}. Completed phases: "
-                         f"{completed}. Received: phase={phase}")
-
-    network = checkpointing.load_network(checkpointing.phase_checkpoint_path(workdir, phase))
-    num_seen = serving.num_classes(network)
-    recorded = metrics.get("phases", [])
-    if phase < len(recorded) and recorded[phase]["num_seen_classes"] != num_seen:
-        raise ValueError(f"metrics.json says phase {phase} saw "
-                         f"{recorded[phase]['num_seen_classes']} classes but its checkpoint "
-                         f"has {num_seen} logits: the workdir is inconsistent.")
-    class_order = metrics["class_order"]
-    if len(class_order) < num_seen:
-        raise ValueError(f"metrics.json lists {len(class_order)} classes in its class order, "
-                         f"fewer than the {num_seen} logits of phase {phase}.")
-
-    export_root = export_dir or config.get("export_dir") or os.path.join(workdir, "export")
-    base_dir = os.path.join(export_root, model_name or config.get("model_name") or "aanets")
-    return serving.export_phase(network, base_dir, phase + 1, class_order[:num_seen],
-                                metrics["label_names"], top_k=top_k, overwrite=overwrite,
-                                limits=limits or serving.ServingLimits())
 
 
 def define_flags() -> None:
@@ -101,6 +55,7 @@ def main(argv):
         # TensorFlow's SavedModel writer logs every step at INFO.
         logging.set_verbosity(logging.WARNING)
     from aanets_tf.checkpointing import CorruptCheckpointError
+    from aanets_tf.run_export import export_from_workdir
     from aanets_tf.serving import ServingLimits
 
     try:
@@ -109,7 +64,7 @@ def main(argv):
                                    model_name=FLAGS.model_name, top_k=FLAGS.top_k,
                                    limits=limits, overwrite=FLAGS.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, CorruptCheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {as_flag_names(str(e))}", file=sys.stderr)
         return 1
     print(f"Exported {path}")
     return 0

@@ -7,21 +7,17 @@ import tensorflow as tf
 
 from aanets_tf import backbones
 from aanets_tf.aggregation import Aggregation
-from aanets_tf.backbones import (CIFAR_MEAN, CIFAR_STD, aanet_from_resnet, aggregation_weights,
-                                 architecture_of, build_aanet, build_resnet, clone_backbone,
+from aanets_tf.backbones import (CIFAR_MEAN, CIFAR_STD, Backbone, aanet_from_resnet,
+                                 aggregation_weights, build_aanet, build_resnet, clone_backbone,
                                  get_architecture, is_aanet)
-from aanets_tf.residual import ResidualLevel
 from aanets_tf.stable_conv import StableConv2D
+from conftest import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (16, 16, 3)
 
 
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
 def _images(n=4, seed=0):
-    return np.random.RandomState(seed).uniform(0, 255, size=(n,) + INPUT_SHAPE).astype("float32")
+    return random_batch(n, INPUT_SHAPE, 1, seed)[0]
 
 
 def _perturb_batch_norms(model, seed):
@@ -204,14 +200,23 @@ def test_unknown_architecture_raises_naming_it():
 
 
 def test_bad_input_shape_raises():
-    with pytest.raises(ValueError, match="input_shape"):
+    with pytest.raises(ValueError, match=r"image_shape=\(16, 16, 1\)"):
         build_resnet("resnet8", (16, 16, 1))
+    with pytest.raises(ValueError, match="branches='triple'"):
+        Backbone("resnet8", branches="triple")
+    with pytest.raises(ValueError, match="initial_aggregation=1.5"):
+        Backbone("resnet8", branches="dual", initial_aggregation=1.5)
 
 
-def test_architecture_of_and_clone(resnet):
-    assert architecture_of(resnet).name == "resnet8"
-    aanet = aanet_from_resnet(resnet)
-    assert architecture_of(aanet).name == "resnet8"
+def test_backbone_describes_itself_and_clones(resnet, tmp_path):
+    assert (resnet.arch, resnet.branches, resnet.architecture.name) == (
+        "resnet8", "single", "resnet8")
+    aanet = aanet_from_resnet(resnet, initial_aggregation=0.3, name="aanet_phase1")
+    assert (aanet.arch, aanet.branches, aanet.image_shape) == ("resnet8", "dual", INPUT_SHAPE)
+    assert aanet.get_config() == {
+        "name": "aanet_phase1", "trainable": True, "arch": "resnet8", "branches": "dual",
+        "image_shape": list(INPUT_SHAPE), "learnable_aggregation": True,
+        "initial_aggregation": 0.3}
     assert get_architecture("resnet32").feature_dim == 64
     assert get_architecture("resnet18").num_levels == 4
     assert set(backbones.ARCHITECTURES) >= {"resnet8", "resnet32", "resnet18"}
@@ -219,22 +224,19 @@ def test_architecture_of_and_clone(resnet):
     aanet.get_layer("aggregation1").alpha.assign(0.2)
     clone = clone_backbone(aanet, name="aanet_phase2")
     assert clone.name == "aanet_phase2"
-    assert clone is not aanet
-    assert aggregation_weights(clone) == pytest.approx([0.2, 0.5, 0.5])
+    assert isinstance(clone, Backbone) and clone.is_aanet
+    assert aggregation_weights(clone) == pytest.approx([0.2, 0.3, 0.3])
     x = _images(2, seed=5)
     np.testing.assert_array_equal(_np(clone(x, training=False)), _np(aanet(x, training=False)))
     # The clone owns its variables.
     clone.get_layer("aggregation1").alpha.assign(0.9)
     assert aggregation_weights(aanet)[0] == pytest.approx(0.2)
 
-
-def test_architecture_of_unknown_layout_raises():
-    arch = backbones.Architecture(
-        name="odd", stem_filters=8, stem_kernel_size=3, stem_strides=1, stem_max_pool=False,
-        level_filters=(8, 16), level_blocks=(1, 1), level_strides=(1, 2),
-        input_shape=(8, 8, 3), mean=CIFAR_MEAN, std=CIFAR_STD)
-    model = build_resnet(arch, name="odd_resnet")
-    assert model.output_shape == (None, 16)
-    assert sum(isinstance(layer, ResidualLevel) for layer in model.layers) == 2
-    with pytest.raises(ValueError, match="odd_resnet"):
-        architecture_of(model)
+    # A `.keras` archive brings the layout back from the config, not from guessing.
+    path = str(tmp_path / "aanet.keras")
+    aanet.save(path)
+    restored = keras.models.load_model(path, compile=False)
+    assert isinstance(restored, Backbone)
+    assert restored.get_config() == aanet.get_config()
+    np.testing.assert_allclose(_np(restored(x, training=False)), _np(aanet(x, training=False)),
+                               rtol=1e-6, atol=1e-6)

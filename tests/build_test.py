@@ -46,9 +46,19 @@ def test_every_tool_has_a_py_binary(path):
     assert str(path.relative_to(ROOT)) in _sources("py_binary")
 
 
+def _library_modules():
+    """Every module of the library, its subpackages' (aanets_tf/hosts/...) included."""
+    return {str(p.relative_to(ROOT)) for p in (ROOT / "aanets_tf").rglob("*.py")}
+
+
 def test_every_library_module_is_in_the_library():
-    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "aanets_tf").glob("*.py")}
-    assert modules <= _sources("py_library")
+    missing = _library_modules() - _sources("py_library")
+    assert not missing, f"not in a py_library's srcs: {sorted(missing)}"
+
+
+def test_library_modules_reach_subpackages():
+    nested = [m for m in _library_modules() if m.count("/") > 1]
+    assert "aanets_tf/hosts/__init__.py" in nested
 
 
 def test_sources_named_in_build_exist():

@@ -84,11 +84,11 @@ def test_phase_out_of_range_raises(plan100, phase):
 
 
 @pytest.mark.parametrize("base, per_phase, flag", [
-    (0, 10, "--num_base_classes"),
-    (101, 10, "--num_base_classes"),
-    (50, 0, "--classes_per_phase"),
-    (50, 7, "--classes_per_phase=7"),
-    (50, 30, "--classes_per_phase=30"),
+    (0, 10, "num_base_classes"),
+    (101, 10, "num_base_classes"),
+    (50, 0, "classes_per_phase"),
+    (50, 7, "classes_per_phase=7"),
+    (50, 30, "classes_per_phase=30"),
 ])
 def test_invalid_split_names_the_flag(base, per_phase, flag):
     with pytest.raises(ValueError, match=flag):

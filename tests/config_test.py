@@ -74,7 +74,7 @@ def test_invalid_value_names_flag_and_value(name, value):
     with pytest.raises(ValueError) as info:
         TrainConfig(**{name: value})
     message = str(info.value)
-    assert f"--{name} " in message
+    assert f"`{name}` " in message
     assert f"{name}={value!r}" in message
     # Only the offending flag is reported.
     assert message.count("Received:") == 1
@@ -95,14 +95,14 @@ def test_several_problems_reported_together():
     with pytest.raises(ValueError) as info:
         TrainConfig(epochs=0, arch="vgg", momentum=2.0)
     message = str(info.value)
-    for fragment in ("--epochs", "epochs=0", "--arch", "arch='vgg'", "--momentum",
+    for fragment in ("`epochs`", "epochs=0", "`arch`", "arch='vgg'", "`momentum`",
                      "momentum=2.0"):
         assert fragment in message
     assert message.count("Received:") == 3
 
 
 def test_xla_with_op_determinism_is_refused():
-    with pytest.raises(ValueError, match=r"--jit_compile cannot be combined with --deterministic"):
+    with pytest.raises(ValueError, match=r"`jit_compile` cannot be combined with `deterministic`"):
         TrainConfig(jit_compile=True, deterministic=True)
     assert TrainConfig(jit_compile=True).jit_compile
 
@@ -131,7 +131,7 @@ def test_from_dict_rejects_unknown_keys():
 
 
 def test_from_dict_validates():
-    with pytest.raises(ValueError, match="--top_k"):
+    with pytest.raises(ValueError, match="`top_k`"):
         TrainConfig.from_dict({"top_k": 0})
 
 
@@ -139,7 +139,7 @@ def test_replace_validates_and_is_frozen():
     c = TrainConfig()
     assert c.replace(epochs=20).epochs == 20
     assert c.epochs == 160
-    with pytest.raises(ValueError, match="--epochs"):
+    with pytest.raises(ValueError, match="`epochs`"):
         c.replace(epochs=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.epochs = 3

@@ -8,6 +8,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # pytest does not parse absl flags; tools read them only through FLAGS.
@@ -15,6 +16,44 @@ if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
 SHARED_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
+
+
+# ResNet-8 on real CIFAR-10: 4 base classes + 1 phase of 2, 12 training images per class.
+# The end-to-end tests' run; each takes it as it is or changes a few fields.
+TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
+            classes_per_phase=2, num_phases=2, train_images_per_class=12,
+            test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
+            eval_batch_size=64, export=False, aggregation_lr=0.5)
+
+
+def phase1_learner(input_shape: tuple, *, num_old: int = 2, num_new: int = 2,
+                   less_forget_weight: float = 2.0, weight_decay: float = 5e-4,
+                   level2_learning_rate: float | None = 0.5, learnable: bool = True,
+                   learning_rate: float = 0.1, momentum: float = 0.9, jit_compile=False):
+    """A phase-1 AANet learner with its phase-0 ResNet-8 teacher, built under the current
+    dtype policy: `num_old` old classes, `num_new` new ones imprinted from random images."""
+    import keras
+    import numpy as np
+
+    from aanets_tf.backbones import aanet_from_resnet, build_resnet
+    from aanets_tf.learner import IncrementalLearner
+    from aanets_tf.network import build_network, grow_network
+
+    resnet = build_resnet("resnet8", input_shape, name="resnet_phase0")
+    teacher = build_network(resnet, 0, num_old, name="network_phase0")
+    backbone = aanet_from_resnet(resnet, learnable_aggregation=learnable, name="aanet_phase1")
+    images, _ = random_batch(8, input_shape, num_old + num_new, seed=1)
+    network = grow_network(teacher, backbone, num_new, to_numpy(backbone(images, training=False)),
+                           np.arange(8) % num_new, name="network_phase1")
+    level2 = (keras.optimizers.SGD(level2_learning_rate) if level2_learning_rate is not None
+              else None)
+    learner = IncrementalLearner(network, teacher, num_old_classes=num_old,
+                                 less_forget_weight=less_forget_weight,
+                                 weight_decay=weight_decay, level2_optimizer=level2)
+    learner.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum),
+                    jit_compile=jit_compile)
+    learner.build_optimizers()
+    return learner
 
 
 def to_numpy(x):
@@ -60,3 +99,114 @@ def bomb_png(side: int = 60_000) -> bytes:
     header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"\x00" * 4096)) + chunk(b"IEND", b""))
+
+
+def write_run_workdir(workdir, cnn, nme=None, /, *, forgetting=None, num_classes=10,
+                      **config) -> str:
+    """A hand-written run workdir: config.json and metrics.json shaped as tools/train.py
+    writes them, with the CNN (and NME) accuracy of each evaluated phase.
+
+    `config` overrides the few settings written (the reader fills in the defaults of
+    the others, as for a config.json older than a setting), `workdir` among them (the
+    path the run was started with). Fewer accuracies than the phases the class split
+    allows make an unfinished run.
+    """
+    import json
+
+    settings = {"dataset": "cifar10", "seed": 1993, "num_base_classes": 4,
+                "classes_per_phase": 2, "num_phases": 0, "branch_mode": "dual",
+                "aggregation": "learned", "epochs": 20, "exemplars_per_class": 20,
+                "memory_budget": 0, "workdir": str(workdir), **config}
+    nme = list(cnn) if nme is None else list(nme)
+    base, step = settings["num_base_classes"], settings["classes_per_phase"]
+    phases = [{"phase": i, "num_seen_classes": base + i * step, "cnn_accuracy": c,
+               "nme_accuracy": n, "train_seconds": 1.0} for i, (c, n) in enumerate(zip(cnn, nme))]
+    metrics = {"dataset": settings["dataset"], "class_order": list(range(num_classes)),
+               "branch_mode": settings["branch_mode"], "aggregation": settings["aggregation"],
+               "phases": phases,
+               "average_incremental_accuracy": {"cnn": sum(cnn) / len(cnn),
+                                                "nme": sum(nme) / len(nme)} if phases else None,
+               "forgetting": forgetting}
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(settings, f)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+    return str(workdir)
+
+
+def bomb_image(fmt: str, side: int = 30_000) -> bytes:
+    """A file of a few dozen bytes whose `fmt` header declares `side` x `side` pixels.
+
+    `fmt` is one of jpeg, png, gif, bmp, webp. Only the header is well formed:
+    a decoder that trusts it allocates `3 * side**2` bytes before finding the data
+    missing; one that reads the header first refuses it at once.
+    """
+    import struct
+
+    if fmt == "png":
+        return bomb_png(side)
+    if fmt == "jpeg":
+        # SOI, a baseline SOF0 segment (8-bit, 3 components), EOI.
+        sof = struct.pack(">BHHB", 8, side, side, 3) + bytes([1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0])
+        return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", 2 + len(sof)) + sof + b"\xff\xd9"
+    if fmt == "gif":
+        screen = struct.pack("<HHBBB", side, side, 0, 0, 0)  # no global colour table
+        descriptor = b"\x2c" + struct.pack("<HHHHB", 0, 0, side, side, 0)
+        return b"GIF89a" + screen + descriptor + b"\x02\x02\x4c\x01\x00" + b"\x3b"
+    if fmt == "bmp":
+        info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, 0, 2835, 2835, 0, 0)
+        pixels = b"\0" * 16
+        header = b"BM" + struct.pack("<IHHI", 14 + len(info) + len(pixels), 0, 0, 14 + len(info))
+        return header + info + pixels
+    if fmt == "webp":
+        # An extended (VP8X) file: the canvas size is stored minus one, in 24 bits.
+        vp8x = b"\0\0\0\0" + (side - 1).to_bytes(3, "little") + (side - 1).to_bytes(3, "little")
+        chunk = b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x
+        return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+    raise ValueError(f"Unknown format. Expected jpeg, png, gif, bmp or webp. Received: fmt={fmt!r}")
+
+
+@pytest.fixture(scope="session")
+def phase_networks():
+    """Phase 0 (ResNet-8, 4 classes) and phase 1 (AANet, 6 classes) of tests/serving_networks.py."""
+    from serving_networks import two_phases
+
+    return two_phases()
+
+
+@pytest.fixture(scope="session")
+def exported_phases(phase_networks, tmp_path_factory):
+    """A model base path with versions 1 (phase 0, a ResNet) and 2 (phase 1, an AANet)."""
+    from aanets_tf import serving
+    from serving_networks import CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES
+
+    base = str(tmp_path_factory.mktemp("export") / "aanets")
+    for phase, network in enumerate(phase_networks):
+        serving.export_phase(network, base, phase + 1, CLASS_ORDER[:PHASE_CLASSES[phase]],
+                             LABEL_NAMES)
+    return base
+
+
+@pytest.fixture(scope="session")
+def limited_export(phase_networks, tmp_path_factory):
+    """`(version directory, limits)`: phase 0 exported as version 1 with small request limits."""
+    from aanets_tf import serving
+    from serving_networks import CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES
+
+    base = str(tmp_path_factory.mktemp("limited") / "aanets")
+    limits = serving.ServingLimits(max_batch=3, max_image_bytes=4000, max_image_pixels=64 * 64)
+    path = serving.export_phase(phase_networks[0], base, 1, CLASS_ORDER[:PHASE_CLASSES[0]],
+                                LABEL_NAMES, limits=limits)
+    return path, limits
+
+
+_SUITE_START = __import__("time").monotonic()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The suite's wall time against CI's budget, above pytest's own summary line."""
+    import time
+
+    minutes = (time.monotonic() - _SUITE_START) / 60
+    terminalreporter.write_line(f"suite wall time: {minutes:.1f} min (CI budget: 15 min)")

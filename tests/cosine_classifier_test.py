@@ -6,10 +6,7 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
+from conftest import to_numpy as _np
 
 
 def _reference_logits(features, weights, sigma):

@@ -35,16 +35,12 @@ import sys
 
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
+from conftest import REPO_ROOT, SHARED_DATA_DIR, TINY as CONFTEST_TINY
 
 pytestmark = pytest.mark.slow
 
-TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
-            classes_per_phase=2, num_phases=2, train_images_per_class=12,
-            test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
-            eval_batch_size=64, aggregation_lr=0.5,
-            weight_decay=0.05)
+# Exports on (the chief exports each phase), and a weight decay that moves the weights.
+TINY = {**CONFTEST_TINY, "export": True, "weight_decay": 0.05}
 NUM_TEST_IMAGES = 6 * 10  # phase 1 evaluates all 6 seen classes
 ACCURACY_TOLERANCE = 100.0 * 2 / NUM_TEST_IMAGES
 LOSS_RTOL = 1e-2
@@ -53,30 +49,30 @@ SUBPROCESS_TIMEOUT = 600
 
 
 def _load_tiny_data():
-    from aanets_tf import pipeline
+    from aanets_tf import datasets
 
-    return pipeline.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
+    return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
                                  test_images_per_class=10)
 
 
 def _save_data(data, path: str) -> None:
     import numpy as np
 
-    from aanets_tf import pipeline
+    from aanets_tf import datasets
 
-    np.savez(path, train_images=pipeline.decoded_images(data.train),
+    np.savez(path, train_images=datasets.decoded_images(data.train),
              train_labels=data.train.labels,
-             test_images=pipeline.decoded_images(data.test), test_labels=data.test.labels,
+             test_images=datasets.decoded_images(data.test), test_labels=data.test.labels,
              label_names=np.array(data.label_names))
 
 
 def _saved_data(path: str):
     import numpy as np
 
-    from aanets_tf import pipeline
+    from aanets_tf import datasets
 
     saved = np.load(path)
-    return pipeline.from_arrays(saved["train_images"], saved["train_labels"],
+    return datasets.from_arrays(saved["train_images"], saved["train_labels"],
                                 saved["test_images"], saved["test_labels"], num_classes=10,
                                 label_names=[str(n) for n in saved["label_names"]],
                                 name="cifar10")
@@ -219,13 +215,13 @@ def test_chief_exports_each_phase_with_the_checkpoints_logits(runs, run):
     import tensorflow as tf
     from serving_networks import images, keras_outputs
 
-    from aanets_tf import checkpointing, incremental, serving
+    from aanets_tf import checkpointing, run_state, serving
     from aanets_tf.config import TrainConfig
 
     result = runs["results"]["worker0" if run == "multi_worker" else run]
     assert result is not None, runs["errors"]
     workdir = str(runs["root"] / run)
-    base = incremental.export_base_dir(TrainConfig(**TINY, workdir=workdir))
+    base = run_state.export_base_dir(TrainConfig(**TINY, workdir=workdir))
     assert sorted(os.listdir(base)) == ["1", "2"]
     # The other worker of the cluster exports nothing.
     assert not glob.glob(os.path.join(workdir, "workers", "*", "export"))
@@ -253,7 +249,7 @@ def test_unknown_and_unavailable_strategies_are_refused():
     try:
         strategy = distribute.build_strategy("tpu")
     except distribute.StrategyUnavailableError as e:
-        assert "--strategy=tpu needs a reachable TPU" in str(e)
+        assert "strategy=tpu needs a reachable TPU" in str(e)
     else:  # a machine with a TPU
         assert isinstance(strategy, tf.distribute.TPUStrategy)
 

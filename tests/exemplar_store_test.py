@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import exemplar_store, pipeline
+from aanets_tf import datasets, exemplar_store
 from aanets_tf.sources import ArraySource
 
 
@@ -36,8 +36,8 @@ def test_written_file_holds_top_ranks_with_labels_and_exact_pixels(written):
     np.testing.assert_array_equal(store.class_positions, [0, 1, 1, 0])
     np.testing.assert_array_equal(store.ranks, [1, 1, 0, 0])
     np.testing.assert_array_equal(store.positions(1), [2, 3])
-    split = pipeline.Split(store, store.positions(2))
-    np.testing.assert_array_equal(pipeline.decoded_images(split), images[[0, 1, 5, 8]])
+    split = datasets.Split(store, store.positions(2))
+    np.testing.assert_array_equal(datasets.decoded_images(split), images[[0, 1, 5, 8]])
 
 
 def test_several_phases_read_as_one_source(written, tmp_path):

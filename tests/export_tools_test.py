@@ -1,4 +1,6 @@
-"""export/export_saved_model.py (exports from a run's checkpoints) and export/models_config.py.
+"""Exports from a run's workdir (aanets_tf/run_export.py, export/export_saved_model.py) and
+export/models_config.py, including the refusal of workdirs, checkpoints and export directories
+that are not the project's own.
 
 The tools' flags are only parsed in subprocesses: they share names
 (--workdir, --model_name, ...) with tools/train.py's flags defined by other
@@ -7,6 +9,7 @@ test files in this process.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,10 +19,10 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from aanets_tf import checkpointing, serving
+from aanets_tf import checkpointing, run_export, serving
 from aanets_tf.config import TrainConfig
 from conftest import REPO_ROOT
-from export import export_saved_model, models_config
+from export import models_config
 from serving_networks import (CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES, images, keras_outputs,
                               two_phases)
 
@@ -48,7 +51,7 @@ def workdir(networks, tmp_path_factory):
 
 
 def test_exports_the_last_completed_phase_by_default(workdir, networks):
-    path = export_saved_model.export_from_workdir(workdir)
+    path = run_export.export_from_workdir(workdir)
     assert path == os.path.join(workdir, "export", "cifar_aanets", "2")
     assert serving.read_classes(path)["class_ids"] == CLASS_ORDER[:6]
     pixels = images(3, seed=9)
@@ -56,11 +59,11 @@ def test_exports_the_last_completed_phase_by_default(workdir, networks):
     np.testing.assert_allclose(logits.numpy(), keras_outputs(networks[1], pixels)["logits"],
                                rtol=0, atol=1e-5)
     with pytest.raises(FileExistsError, match="already exists"):
-        export_saved_model.export_from_workdir(workdir)
+        run_export.export_from_workdir(workdir)
 
 
 def test_phase_export_dir_and_model_name_override_the_run(workdir, tmp_path):
-    path = export_saved_model.export_from_workdir(workdir, 0, export_dir=str(tmp_path),
+    path = run_export.export_from_workdir(workdir, 0, export_dir=str(tmp_path),
                                                   model_name="other", top_k=3)
     assert path == str(tmp_path / "other" / "1")
     classes = serving.read_classes(path)
@@ -69,21 +72,20 @@ def test_phase_export_dir_and_model_name_override_the_run(workdir, tmp_path):
 
 def test_workdir_problems_are_explained(workdir, tmp_path):
     with pytest.raises(ValueError, match=r"Phase 5 has no checkpoint.*Completed phases: \[0, 1\]"):
-        export_saved_model.export_from_workdir(workdir, 5, export_dir=str(tmp_path))
+        run_export.export_from_workdir(workdir, 5, export_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
-        export_saved_model.export_from_workdir(str(tmp_path))
+        run_export.export_from_workdir(str(tmp_path))
 
     broken = tmp_path / "broken"
-    broken.mkdir()
-    for name in ("config.json", "checkpoints"):
-        os.symlink(os.path.join(workdir, name), broken / name)
+    shutil.copytree(workdir, broken)
     (broken / "metrics.json").write_text(json.dumps(
         {"class_order": CLASS_ORDER, "label_names": LABEL_NAMES,
          "phases": [{"num_seen_classes": 4}, {"num_seen_classes": 8}]}))
     with pytest.raises(ValueError, match="says phase 1 saw 8 classes but its checkpoint has 6"):
-        export_saved_model.export_from_workdir(str(broken), export_dir=str(tmp_path))
+        run_export.export_from_workdir(str(broken), export_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_export_command_line(workdir, tmp_path):
     tool = os.path.join(REPO_ROOT, "export", "export_saved_model.py")
     command = [sys.executable, tool, f"--workdir={workdir}", "--phase=0",
@@ -98,10 +100,16 @@ def _parsed(text):
     return models_config.parse_models_config(text).model_config_list.config
 
 
+def _fake_versions(base, versions=(1, 2, 3)):
+    """Version directories as export_versions counts them (holding saved_model.pb)."""
+    for v in versions:
+        (base / str(v)).mkdir(parents=True)
+        (base / str(v) / "saved_model.pb").write_bytes(b"")
+
+
 def test_models_config_policies_and_labels_parse_with_tf_serving_protos(tmp_path):
     base = tmp_path / "aanets"
-    for v in (1, 2, 3):
-        (base / str(v)).mkdir(parents=True)
+    _fake_versions(base)
     text = models_config.models_config_text([
         models_config.model_config("aanets", str(base), policy="specific", versions=[2, 3],
                                    version_labels={"stable": 2, "canary": 3}),
@@ -131,16 +139,15 @@ def test_models_config_policies_and_labels_parse_with_tf_serving_protos(tmp_path
     (dict(num_latest=0), "num_latest=0"),
 ])
 def test_models_config_refuses_what_tf_serving_would_refuse(tmp_path, kwargs, message):
-    for v in (1, 2, 3):
-        (tmp_path / str(v)).mkdir()
+    _fake_versions(tmp_path)
     with pytest.raises(ValueError, match=message):
         models_config.model_config("aanets", str(tmp_path), **kwargs)
 
 
+@pytest.mark.slow
 def test_models_config_command_line(tmp_path):
     base = tmp_path / "aanets"
-    for v in (1, 2):
-        (base / str(v)).mkdir(parents=True)
+    _fake_versions(base, (1, 2))
     tool = os.path.join(REPO_ROOT, "export", "models_config.py")
     output = tmp_path / "models.config"
     done = subprocess.run([sys.executable, tool, f"--base_path={base}", "--policy=all",
@@ -155,3 +162,75 @@ def test_models_config_command_line(tmp_path):
                           capture_output=True, text=True, timeout=60, env=ENV)
     assert done.returncode != 0
     assert "label=version" in done.stderr and "'stable'" in done.stderr
+
+    outside = tmp_path / "elsewhere"
+    _fake_versions(outside, (3,))
+    os.symlink(outside / "3", base / "3")
+    done = subprocess.run([sys.executable, tool, f"--base_path={base}", "--policy=all"],
+                          capture_output=True, text=True, timeout=60, env=ENV)
+    assert done.returncode != 0
+    assert "Version 3" in done.stderr and "resolves outside it" in done.stderr
+
+
+def test_a_workdir_file_leading_outside_is_refused(workdir, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    checkpoint = copy / "checkpoints" / "phase_1.keras"
+    os.unlink(checkpoint)
+    os.symlink(os.path.join(workdir, "checkpoints", "phase_1.keras"), checkpoint)
+    with pytest.raises(run_export.ForeignWorkdirError, match="resolves outside the workdir"):
+        run_export.load_phase(str(copy))
+    assert run_export.load_phase(str(copy), 0).class_ids == CLASS_ORDER[:4]
+    (copy / "metrics.json").write_text(json.dumps({"class_order": ["7"], "label_names": []}))
+    with pytest.raises(run_export.ForeignWorkdirError, match="list of integers"):
+        run_export.load_phase(str(copy), 0)
+    with pytest.raises(FileNotFoundError, match="Received: workdir="):
+        run_export.load_phase(str(tmp_path / "nothing"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_with_a_lambda_layer_is_refused_even_with_unsafe_mode_on(tmp_path):
+    """A Lambda layer carries Python bytecode that loading would run."""
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2, name="doubler")(inputs))
+    path = str(tmp_path / "phase_0.keras")
+    model.save(path)
+    with pytest.raises(checkpointing.UnsafeCheckpointError, match=r"\['doubler'\]"):
+        checkpointing.load_network(path)
+    # Keras' own refusal is overridden process-wide by enable_unsafe_deserialization;
+    # the config is read before Keras sees it, so the refusal stands.
+    done = subprocess.run([sys.executable, "-c", (
+        "import keras, sys; keras.config.enable_unsafe_deserialization(); "
+        "from aanets_tf import checkpointing\n"
+        "try:\n    checkpointing.load_network(sys.argv[1])\n"
+        "except checkpointing.UnsafeCheckpointError as e:\n    print('refused', e)"), path],
+        capture_output=True, text=True, timeout=120, env=ENV, cwd=REPO_ROOT)
+    assert done.stdout.startswith("refused"), done.stderr[-2000:]
+
+
+def test_nothing_turns_keras_safe_mode_off():
+    """No source calls enable_unsafe_deserialization or passes safe_mode=False, and every
+    load_model call passes safe_mode=True (read from the code, not from its comments)."""
+    import ast
+    import pathlib
+
+    sources = [p for d in ("aanets_tf", "tools", "export", "benchmarks")
+               for p in (pathlib.Path(REPO_ROOT) / d).rglob("*.py")]
+    assert len(sources) > 20
+    load_calls = 0
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+            safe = {k.arg: k.value for k in node.keywords}.get("safe_mode")
+            assert name != "enable_unsafe_deserialization", path
+            assert not (isinstance(safe, ast.Constant) and safe.value is False), path
+            # keras' load_model (not a tuner method of the same name, which takes a trial)
+            if name == "load_model" and isinstance(node.func, ast.Attribute) and \
+                    getattr(node.func.value, "attr", "") == "models":
+                load_calls += 1
+                assert isinstance(safe, ast.Constant) and safe.value is True, path
+    assert load_calls >= 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aanets_tf import folders, pipeline
+from aanets_tf import datasets, folders
 from conftest import bomb_png
 
 
@@ -34,7 +34,7 @@ def test_classes_files_and_labels(tmp_path):
     assert data.label_names == ["a dog", "b cat", "żółw"] and data.num_classes == 3
     np.testing.assert_array_equal(np.bincount(data.train.labels), [3, 3, 3])
     np.testing.assert_array_equal(np.bincount(data.test.labels), [2, 2, 2])
-    images = pipeline.decoded_images(data.train)
+    images = datasets.decoded_images(data.train)
     assert images.shape == (9, 7, 9, 3)
     np.testing.assert_array_equal(images[data.train.labels == 2][:, 0, 0, 0], [90] * 3)
     assert data.image_shape is None and data.skipped == []
@@ -59,10 +59,10 @@ def test_hidden_entries_are_ignored_other_files_skipped_and_counted(tmp_path):
     assert "not an image file" in reasons["notes.txt"]
     assert "max_image_pixels" in reasons["bomb.png"]
     assert any("Skipped 4 file(s)" in line for line in lines)
-    with pytest.raises(pipeline.BadImageError, match="notes.txt"):
+    with pytest.raises(datasets.BadImageError, match="notes.txt"):
         folders.load_folder_dataset(str(root), strict_images=True, log=lambda _: None)
     (root / "train" / "cat" / "notes.txt").unlink()
-    with pytest.raises(pipeline.BadImageError, match=r"3 bad image\(s\).*empty.jpg"):
+    with pytest.raises(datasets.BadImageError, match=r"3 bad image\(s\).*empty.jpg"):
         folders.load_folder_dataset(str(root), strict_images=True, log=lambda _: None)
 
 

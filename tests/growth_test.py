@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import checkpointing, growth, incremental, serving_config
+from aanets_tf import checkpointing, growth, incremental, serving_config, run_state
 from aanets_tf.config import TrainConfig
 from aanets_tf.reporting import without_timings
 from conftest import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
@@ -78,7 +78,7 @@ def test_grown_run_has_three_phases_and_serves_version_3(grown, trees):
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert len(json.load(f)["phases"]) == 3
 
-    base = incremental.export_base_dir(TrainConfig(**TINY, data_dir=trees[0], workdir=workdir))
+    base = run_state.export_base_dir(TrainConfig(**TINY, data_dir=trees[0], workdir=workdir))
     assert sorted(os.listdir(base)) == ["1", "2", "3"]
     with open(os.path.join(os.path.dirname(base), "models.config")) as f:
         served = serving_config.parse_models_config(f.read()).model_config_list.config[0]
@@ -130,7 +130,7 @@ def test_bad_grows_are_refused_and_change_nothing(grown, trees, tmp_path):
         growth.grow(workdir, trees[1], classes=["frog"], log=lambda _: None)
     extra = tmp_path / "extra"
     make_folder_dataset.write_tree("cifar10", SHARED_DATA_DIR, str(extra), ["ship"], 4, 2)
-    with pytest.raises(incremental.WorkdirConflictError, match="epochs: 2 -> 5"):
+    with pytest.raises(run_state.WorkdirConflictError, match="epochs: 2 -> 5"):
         growth.grow(workdir, str(extra), overrides={"epochs": 5}, log=lambda _: None)
     assert [g["classes"] for g in growth.read_growth(workdir)] == [NEW_CLASSES]
     # A grow killed before its phase finished leaves its entry: another grow is refused.

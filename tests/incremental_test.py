@@ -8,20 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from aanets_tf import checkpointing, incremental, pipeline
+from aanets_tf import checkpointing, datasets, incremental, run_state
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
 from aanets_tf.reporting import without_timings
-from conftest import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
+from conftest import REPO_ROOT, SHARED_DATA_DIR, TINY, kill_after_epoch
 
 pytestmark = pytest.mark.slow
-
-# ResNet-8, 4 base classes + 1 phase of 2, 12 training images per class.
-TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
-            classes_per_phase=2, num_phases=2, train_images_per_class=12,
-            test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
-            eval_batch_size=64, export=False, aggregation_lr=0.5)
-
 
 def _metrics(workdir):
     with open(os.path.join(workdir, "metrics.json")) as f:
@@ -30,7 +23,7 @@ def _metrics(workdir):
 
 @pytest.fixture(scope="module")
 def data():
-    return pipeline.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
+    return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
                                  test_images_per_class=10)
 
 
@@ -100,7 +93,7 @@ def test_rerun_of_finished_run_trains_nothing(finished_run, data):
 
 def test_changed_configuration_is_refused(finished_run, data):
     config, _ = finished_run
-    with pytest.raises(incremental.WorkdirConflictError, match=r"margin: 0.5 -> 0.3"):
+    with pytest.raises(run_state.WorkdirConflictError, match=r"margin: 0.5 -> 0.3"):
         incremental.run(config.replace(margin=0.3), data=data, verbose=0, log=lambda _: None)
 
 
@@ -122,7 +115,7 @@ def test_run_from_before_a_setting_existed_resumes_with_its_default(finished_run
                                             log=lambda _: None)) == without_timings(results)
     with open(path, "w") as f:
         json.dump(older, f)
-    with pytest.raises(incremental.WorkdirConflictError,
+    with pytest.raises(run_state.WorkdirConflictError,
                        match=r"mixed_precision: 'float32' -> 'mixed_bfloat16'"):
         incremental.run(config.replace(mixed_precision="mixed_bfloat16"), data=data, verbose=0,
                         log=lambda _: None)
@@ -146,7 +139,7 @@ def test_corrupt_checkpoint_falls_back_to_last_good(finished_run, data, tmp_path
 
 def test_budget_too_small_is_refused(data, tmp_path):
     config = TrainConfig(**TINY, workdir=str(tmp_path), memory_budget=5)
-    with pytest.raises(ValueError, match="--memory_budget=5"):
+    with pytest.raises(ValueError, match="memory_budget=5"):
         incremental.run(config, data=data, verbose=0, log=lambda _: None)
     assert not os.path.exists(os.path.join(tmp_path, "config.json"))
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf.backbones import aanet_from_resnet, build_aanet, build_resnet
+from aanets_tf.backbones import build_aanet, build_resnet
 from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                TrainingDivergedError, step_schedule)
-from aanets_tf.network import backbone_of, build_network, grow_network, variable_groups
-from conftest import random_batch, to_numpy as _np
+from aanets_tf.network import backbone_of, build_network, variable_groups
+from conftest import phase1_learner, random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_OLD = 2
@@ -40,19 +40,8 @@ def _perturb_plastic(network, seed):
 
 def _phase1_learner(level2=True, learnable=True):
     """A phase-1 AANet learner with a phase-0 ResNet teacher (2 old + 2 new classes)."""
-    resnet = build_resnet("resnet8", INPUT_SHAPE, name="resnet_phase0")
-    teacher = build_network(resnet, 0, NUM_OLD, name="network_phase0")
-    backbone = aanet_from_resnet(resnet, learnable_aggregation=learnable, name="aanet_phase1")
-    images, labels = _batch(8, seed=1)
-    features = _np(backbone(images, training=False))
-    network = grow_network(teacher, backbone, NUM_NEW, features, np.arange(8) % NUM_NEW,
-                           name="network_phase1")
-    learner = IncrementalLearner(
-        network, teacher, num_old_classes=NUM_OLD, less_forget_weight=2.0,
-        level2_optimizer=keras.optimizers.SGD(0.5) if level2 else None)
-    learner.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    learner.build_optimizers()
-    return learner
+    return phase1_learner(INPUT_SHAPE, num_old=NUM_OLD, num_new=NUM_NEW, learnable=learnable,
+                          level2_learning_rate=0.5 if level2 else None)
 
 
 @pytest.fixture()
@@ -92,10 +81,10 @@ def test_level1_step_updates_only_level1_variables(learner):
     assert changed & stats
     assert _changed(teacher_before, teacher) == set()
     assert not teacher.trainable
-    for name in ("loss", "ce", "lf", "mr", "accuracy"):
+    for name in ("loss", "ce", "less_forget", "margin_ranking", "accuracy"):
         assert math.isfinite(float(logs[name]))
     np.testing.assert_allclose(float(logs["loss"]),
-                               float(logs["ce"]) + float(logs["lf"]) + float(logs["mr"]),
+                               float(logs["ce"]) + float(logs["less_forget"]) + float(logs["margin_ranking"]),
                                rtol=1e-5)
 
 

@@ -7,10 +7,7 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf import losses
-
-
-def _np(x):
-    return np.asarray(x.numpy() if hasattr(x, "numpy") else x)
+from conftest import to_numpy as _np
 
 
 @pytest.mark.parametrize("base, old, new, expected", [

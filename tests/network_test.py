@@ -11,16 +11,13 @@ from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
 from aanets_tf.network import (backbone_of, build_network, classifier_of, grow_network,
                                parameter_counts, variable_groups)
 from aanets_tf.stable_conv import StableConv2D
+from conftest import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (16, 16, 3)
 
 
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
-
-
 def _images(n=4, seed=0):
-    return np.random.RandomState(seed).uniform(0, 255, size=(n,) + INPUT_SHAPE).astype("float32")
+    return random_batch(n, INPUT_SHAPE, 1, seed)[0]
 
 
 def _randomize_head(network, seed):
@@ -186,3 +183,29 @@ def test_keras_round_trip_of_grown_aanet(grown_aanet, tmp_path):
     for name in ("frozen", "level1", "level2", "statistics"):
         assert (sorted(v.path for v in getattr(restored_groups, name))
                 == sorted(v.path for v in getattr(groups, name)))
+
+
+def test_checkpoint_with_a_plain_functional_backbone_is_upgraded(grown_aanet, tmp_path):
+    """Checkpoints written before `Backbone` existed load as networks with a `Backbone`."""
+    from aanets_tf import checkpointing
+
+    backbone = backbone_of(grown_aanet)
+    # The earlier format: the same layers in a plain functional model.
+    legacy_backbone = keras.Model(backbone.input, backbone.output, name="aanet_phase1")
+    assert type(legacy_backbone) is not type(backbone)
+    inputs = keras.Input(INPUT_SHAPE, name="images")
+    features = legacy_backbone(inputs)
+    legacy = keras.Model(inputs, {"logits": classifier_of(grown_aanet)(features),
+                                  "features": features}, name="network_phase1")
+    path = str(tmp_path / "phase_1.keras")
+    legacy.save(path)
+
+    upgraded = checkpointing.load_network(path)
+    restored = backbone_of(upgraded)
+    assert (restored.arch, restored.branches, restored.name) == ("resnet8", "dual", "aanet_phase1")
+    x = _images(4, seed=8)
+    for key in ("logits", "features"):
+        np.testing.assert_allclose(_np(upgraded(x, training=False)[key]),
+                                   _np(grown_aanet(x, training=False)[key]), rtol=1e-6, atol=1e-6)
+    assert (sorted(v.path for v in variable_groups(upgraded).level2)
+            == sorted(v.path for v in variable_groups(grown_aanet).level2))

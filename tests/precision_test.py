@@ -8,10 +8,8 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf import precision
-from aanets_tf.backbones import aanet_from_resnet, build_resnet
-from aanets_tf.learner import IncrementalLearner
-from aanets_tf.network import build_network, classifier_of, grow_network
-from conftest import random_batch, to_numpy as _np
+from aanets_tf.network import classifier_of
+from conftest import phase1_learner, random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_OLD = 2
@@ -24,18 +22,8 @@ def _batch(n=8, seed=0):
 
 def _phase1_learner(weight_decay=5e-4):
     """A phase-1 AANet learner built under the current dtype policy."""
-    resnet = build_resnet("resnet8", INPUT_SHAPE, name="resnet_phase0")
-    teacher = build_network(resnet, 0, NUM_OLD, name="network_phase0")
-    backbone = aanet_from_resnet(resnet, name="aanet_phase1")
-    images, _ = _batch(8, seed=1)
-    network = grow_network(teacher, backbone, NUM_NEW, _np(backbone(images)),
-                           np.arange(8) % NUM_NEW, name="network_phase1")
-    learner = IncrementalLearner(network, teacher, num_old_classes=NUM_OLD,
-                                 less_forget_weight=2.0, weight_decay=weight_decay,
-                                 level2_optimizer=keras.optimizers.SGD(0.5))
-    learner.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-    learner.build_optimizers()
-    return learner
+    return phase1_learner(INPUT_SHAPE, num_old=NUM_OLD, num_new=NUM_NEW,
+                          weight_decay=weight_decay)
 
 
 def test_policy_is_set_inside_and_restored_after():
@@ -72,7 +60,7 @@ def test_level1_and_level2_steps_give_finite_float32_losses(policy):
         learner = _phase1_learner()
         logs = learner.train_step(_batch(8, seed=2))
         level2_loss = learner.level2_step(*_batch(8, seed=3))
-    for name in ("loss", "ce", "lf", "mr"):
+    for name in ("loss", "ce", "less_forget", "margin_ranking"):
         assert logs[name].dtype == tf.float32
         assert math.isfinite(float(logs[name]))
     assert float(logs["ce"]) > 0

@@ -1,9 +1,10 @@
-"""tools/predict.py against a stand-in for TF Serving (tests/serving_standin.py).
+"""aanets_tf/serving_client.py and tools/predict.py against a stand-in for TF Serving.
 
-The stand-in serves two exported versions through `models.config` written by
-export/models_config.py, on 127.0.0.1: the client must get the version and
-labels it asks for, and malformed requests must be answered with TF Serving's
-status codes and a readable message while the server keeps serving.
+The stand-in (tests/serving_standin.py) serves two exported versions through
+`models.config` written by export/models_config.py, on 127.0.0.1: the client
+must get the version and labels it asks for, refuse what the model's limits
+refuse before sending, and turn the server's refusals into one readable line,
+while the server keeps serving.
 """
 
 import base64
@@ -23,25 +24,21 @@ from aanets_tf import serving
 from conftest import REPO_ROOT
 from export import models_config
 from serving_networks import (CLASS_ORDER, INPUT_SHAPE, LABEL_NAMES, PHASE_CLASSES, images,
-                              keras_outputs, two_phases)
+                              keras_outputs)
 from serving_standin import StandInModelServer, StandInServer
-from tools import predict
+from aanets_tf import serving_client as predict
 
 H, W, _ = INPUT_SHAPE
 
 
 @pytest.fixture(scope="module")
-def networks():
-    return two_phases(seed=2)
+def networks(phase_networks):
+    return phase_networks
 
 
 @pytest.fixture(scope="module")
-def base_path(networks, tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("export") / "aanets")
-    for phase, network in enumerate(networks):
-        serving.export_phase(network, base, phase + 1, CLASS_ORDER[:PHASE_CLASSES[phase]],
-                             LABEL_NAMES)
-    return base
+def base_path(exported_phases):
+    return exported_phases
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +106,7 @@ GOOD = images(1)
     (_raw_request(images=GOOD.astype(np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
      "to be uint8 but float32 is provided"),
     (_raw_request(images=images(1, shape=(8, 8, 3))), grpc.StatusCode.INVALID_ARGUMENT,
-     "shape [1, 8, 8, 3], incompatible"),
+     "16 x 16 pixels, of shape (batch, 16, 16, 3). Received: shape=] [1 8 8 3]"),
     (_raw_request(pixels=GOOD), grpc.StatusCode.INVALID_ARGUMENT,
      "input tensor alias not found in signature: pixels"),
     (_raw_request(images=GOOD, extra=GOOD), grpc.StatusCode.INVALID_ARGUMENT,
@@ -200,6 +197,7 @@ def test_rest_b64_instances_match_the_documented_format(server):
     assert all(isinstance(label, str) for label in row["top_k_labels"])
 
 
+@pytest.mark.slow
 def test_command_line_prints_top_k_labels(server, networks, tmp_path):
     pixels = images(2, seed=8)
     np.save(tmp_path / "batch.npy", pixels)
@@ -220,3 +218,98 @@ def test_command_line_prints_top_k_labels(server, networks, tmp_path):
     ids = [[e["class_id"] for e in r["top_k"]] for r in result["results"]]
     assert ids == [expected[0].tolist(), expected[0].tolist(), expected[1].tolist()]
     assert result["results"][0]["top_k"][0]["label"] == LABEL_NAMES[expected[0][0]]
+
+
+@pytest.mark.slow
+def test_client_checks_the_limits_before_sending(tmp_path):
+    """Nothing listens on the port: each refusal must come from the client's own check."""
+    from conftest import bomb_image
+
+    limits = serving.ServingLimits(max_batch=2, max_image_bytes=3000, max_image_pixels=32 * 32)
+    pixels = {"images": images(3)}
+    with pytest.raises(predict.PredictError, match="3 images in one request.*max_batch=2"):
+        predict.check_request(pixels, "serving_default", limits)
+    with pytest.raises(predict.PredictError, match="16 x 16 pixels. Received: 8 x 8"):
+        predict.check_request({"images": images(1, shape=(8, 8, 3))}, "serving_default",
+                              limits, image_size=(H, W))
+    noisy = tf.io.encode_png(images(1, shape=(40, 40, 3))[0]).numpy()
+    cases = [(noisy, r"big.png: \d+ bytes, above the served model's max_image_bytes=3000"),
+             (bomb_image("gif"), "big.png: .*GIF header declares 30000 x 30000 pixels, above "
+                                 "max_image_pixels=1024"),
+             (b"GIF89a", "big.png: .*header is truncated")]
+    for data, message in cases:
+        with pytest.raises(predict.PredictError, match=message):
+            predict.check_request({"image_bytes": np.array([data], dtype=object)},
+                                  "serving_bytes", limits, names=["big.png"])
+    predict.check_request({"image_bytes": np.array([bomb_image("gif", 32)], dtype=object)},
+                          "serving_bytes", limits)  # at the limit: sent
+
+    (tmp_path / "a.png").write_bytes(tf.io.encode_png(GOOD[0]).numpy())
+    (tmp_path / "bomb.webp").write_bytes(bomb_image("webp"))
+    tool = os.path.join(REPO_ROOT, "tools", "predict.py")
+    for args, message in (
+            (["--max_batch=2"] + [str(tmp_path / "a.png")] * 3, "max_batch=2"),
+            # The client's error, in the tool's words: the limit named as its flag.
+            ([str(tmp_path / "bomb.webp")], "WEBP header declares 30000 x 30000 pixels, above "
+                                            "--max_image_pixels=16777216")):
+        done = subprocess.run([sys.executable, tool, f"--server=127.0.0.1:{_closed_port()}",
+                               *args], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        assert done.returncode == 1
+        assert message in done.stderr and "Cannot reach" not in done.stderr, done.stderr
+
+
+def test_server_refusals_become_one_readable_line(server):
+    """The limits are enforced by the server too; its errors name them in one line."""
+    over = {"images": images(257)}  # the export default: max_batch=256
+    for send, target in ((predict.predict_grpc, server.grpc_target),
+                         (predict.predict_rest, server.rest_target)):
+        with pytest.raises(predict.PredictError) as e:
+            send(target, "aanets", "serving_default", over)
+        message = str(e.value)
+        assert "at most max_batch=256 images; split a larger one. Received: batch=257" in message
+        assert "\n" not in message and "{{node" not in message
+        with pytest.raises(predict.PredictError, match=r"16 x 16 pixels, of shape \(batch, 16, "
+                                                       r"16, 3\)\. Received: shape=\(1, 8, 8, 3\)"):
+            send(target, "aanets", "serving_default", {"images": images(1, shape=(8, 8, 3))})
+        outputs, _ = send(target, "aanets", "serving_default", {"images": GOOD})
+        assert outputs["top_k_class_ids"].shape == (1, 5)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("Graph execution error:\n\nDetected at node Assert/Assert defined at (most recent call "
+     "last):\n<stack traces unavailable>\nassertion failed: [A request must hold at most "
+     "max_batch=3 images. Received: batch=] [4]\n\t [[{{node Assert/Assert}}]] "
+     "[Op:__inference_signature_wrapper_1]",
+     "A request must hold at most max_batch=3 images. Received: batch=4"),
+    ("assertion failed: [Refusing to decode image: height * width exceeds max_pixels. Received: "
+     "format=png, height=60000, width=60000, bytes=83, max_pixels=4096]\n\t [[{{node x}}]]",
+     "Refusing to decode image: height * width exceeds max_pixels. Received: format=png, "
+     "height=60000, width=60000, bytes=83, max_pixels=4096"),
+    ("Expects arg[images] to be uint8 but float is provided",
+     "Expects arg[images] to be uint8 but float is provided"),
+    ("Graph execution error:\n\nDetected at node decode defined at (most recent call last):\n"
+     "<stack traces unavailable>\nInvalid PNG data, size 90\n\t [[{{node decode}}]] "
+     "[Op:__inference_signature_wrapper_9]", "Invalid PNG data, size 90"),
+])
+def test_readable_error(message, expected):
+    assert predict.readable_error(message) == expected
+
+
+def test_local_runs_read_the_exports_own_limits_and_refuse_foreign_exports(limited_export,
+                                                                           tmp_path):
+    path, limits = limited_export
+    assert predict.local_limits(path) == (limits, (H, W))
+    with pytest.raises(predict.PredictError, match="4 images in one request.*max_batch=3"):
+        predict.predict_local(path, "serving_default", {"images": images(4)})
+    outputs, version = predict.predict_local(os.path.dirname(path), "serving_default",
+                                             {"images": images(3)})
+    assert version == 1 and outputs["logits"].shape == (3, PHASE_CLASSES[0])
+
+    base = tmp_path / "aanets"
+    base.mkdir()
+    os.symlink(path, base / "1")
+    with pytest.raises(predict.PredictError, match="resolves outside it"):
+        predict.predict_local(str(base), "serving_default", {"images": images(1)})
+    with pytest.raises(predict.PredictError, match="holds no SavedModel"):
+        predict.predict_local(str(tmp_path / "empty"), "serving_default", {"images": images(1)})

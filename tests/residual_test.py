@@ -4,17 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from aanets_tf.residual import (BN_EPSILON, BN_MOMENTUM, ResidualBlock, ResidualLevel, Stem,
+from aanets_tf.residual import (BN_EPSILON, BN_MOMENTUM, FusedBatchNormalization,
+                                ResidualBlock, ResidualLevel, Stem,
                                 make_batch_norm, make_conv)
 from aanets_tf.stable_conv import StableConv2D
+from conftest import to_numpy as _np
 
 
 def _images(shape, seed=0):
     return np.random.RandomState(seed).normal(size=shape).astype("float32")
-
-
-def _np(x):
-    return keras.ops.convert_to_numpy(x)
 
 
 @pytest.mark.parametrize("in_channels,filters,strides,projected", [
@@ -181,3 +179,156 @@ def test_make_helpers():
     bn = make_batch_norm("bn")
     assert bn.momentum == BN_MOMENTUM == 0.9
     assert bn.epsilon == BN_EPSILON == 1e-5
+
+
+def _bn_pair(channels, seed=0):
+    """A fused BatchNorm and a plain Keras one with the same random weights."""
+    rng = np.random.RandomState(seed)
+    fused = make_batch_norm("bn")
+    plain = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
+    shape = (None, 5, 5, channels)
+    fused.build(shape)
+    plain.build(shape)
+    weights = [rng.normal(1.0, 0.2, channels), rng.normal(0.0, 0.2, channels),
+               rng.normal(0.0, 0.5, channels), rng.uniform(0.5, 2.0, channels)]
+    fused.set_weights([w.astype("float32") for w in weights])
+    plain.set_weights(fused.get_weights())
+    return fused, plain
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_computes_the_keras_batch_norm(training):
+    import tensorflow as tf
+
+    fused, plain = _bn_pair(6)
+    assert isinstance(fused, FusedBatchNormalization)
+    x = tf.constant(np.random.RandomState(3).normal(2.0, 3.0, (4, 5, 5, 6)).astype("float32"))
+    results = []
+    for layer in (fused, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.sin(y))  # a gradient that differs per element
+        gradients = tape.gradient(loss, [x] + layer.trainable_weights)
+        results.append((_np(y), [_np(g) for g in gradients],
+                        [_np(w) for w in layer.weights]))
+    (y_fused, g_fused, w_fused), (y_plain, g_plain, w_plain) = results
+    np.testing.assert_allclose(y_fused, y_plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fused, g_plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # Moving statistics: updated alike in training (the biased variance), kept otherwise.
+    for a, b in zip(w_fused, w_plain, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    initial_mean = _bn_pair(6)[0].get_weights()[2]
+    assert np.allclose(w_fused[2], initial_mean) == (not training)
+
+
+def test_fused_batch_norm_falls_back_where_the_kernel_does_not_apply():
+    fused, plain = _bn_pair(6)
+    fused.synchronized = plain.synchronized = True  # what distribution strategies set
+    x = _images((4, 5, 5, 6), seed=4)
+    np.testing.assert_allclose(_np(fused(x, training=True)), _np(plain(x, training=True)),
+                               rtol=1e-5, atol=1e-5)
+    flat = make_batch_norm("flat")  # not an image: the Keras computation
+    y = _np(flat(_images((8, 6), seed=5), training=True))
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_fused_batch_norm_keeps_variable_paths_and_mixed_precision():
+    block = ResidualBlock(8, strides=2, name="block")
+    block.build((None, 8, 8, 4))
+    names = {v.path for v in block.weights}
+    for bn in ("bn1", "bn2", "projection_bn"):  # the paths checkpoints were saved with
+        assert {f"block/{bn}/{w}" for w in ("gamma", "beta", "moving_mean",
+                                            "moving_variance")} <= names
+    assert all(isinstance(bn, FusedBatchNormalization) for _, bn in block.conv_bn_pairs())
+    bn = FusedBatchNormalization(dtype="mixed_bfloat16")
+    y = bn(keras.ops.cast(_images((2, 4, 4, 3)), "bfloat16"), training=True)
+    assert y.dtype == "bfloat16"
+    assert bn.moving_mean.dtype == "float32"
+
+
+def _unfolded_block(block, x, training):
+    """The block computed layer by layer: convolution, then BatchNorm."""
+    y = keras.ops.relu(block.bn1(block.conv1(x), training=training))
+    y = block.bn2(block.conv2(y), training=training)
+    shortcut = x
+    if block.projection_conv is not None:
+        shortcut = block.projection_bn(block.projection_conv(x), training=training)
+    y = y + shortcut
+    return keras.ops.relu(y) if block.final_relu else y
+
+
+def _randomize(layer, seed):
+    """Random weights everywhere, BatchNorm statistics and stable scales included."""
+    rng = np.random.RandomState(seed)
+    layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                       if "variance" in v.path or "scale" in v.path or "gamma" in v.path
+                       else rng.normal(0.0, 0.3, w.shape).astype("float32")
+                       for v, w in zip(layer.weights, layer.get_weights())])
+
+
+@pytest.mark.parametrize("stable", [False, True])
+@pytest.mark.parametrize("strides,in_channels", [(1, 8), (2, 4)])
+def test_inference_folds_batch_norm_into_the_convolution(stable, strides, in_channels):
+    import tensorflow as tf
+
+    block = ResidualBlock(8, strides=strides, stable=stable, final_relu=False)
+    block.build((None, 8, 8, in_channels))
+    _randomize(block, seed=7)
+    x = tf.constant(_images((3, 8, 8, in_channels), seed=8))
+    results = []
+    for fn in (lambda: block(x, training=False), lambda: _unfolded_block(block, x, False)):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn()
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append((_np(y), _np(tape.gradient(loss, x))))
+    (folded, folded_grad), (plain, plain_grad) = results
+    assert np.abs(plain).max() > 0.5  # the check is not vacuous
+    # float32 rounding of a different summation order, relative to the values' scale
+    np.testing.assert_allclose(folded, plain, rtol=1e-4, atol=1e-4 * np.abs(plain).max())
+    np.testing.assert_allclose(folded_grad, plain_grad, rtol=1e-4,
+                               atol=1e-4 * np.abs(plain_grad).max())
+
+
+def test_batch_statistics_only_where_keras_uses_them():
+    block = ResidualBlock(8, strides=2)
+    block.build((None, 8, 8, 4))
+    _randomize(block, seed=9)
+    x = _images((4, 8, 8, 4), seed=10)
+    before = [_np(w) for w in block.weights]
+    # Training: batch statistics, the same as the layer-by-layer computation.
+    np.testing.assert_allclose(_np(block(x, training=True)),
+                               _np(_unfolded_block(block, x, True)), rtol=1e-4, atol=1e-4)
+    assert any(not np.allclose(a, _np(b)) for a, b in zip(before, block.weights))
+    # A frozen block (the teacher) uses its moving statistics even with training=True.
+    block.trainable = False
+    frozen = [_np(w) for w in block.weights]
+    np.testing.assert_allclose(_np(block(x, training=True)),
+                               _np(_unfolded_block(block, x, False)), rtol=1e-4, atol=1e-4)
+    for a, b in zip(frozen, block.weights):
+        np.testing.assert_array_equal(a, _np(b))
+
+
+def test_stem_folds_batch_norm_in_inference():
+    stem = Stem(8, kernel_size=3, stable=True)
+    stem.build((None, 8, 8, 3))
+    _randomize(stem, seed=11)
+    x = _images((2, 8, 8, 3), seed=12)
+    expected = keras.ops.relu(stem.bn(stem.conv(x), training=False))
+    np.testing.assert_allclose(_np(stem(x, training=False)), _np(expected),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_a_nan_in_training_reaches_the_output_of_a_compiled_step():
+    # Grappler fuses BatchNorm and ReLU into one oneDNN op that maps NaN to 0: a
+    # diverged step must still show NaN (the divergence guard watches the loss).
+    import tensorflow as tf
+
+    stem = Stem(8)
+    stem.build((None, 8, 8, 3))
+    x = _images((2, 8, 8, 3), seed=13)
+    x[0, 0, 0, 0] = np.nan
+    step = tf.function(lambda images: stem(images, training=True))
+    assert np.isnan(_np(step(tf.constant(x)))).all()

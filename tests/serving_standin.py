@@ -9,7 +9,18 @@ answers `PredictionService.Predict` over gRPC (the servicer from
 tensorflow-serving-api's stubs) and `/v1/models/...:predict` over REST with
 TF Serving's status codes and messages. It runs each request through the
 SavedModel's signature with `tf.saved_model.load`; batching, model
-reloading, monitoring and every other server feature are absent.
+reloading, monitoring and every other server feature are absent. Like TF
+Serving, it checks a request's input names and dtypes, not its shapes.
+
+Run as a program, it serves a `models.config` in a process of its own, for
+tests that must not share memory with the server:
+
+    python tests/serving_standin.py MODELS_CONFIG
+
+prints one JSON line (`grpc`, `rest`: host:port; `pid`) once the models are
+loaded, then answers each line `memory` on stdin with one JSON line of its own
+resident memory (`rss_kib`, and `peak_rss_kib`, the process's peak so far),
+and exits when stdin closes.
 """
 
 from __future__ import annotations
@@ -148,10 +159,9 @@ def _run(model, request) -> tuple[dict[str, np.ndarray], str]:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Expects arg[{alias}] to be {spec.dtype.name} but "
                                f"{dtype.name} is provided")
-        if not spec.shape.is_compatible_with(value.shape):
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {alias} has shape {list(value.shape)}, incompatible with "
-                               f"the signature's {spec.shape}")
+        # Like TF Serving, no shape check here (tensorflow/serving#1527): a signature's
+        # graph must refuse shapes it cannot take, and calling a loaded signature
+        # does not compare shapes either.
         inputs[alias] = tf.constant(value, dtype=spec.dtype)
     wanted = list(request.output_filter)
     for alias in wanted:
@@ -325,3 +335,36 @@ class StandInServer:
         self._http.shutdown()
         self._http.server_close()
         self._grpc.stop(grace=None)
+
+
+def _memory() -> dict[str, int]:
+    """This process's resident memory now and at its peak, in KiB (Linux)."""
+    import resource
+
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return {"rss_kib": resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024,
+            "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def main(argv: list[str]) -> int:
+    import sys
+
+    from google.protobuf import text_format
+
+    (config_path,) = argv
+    with open(config_path) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    with StandInServer(StandInModelServer(config)) as server:
+        print(json.dumps({"grpc": server.grpc_target, "rest": server.rest_target,
+                          "pid": os.getpid()}), flush=True)
+        for line in sys.stdin:
+            if line.strip() == "memory":
+                print(json.dumps(_memory()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

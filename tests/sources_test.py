@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aanets_tf import pipeline, sources
+from aanets_tf import datasets, pipeline, sources
 from conftest import bomb_png
 
 
@@ -79,7 +79,7 @@ def test_odd_formats_decode_to_rgb(image_files):
     paths, labels, expected, _, rgb = image_files
     source = sources.FileSource(paths, labels)
     good = np.flatnonzero(expected)
-    split = pipeline.Split(source, good)
+    split = datasets.Split(source, good)
     decoded = [source.decode(p).numpy() for p in np.asarray(paths)[good]]
     assert all(d.shape == (12, 10, 3) and d.dtype == np.uint8 for d in decoded)
     names = [paths[i].rsplit("/", 1)[-1] for i in good]

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import incremental, pipeline
-from aanets_tf.backbones import aanet_from_resnet, build_resnet
-from aanets_tf.learner import AggregationCallback, IncrementalLearner
-from aanets_tf.network import build_network, grow_network
+from aanets_tf import phase, pipeline
+from aanets_tf.learner import AggregationCallback
 from aanets_tf.sources import ArraySource
+from conftest import phase1_learner
 
 INPUT_SHAPE = (8, 8, 3)
 BATCH = 8
@@ -35,18 +34,8 @@ def _counting(fn, counts, key):
 
 
 def _phase1_learner(jit_compile):
-    resnet = build_resnet("resnet8", INPUT_SHAPE, name="resnet_phase0")
-    teacher = build_network(resnet, 0, 2, name="network_phase0")
-    backbone = aanet_from_resnet(resnet, name="aanet_phase1")
-    rng = np.random.RandomState(0)
-    images = rng.uniform(0, 255, size=(8,) + INPUT_SHAPE).astype("float32")
-    network = grow_network(teacher, backbone, 2, keras.ops.convert_to_numpy(backbone(images)),
-                           np.arange(8) % 2, name="network_phase1")
-    learner = IncrementalLearner(network, teacher, num_old_classes=2, less_forget_weight=1.0,
-                                 level2_optimizer=keras.optimizers.SGD(0.1))
-    learner.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=jit_compile)
-    learner.build_optimizers()
-    return learner
+    return phase1_learner(INPUT_SHAPE, less_forget_weight=1.0, level2_learning_rate=0.1,
+                          learning_rate=0.01, momentum=0.0, jit_compile=jit_compile)
 
 
 def test_each_step_function_traces_once():
@@ -79,10 +68,10 @@ def test_each_step_function_traces_once():
 
     sizes = (NUM_IMAGES, 5, 13, 2 * BATCH)
     for n in sizes:
-        outputs = incremental.predict(network, source, np.arange(n), BATCH, transform)
+        outputs = phase.predict(network, source, np.arange(n), BATCH, transform)
         assert outputs["logits"].shape == (n, 4) and outputs["features"].shape == (n, 64)
     # The padded last batch does not change the real images' outputs.
-    np.testing.assert_allclose(incremental.predict(network, source, np.arange(5), BATCH,
+    np.testing.assert_allclose(phase.predict(network, source, np.arange(5), BATCH,
                                                    transform)["logits"],
                                keras.ops.convert_to_numpy(
                                    network(images[:5].astype("float32"))["logits"]),

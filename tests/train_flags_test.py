@@ -195,3 +195,13 @@ def test_cpu_protocol_flagfile_matches_spec_section_7():
     assert (config.epochs, config.batch_size) == (20, 128)
     assert config.lr_boundaries() == [10, 15]
     assert config.exemplars_per_class == 20
+
+
+def test_library_messages_are_translated_to_flag_names():
+    message = ("Invalid configuration:\n  `epochs` must be >= 1. Received: epochs=0\n"
+               "  'margin=0.1:0.5': eval_split='validation' needs `validation_images_per_class`")
+    translated = train_flags.as_flag_names(message, names={"epochs", "margin",
+                                                           "validation_images_per_class"})
+    assert translated == (
+        "Invalid configuration:\n  --epochs must be >= 1. Received: --epochs=0\n"
+        "  'margin=0.1:0.5': eval_split='validation' needs --validation_images_per_class")

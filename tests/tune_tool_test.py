@@ -13,7 +13,7 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from aanets_tf import pipeline, tuning
+from aanets_tf import datasets, tuning
 from aanets_tf.learner import TrainingDivergedError
 from conftest import REPO_ROOT, SHARED_DATA_DIR
 from tools import train_flags, tune
@@ -82,7 +82,7 @@ def test_a_different_search_in_the_same_project_is_refused(no_work, tmp_path, ca
 
 
 def _fake_data(*args, **kwargs):
-    data = pipeline.from_arrays(np.zeros((20, 32, 32, 3), np.uint8), np.arange(20) % 10,
+    data = datasets.from_arrays(np.zeros((20, 32, 32, 3), np.uint8), np.arange(20) % 10,
                                 num_classes=10, name="cifar10")
     return dataclasses.replace(data, test=tuning.WITHHELD_TEST_SPLIT, validation=data.train)
 

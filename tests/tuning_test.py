@@ -1,4 +1,4 @@
-"""The tuning library: search-space text, trial configurations, withheld test split,
+"""The tuning library: trial configurations, withheld test split,
 oracles, the trials table, and a tiny search on real data that resumes."""
 
 import csv
@@ -10,103 +10,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from aanets_tf import pipeline, tuning
+from aanets_tf import datasets, search_space, tuning
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
-from conftest import SHARED_DATA_DIR
+from conftest import SHARED_DATA_DIR, TINY as CONFTEST_TINY
 
-# ResNet-8, 4 base classes + 1 phase of 2, 8 training and 4 validation images per class.
-TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
-            classes_per_phase=2, num_phases=2, train_images_per_class=8,
-            validation_images_per_class=4, test_images_per_class=4, epochs=1, batch_size=32,
-            exemplars_per_class=2, eval_batch_size=128, export=False)
+# The end-to-end tests' run with 8 training and 4 validation images per class, 1 epoch.
+TINY = {**CONFTEST_TINY, "train_images_per_class": 8, "validation_images_per_class": 4,
+        "test_images_per_class": 4, "epochs": 1, "batch_size": 32, "exemplars_per_class": 2,
+        "eval_batch_size": 128}
 SEARCH = "learning_rate=log:0.01:0.2,lambda_base=1:10,top_k=int:1:2"
-
-
-# === The search-space text ===
-
-def test_default_search_parses_and_round_trips():
-    config = TrainConfig()
-    dims = tuning.parse_search(tuning.DEFAULT_SEARCH, config)
-    assert [d.name for d in dims] == ["learning_rate", "aggregation_lr", "lambda_base", "margin",
-                                      "top_k", "weight_decay", "initial_aggregation"]
-    assert tuning.parse_search(",".join(d.spec() for d in dims), config) == dims
-
-
-def test_parse_kinds():
-    dims = tuning.parse_search(
-        " learning_rate=log:0.01:0.5, lambda_base=1:10 ,top_k=int:1:3,margin=choice:0.3|0.5|0.7,"
-        "initial_aggregation=0.3:0.7:0.1,", TrainConfig())
-    lr, lam, k, margin, alpha = dims
-    assert (lr.low, lr.high, lr.sampling, lr.integer) == (0.01, 0.5, "log", False)
-    assert (lam.low, lam.high, lam.sampling) == (1.0, 10.0, "linear")
-    assert (k.low, k.high, k.integer) == (1, 3, True) and isinstance(k.low, int)
-    assert margin.choices == (0.3, 0.5, 0.7)
-    assert alpha.step == pytest.approx(0.1)
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("lamda_base=1:10", ["'lamda_base=1:10'", "unknown hyper-parameter 'lamda_base'",
-                         "did you mean lambda_base?"]),
-    ("lambda_base=10:1", ["'lambda_base=10:1'", "empty range"]),
-    ("margin=0.5:0.5", ["'margin=0.5:0.5'", "empty range"]),
-    ("top_k=int:3:1", ["'top_k=int:3:1'", "empty range"]),
-    ("margin=choice:0.5|0.5", ["at least two different values"]),
-    ("epochs=1:3", ["--epochs is a training flag but not a searchable"]),
-    ("learning_rate=log:0:1", ["log sampling needs a positive low end"]),
-    ("weight_decay=int:1:3", ["'int:' is for integer hyper-parameters"]),
-    ("top_k=int:1.5:3", ["'1.5' is not an integer"]),
-    ("margin=exp:1:2", ["unknown kind 'exp'"]),
-    ("margin=a:b:c:d", ["unknown kind 'a'"]),
-    ("margin=0.1", ["expected [log:|int:]LOW:HIGH[:STEP]"]),
-    ("margin", ["expected NAME=SPEC"]),
-    ("margin=0.1:0.5:0.6", ["the step must lie in (0, high - low]"]),
-    ("initial_aggregation=0.3:1.5", ["--initial_aggregation must lie in [0, 1]",
-                                     "Received: initial_aggregation=1.5"]),
-    ("margin=0.1:0.5,margin=0.2:0.3", ["margin is searched twice"]),
-    ("", ["--search names no hyper-parameter"]),
-    (" , ", ["--search names no hyper-parameter"]),
-])
-def test_bad_search_names_the_problem(text, expected):
-    with pytest.raises(tuning.SearchSpaceError) as e:
-        tuning.parse_search(text, TrainConfig())
-    for part in expected:
-        assert part in str(e.value)
-
-
-def test_all_problems_are_reported_together():
-    with pytest.raises(tuning.SearchSpaceError) as e:
-        tuning.parse_search("foo=1:2,margin=0.1:0.5,lambda_base=3:2", TrainConfig())
-    message = str(e.value)
-    assert "'foo'" in message and "'lambda_base=3:2'" in message and "margin=0.1" not in message
-
-
-def test_hyper_parameters_without_effect_are_refused():
-    single = TrainConfig(branch_mode="single")
-    with pytest.raises(tuning.SearchSpaceError, match="--branch_mode=single"):
-        tuning.parse_search("initial_aggregation=0.2:0.8", single)
-    with pytest.raises(tuning.SearchSpaceError, match="--aggregation=fixed"):
-        tuning.parse_search("aggregation_lr=log:0.001:0.1", TrainConfig(aggregation="fixed"))
-    with pytest.raises(tuning.SearchSpaceError, match="num_phases=1"):
-        tuning.parse_search("margin=0.1:0.5", TrainConfig(num_phases=1))
-    assert tuning.parse_search("initial_aggregation=0.2:0.8", TrainConfig(aggregation="fixed"))
-
-
-def test_hyperparameters_types_and_defaults():
-    config = TrainConfig(margin=0.9)
-    dims = tuning.parse_search(
-        "learning_rate=log:0.01:0.5,top_k=int:1:3,margin=0.1:0.7,lambda_base=choice:2|5|8",
-        config)
-    hp = tuning.build_hyperparameters(dims, config)
-    by_name = {p.name: p for p in hp.space}
-    types = keras_tuner.engine.hyperparameters
-    assert isinstance(by_name["learning_rate"], types.Float)
-    assert by_name["learning_rate"].sampling == "log"
-    assert isinstance(by_name["top_k"], types.Int)
-    assert isinstance(by_name["lambda_base"], types.Choice)
-    assert by_name["lambda_base"].values == [2.0, 5.0, 8.0]
-    # The config's value where it lies in the space, else the low end.
-    assert hp.values == {"learning_rate": 0.1, "top_k": 2, "margin": 0.1, "lambda_base": 5.0}
 
 
 # === Configurations ===
@@ -140,7 +53,7 @@ def test_final_and_reduced_configs():
 # === The withheld test split ===
 
 def _tiny_data():
-    data = pipeline.from_arrays(np.zeros((6, 32, 32, 3), np.uint8), np.arange(6) % 3,
+    data = datasets.from_arrays(np.zeros((6, 32, 32, 3), np.uint8), np.arange(6) % 3,
                                 np.zeros((6, 32, 32, 3), np.uint8), np.arange(6) % 3,
                                 label_names=["a", "b", "c"], name="fake")
     return dataclasses.replace(data, validation=data.train)
@@ -156,16 +69,16 @@ def test_test_split_is_withheld():
 
 
 def test_tuning_needs_a_validation_split():
-    with pytest.raises(ValueError, match="--validation_images_per_class"):
+    with pytest.raises(ValueError, match="validation_images_per_class"):
         tuning.without_test_split(dataclasses.replace(_tiny_data(), validation=None))
-    with pytest.raises(ValueError, match="--validation_images_per_class"):
+    with pytest.raises(ValueError, match="validation_images_per_class"):
         tuning.load_tuning_data("cifar10", SHARED_DATA_DIR, validation_images_per_class=0)
 
 
 # === Oracles ===
 
 def _space():
-    return tuning.build_hyperparameters(tuning.parse_search(SEARCH, TrainConfig()), TrainConfig())
+    return search_space.build_hyperparameters(search_space.parse_search(SEARCH, TrainConfig()), TrainConfig())
 
 
 @pytest.mark.parametrize("kind", ["random", "hyperband", "bayesian"])
@@ -180,10 +93,10 @@ def test_build_oracle(kind):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(kind="grid"), "--tuner must be one of"),
-    (dict(objective_kind="top1"), "--objective_kind must be one of"),
-    (dict(max_trials=0), "--max_trials must be >= 1"),
-    (dict(kind="hyperband", hyperband_factor=1), "--hyperband_factor must be >= 2"),
+    (dict(kind="grid"), "`tuner` must be one of"),
+    (dict(objective_kind="top1"), "`objective_kind` must be one of"),
+    (dict(max_trials=0), "`max_trials` must be >= 1"),
+    (dict(kind="hyperband", hyperband_factor=1), "`hyperband_factor` must be >= 2"),
 ])
 def test_build_oracle_refuses_bad_settings(kwargs, message):
     args = dict(kind="random", objective_kind="cnn", max_trials=2)
@@ -230,7 +143,7 @@ def test_trials_table(tmp_path):
 
 
 def test_search_record_conflicts_name_the_changes(tmp_path):
-    dims = tuning.parse_search(SEARCH, TrainConfig())
+    dims = search_space.parse_search(SEARCH, TrainConfig())
     record = tuning.search_record("random", "cnn", dims, TrainConfig(**TINY))
     tuning.check_search_record(str(tmp_path), record)  # nothing recorded yet
     tuning.write_search_record(str(tmp_path), record)
@@ -242,7 +155,7 @@ def test_search_record_conflicts_name_the_changes(tmp_path):
                                                                             "epochs": 3}))
     with pytest.raises(tuning.SearchConflictError) as e:
         tuning.check_search_record(str(tmp_path), other)
-    for part in ("tuner: 'random' -> 'bayesian'", "--epochs: 1 -> 3", "search:", "--overwrite"):
+    for part in ("tuner: 'random' -> 'bayesian'", "`epochs`: 1 -> 3", "search:", "`overwrite`"):
         assert part in str(e.value)
 
 
@@ -275,7 +188,7 @@ def test_load_tuning_data_reads_only_the_training_split(tuning_data, read_splits
     assert read_splits == ["train"]
     with pytest.raises(tuning.TestSplitAccessError):
         len(tuning_data.test)
-    reference = pipeline.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=8,
+    reference = datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=8,
                                       validation_images_per_class=4, test_images_per_class=1)
     for split in ("train", "validation"):
         ours, theirs = getattr(tuning_data, split), getattr(reference, split)
@@ -287,8 +200,8 @@ def test_load_tuning_data_reads_only_the_training_split(tuning_data, read_splits
 
 def _tuner(directory, data, max_trials, log):
     base = TrainConfig(**TINY, workdir="unused")
-    dims = tuning.parse_search(SEARCH, base)
-    oracle = tuning.build_oracle("random", tuning.build_hyperparameters(dims, base), "cnn",
+    dims = search_space.parse_search(SEARCH, base)
+    oracle = tuning.build_oracle("random", search_space.build_hyperparameters(dims, base), "cnn",
                                  max_trials=max_trials, seed=base.seed)
     return tuning.IncrementalTuner(oracle, base, data=data, verbose=0, log=log,
                                    directory=str(directory), project_name="tiny")
@@ -327,7 +240,7 @@ def test_missing_data_stops_the_search(tmp_path):
 @pytest.mark.slow
 def test_tiny_search_scores_on_validation_and_resumes(tuning_data, tmp_path):
     # A real test split handed to the tuner is withheld from the trials all the same.
-    data = dataclasses.replace(tuning_data, test=pipeline.from_arrays(
+    data = dataclasses.replace(tuning_data, test=datasets.from_arrays(
         np.zeros((1, 32, 32, 3), np.uint8), np.zeros((1,), np.int64)).train)
     lines = []
     tuner = _tuner(tmp_path, data, 2, lines.append)

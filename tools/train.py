@@ -19,11 +19,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
-from tools import train_flags  # noqa: E402
+from tools import console, train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -57,26 +56,31 @@ def _grow(verbose) -> int:
 
 def main(argv):
     config = train_flags.config_for_main(argv)
-    if not FLAGS["verbosity"].present:
+    verbose_logs = FLAGS["verbosity"].present
+    if not verbose_logs:
         # TFDS and the SavedModel writer log every dataset read and export step
         # at INFO; --verbosity=0 brings them back.
         logging.set_verbosity(logging.WARNING)
+    if FLAGS.add_classes_from is None and (FLAGS.classes or FLAGS.promote):
+        raise app.UsageError("--classes and --promote go with --add_classes_from.")
+    if FLAGS.add_classes_from is None:
+        print(console.setting_summary(config), flush=True)
+    console.start_tensorflow(verbose=verbose_logs)
 
     from aanets_tf import incremental, reporting
     from aanets_tf.distribute import StrategyUnavailableError
-    from aanets_tf.pipeline import DatasetNotFoundError
+    from aanets_tf.datasets import DatasetNotFoundError
+    from aanets_tf.run_state import WorkdirConflictError
 
-    if FLAGS.add_classes_from is None and (FLAGS.classes or FLAGS.promote):
-        raise app.UsageError("--classes and --promote go with --add_classes_from.")
     verbose = 1 if sys.stdout.isatty() else 2
     try:
         if FLAGS.add_classes_from is not None:
             results = _grow(verbose)
         else:
             results = incremental.run(config, overwrite=FLAGS.overwrite, verbose=verbose)
-    except (DatasetNotFoundError, incremental.WorkdirConflictError, FileExistsError,
+    except (DatasetNotFoundError, WorkdirConflictError, FileExistsError,
             StrategyUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {train_flags.as_flag_names(str(e))}", file=sys.stderr)
         return 2
     print()
     print(reporting.summary_table(results))

@@ -7,6 +7,7 @@ flag of the same name, with the same default.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from absl import app, flags
 
@@ -86,6 +87,12 @@ HELP = {
 }
 
 
+# Fields that take one of a few names.
+_ENUM_FIELDS = {"arch": ARCHS, "branch_mode": BRANCH_MODES, "aggregation": AGGREGATION_MODES,
+                "mixed_precision": PRECISIONS, "strategy": STRATEGIES,
+                "lr_schedule": LR_SCHEDULES}
+
+
 def define_flags() -> None:
     """Define one flag per `TrainConfig` field (idempotent)."""
     defaults = TrainConfig()
@@ -94,18 +101,8 @@ def define_flags() -> None:
             continue
         default = getattr(defaults, field.name)
         help_text = HELP[field.name]
-        if field.name == "arch":
-            flags.DEFINE_enum(field.name, default, ARCHS, help_text)
-        elif field.name == "branch_mode":
-            flags.DEFINE_enum(field.name, default, BRANCH_MODES, help_text)
-        elif field.name == "aggregation":
-            flags.DEFINE_enum(field.name, default, AGGREGATION_MODES, help_text)
-        elif field.name == "mixed_precision":
-            flags.DEFINE_enum(field.name, default, PRECISIONS, help_text)
-        elif field.name == "strategy":
-            flags.DEFINE_enum(field.name, default, STRATEGIES, help_text)
-        elif field.name == "lr_schedule":
-            flags.DEFINE_enum(field.name, default, LR_SCHEDULES, help_text)
+        if field.name in _ENUM_FIELDS:
+            flags.DEFINE_enum(field.name, default, _ENUM_FIELDS[field.name], help_text)
         elif isinstance(default, bool):
             flags.DEFINE_boolean(field.name, default, help_text)
         elif isinstance(default, int):
@@ -133,7 +130,31 @@ def config_from_flags(flag_values=None) -> TrainConfig:
             except ValueError as e:
                 raise ValueError(f"--lr_decay_epochs must be numbers. Received: {value}") from e
         values[field.name] = value
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ValueError as e:
+        raise ValueError(as_flag_names(str(e))) from None
+
+
+# `name`, or name= not inside a word, a flag or a quoted value (a --search entry).
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)`|(?<![\w'\"-])([a-z][a-z0-9_]*)(?==)")
+
+
+def as_flag_names(message: str, names=None) -> str:
+    """A library message in the tools' words: `name` and name=... become --name, --name=...
+
+    The library's errors name its arguments (the `TrainConfig` fields, whose
+    flags share their names); only names in `names` (default: every field and
+    every defined flag) are rewritten.
+    """
+    known = set(names) if names is not None else (
+        {f.name for f in dataclasses.fields(TrainConfig)} | set(flags.FLAGS))
+
+    def rename(match):
+        name = match.group(1) or match.group(2)
+        return f"--{name}" if name in known else match.group(0)
+
+    return _ARGUMENT.sub(rename, message)
 
 
 def config_for_main(argv: list[str]) -> TrainConfig:

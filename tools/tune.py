@@ -21,18 +21,18 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
-from tools import train_flags  # noqa: E402
+from tools import console, train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """The training flags of `tools/train.py` plus the search's own (idempotent)."""
-    from aanets_tf.tuning import DEFAULT_SEARCH, OBJECTIVE_KINDS, SEARCHABLE, TUNERS
+    from aanets_tf.search_space import DEFAULT_SEARCH, SEARCHABLE
+    from aanets_tf.tuning import OBJECTIVE_KINDS, TUNERS
 
     train_flags.define_flags()
     if "search" in FLAGS:
@@ -70,17 +70,16 @@ def define_flags() -> None:
 
 def _settings():
     """Validated settings from the flags; raises app.UsageError naming the bad flag."""
-    from aanets_tf import tuning
+    from aanets_tf import search_space, tuning
 
     try:
         config = train_flags.config_from_flags()
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    if config.validation_images_per_class < 1:
-        raise app.UsageError(
-            "--validation_images_per_class must be >= 1 for tuning: trials are scored on this "
-            "many training images per class, held out of their training (e.g. 50 for "
-            f"CIFAR-100). Received: {config.validation_images_per_class}")
+        raise app.UsageError(train_flags.as_flag_names(str(e))) from None
+    try:
+        tuning.check_validation_split(config.validation_images_per_class)
+    except ValueError as e:
+        raise app.UsageError(train_flags.as_flag_names(str(e))) from None
     for name in ("trial_num_phases", "trial_epochs", "trial_train_images_per_class",
                  "num_initial_points"):
         if FLAGS[name].value < 0:
@@ -94,9 +93,9 @@ def _settings():
         base = tuning.reduced_config(config, num_phases=FLAGS.trial_num_phases,
                                      epochs=FLAGS.trial_epochs,
                                      train_images_per_class=FLAGS.trial_train_images_per_class)
-        dims = tuning.parse_search(FLAGS.search, base)
+        dims = search_space.parse_search(FLAGS.search, base)
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise app.UsageError(train_flags.as_flag_names(str(e))) from None
     return config, base, dims
 
 
@@ -104,16 +103,19 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config, base, dims = _settings()
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    console.start_tensorflow(verbose=FLAGS["verbosity"].present)
 
-    from aanets_tf import atomic_io, pipeline, tuning
+    from aanets_tf import atomic_io, datasets, search_space, tuning
 
     try:
         oracle = tuning.build_oracle(
-            FLAGS.tuner, tuning.build_hyperparameters(dims, base), FLAGS.objective_kind,
+            FLAGS.tuner, search_space.build_hyperparameters(dims, base), FLAGS.objective_kind,
             max_trials=FLAGS.max_trials, seed=config.seed, max_epochs=base.epochs,
             hyperband_factor=FLAGS.hyperband_factor, num_initial_points=FLAGS.num_initial_points)
     except (ImportError, ValueError) as e:
-        raise app.UsageError(str(e)) from None
+        raise app.UsageError(train_flags.as_flag_names(str(e))) from None
     worker, chief = tuning.is_worker(), tuning.is_chief()
     project_dir = os.path.join(FLAGS.directory, FLAGS.project_name)
     record = tuning.search_record(FLAGS.tuner, FLAGS.objective_kind, dims, base,
@@ -124,7 +126,7 @@ def main(argv):
         try:
             tuning.check_search_record(project_dir, record)
         except tuning.SearchConflictError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {train_flags.as_flag_names(str(e))}", file=sys.stderr)
             return 2
 
     data = None
@@ -134,8 +136,8 @@ def main(argv):
                 base.dataset, base.data_dir, download=base.download,
                 train_images_per_class=base.train_images_per_class,
                 validation_images_per_class=base.validation_images_per_class)
-        except (pipeline.DatasetNotFoundError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (datasets.DatasetNotFoundError, ValueError) as e:
+            print(f"error: {train_flags.as_flag_names(str(e))}", file=sys.stderr)
             return 2
 
     tuner = tuning.IncrementalTuner(oracle, base, data=data,
@@ -161,7 +163,7 @@ def main(argv):
     if best is None:
         print(f"error: no trial completed; see {csv_path}.", file=sys.stderr)
         return 1
-    values = tuning.tuned_values(best.hyperparameters.values)
+    values = search_space.tuned_values(best.hyperparameters.values)
     final = tuning.final_config(config, values)
     path = FLAGS.best_flagfile or os.path.join(project_dir, "best.flags")
     described = ", ".join(f"{k}={v}" for k, v in values.items())

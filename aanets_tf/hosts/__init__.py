@@ -1,0 +1,1 @@
+"""Class-incremental host methods (LUCIR, iCaRL, PODNet) and their building blocks."""

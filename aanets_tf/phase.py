@@ -1,0 +1,355 @@
+"""The steps of one phase, in the order `incremental.run` takes them.
+
+1. `phase_data`: the phase's training images (new classes) and the exemplars kept.
+2. `build_phase_network`: phase 0's ResNet, or the previous network grown by the
+   new classes (an AANet from the phase-0 ResNet in `dual` mode).
+3. `make_learner`, `train_phase`: Level 1 and Level 2 against the frozen previous
+   network, with epoch checkpoints.
+4. `select_exemplars`: herding on the new classes, written as encoded images.
+5. `evaluate_phase`: CNN and NME accuracy on every class seen so far.
+6. `export_phase_model`: the phase's SavedModel (after its checkpoint).
+
+Each step takes plain values, so the throughput benchmark and the tests build a
+phase's learner exactly as a run does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+from aanets_tf import checkpointing, datasets, distribute, metrics as metrics_lib, pipeline
+from aanets_tf.backbones import Backbone, aanet_from_resnet, build_resnet, clone_backbone
+from aanets_tf.checkpointing import EpochCheckpoint, EpochState
+from aanets_tf.class_order import PhasePlan
+from aanets_tf.config import TrainConfig
+from aanets_tf.exemplar_store import ExemplarSource, exemplar_path, write_exemplars
+from aanets_tf.herding import ExemplarMemory
+from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
+                               step_schedule)
+from aanets_tf.losses import less_forget_weight
+from aanets_tf.network import backbone_of, build_network, grow_network
+from aanets_tf.progress import PhaseProgress
+
+# Seeds of a phase's two input pipelines. Level 1 and Level 2 read different
+# records in different orders, so their streams are seeded apart; the
+# multiplier (a prime) keeps phases' seeds apart for any run seed.
+_PHASE_SEED_STRIDE = 7919
+
+
+def level1_seed(seed: int, phase: int) -> int:
+    return seed + _PHASE_SEED_STRIDE * phase
+
+
+def level2_seed(seed: int, phase: int) -> int:
+    return seed + _PHASE_SEED_STRIDE * phase + 1
+
+
+def predict(model: keras.Model, source: pipeline.ImageSource, positions: np.ndarray,
+            batch_size: int, transform: pipeline.ImageTransform, *, flip: bool = False,
+            jit_compile: bool = False) -> np.ndarray:
+    """Run `model` over a source's records at `positions`, streamed in fixed-size batches.
+
+    Evaluation transform, no augmentation (`flip` mirrors every image). The
+    last batch is padded to `batch_size` (one traced shape per model) and the
+    padding's outputs are dropped. `jit_compile` sets whether the predict
+    step is XLA-compiled (Keras would otherwise choose by itself: XLA on
+    accelerators); it applies from the model's first prediction on.
+    """
+    if model.predict_function is None:
+        model.jit_compile = bool(jit_compile)
+    outputs = model.predict(pipeline.eval_dataset(source, positions, batch_size,
+                                                  transform=transform, flip=flip,
+                                                  pad_last_batch=True), verbose=0)
+    return tree.map_structure(lambda a: a[:len(positions)], outputs)
+
+
+def inference(config: TrainConfig, transform: pipeline.ImageTransform):
+    """`predict` with the run's evaluation batch size, transform and XLA setting."""
+    return functools.partial(predict, batch_size=config.eval_batch_size, transform=transform,
+                             jit_compile=config.jit_compile)
+
+
+# === 1. The phase's data ===
+
+@dataclasses.dataclass
+class PhaseData:
+    """What one phase trains on.
+
+    new: the new classes' training images, targets = class positions.
+    new_labels: their dataset labels.
+    parts: `new`, then the kept exemplars of the old classes (Level 1's data).
+    old_per_class: exemplars kept per old class (0 in phase 0).
+    """
+    phase: int
+    new_classes: list[int]
+    num_old: int
+    num_seen: int
+    new: pipeline.Part
+    new_labels: np.ndarray
+    parts: list[pipeline.Part]
+    old_per_class: int
+
+    @property
+    def num_train(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+
+def phase_data(config: TrainConfig, train: datasets.Split, plan: PhasePlan, phase: int,
+               exemplars: ExemplarSource | None) -> PhaseData:
+    """The phase's new-class images and the exemplars it keeps of the old classes."""
+    position = np.asarray(plan.position_of)
+    new_classes = list(plan.new_classes(phase))
+    num_old = plan.num_old_classes(phase)
+    new_mask = np.isin(train.labels, new_classes)
+    new_labels = train.labels[new_mask]
+    new = pipeline.Part(train.source, train.positions[new_mask], position[new_labels])
+    parts = [new]
+    old_per_class = 0
+    if phase:
+        old_per_class = ExemplarMemory.per_class_budget(
+            num_old, config.exemplars_per_class, config.memory_budget)
+        kept = exemplars.positions(old_per_class)
+        parts.append(pipeline.Part(exemplars, kept, exemplars.class_positions[kept]))
+    return PhaseData(phase, new_classes, num_old, plan.num_seen_classes(phase), new,
+                     new_labels, parts, old_per_class)
+
+
+def level2_data(config: TrainConfig, data: PhaseData) -> list[pipeline.Part]:
+    """Level 2's class-balanced subset: each new class downsampled to the old classes'
+    exemplar count, plus the exemplars (SPEC section 3)."""
+    rng = np.random.RandomState(config.seed + data.phase)
+    chosen = [np.zeros((0,), np.int64)]
+    for c in data.new_classes:
+        idx = np.flatnonzero(data.new_labels == c)
+        chosen.append(rng.choice(idx, size=min(data.old_per_class, len(idx)), replace=False))
+    keep = np.sort(np.concatenate(chosen))
+    new = data.new
+    return [pipeline.Part(new.source, new.positions[keep], new.targets[keep])] + data.parts[1:]
+
+
+# === 2. The phase's network ===
+
+def next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> Backbone:
+    """The backbone a later phase trains: an AANet made from phase 0's ResNet in `dual`
+    mode, else a copy of the previous phase's backbone."""
+    backbone = backbone_of(previous)
+    if config.branch_mode == "dual" and not backbone.is_aanet:
+        return aanet_from_resnet(backbone, learnable_aggregation=config.aggregation_learnable,
+                                 initial_aggregation=config.initial_aggregation,
+                                 name=f"aanet_phase{phase}")
+    return clone_backbone(backbone, name=f"{backbone.name.split('_phase')[0]}_phase{phase}")
+
+
+def build_phase_network(config: TrainConfig, data: PhaseData, previous: keras.Model | None,
+                        image_size: int, infer) -> keras.Model:
+    """Phase 0: a ResNet with a cosine classifier. Later: the next backbone, with the old
+    classifier rows copied and the new ones imprinted from the new classes' features."""
+    if data.phase == 0:
+        backbone = build_resnet(config.arch, (image_size, image_size, 3), name="resnet_phase0")
+        network = build_network(backbone, 0, len(data.new_classes), name="network_phase0")
+    else:
+        backbone = next_backbone(config, previous, data.phase)
+        features = infer(backbone, data.new.source, data.new.positions)
+        network = grow_network(previous, backbone, len(data.new_classes), features,
+                               data.new.targets - data.num_old,
+                               name=f"network_phase{data.phase}")
+    if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+        distribute.synchronize_batch_norm(network)
+    return network
+
+
+# === 3. Training ===
+
+def _schedule(config: TrainConfig, learning_rate: float, steps_per_epoch: int):
+    """A phase's learning-rate schedule: step decay, or cosine decay to 0."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate,
+                                                      config.epochs * steps_per_epoch)
+    return step_schedule(learning_rate, config.lr_boundaries(), config.lr_decay_factor,
+                         steps_per_epoch)
+
+
+def trains_aggregation(config: TrainConfig, network: keras.Model, phase: int) -> bool:
+    """Level 2 runs in later phases of an AANet with learned aggregation weights."""
+    return bool(phase) and backbone_of(network).is_aanet and config.aggregation_learnable
+
+
+def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Model | None,
+                 data: PhaseData, *, level2_steps: int = 0) -> IncrementalLearner:
+    """The phase's learner, compiled, with both optimizers built (under the strategy's scope).
+
+    `level2_steps`: Level-2 batches per epoch (0: no Level 2).
+    """
+    level2 = None
+    if level2_steps:
+        level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, level2_steps),
+                                      momentum=config.aggregation_momentum)
+    num_new = len(data.new_classes)
+    learner = IncrementalLearner(
+        network, previous, num_old_classes=data.num_old,
+        less_forget_weight=(less_forget_weight(config.lambda_base, data.num_old, num_new)
+                            if data.num_old else 0.0),
+        margin=config.margin, top_k=config.top_k, weight_decay=config.weight_decay,
+        level2_optimizer=level2)
+    steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
+    learner.compile(
+        optimizer=keras.optimizers.SGD(_schedule(config, config.learning_rate, steps),
+                                       momentum=config.momentum),
+        jit_compile=config.jit_compile)
+    learner.build_optimizers()
+    return learner
+
+
+def train_phase(config: TrainConfig, network: keras.Model, previous: keras.Model | None,
+                data: PhaseData, *, transform: pipeline.ImageTransform, image_shape,
+                verbose: int | str = "auto", later_images: int = 0,
+                log: Callable[[str], None] = print) -> EpochState:
+    """Level 1 every epoch, then a Level-2 pass when the phase has one; resumes after the
+    last saved epoch. Returns the phase's progress (trajectory, losses, seconds)."""
+    phase = data.phase
+    steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
+    balanced, level2_steps = None, 0
+    if trains_aggregation(config, network, phase):
+        balanced = level2_data(config, data)
+        level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
+                                                config.batch_size)
+    learner = make_learner(config, network, previous, data, level2_steps=level2_steps)
+    progress = checkpointing.restore_epoch(learner, config.workdir, phase, log)
+    first_epoch = progress.epochs_done
+    if first_epoch >= config.epochs:
+        return progress
+    stream = dict(batch_size=config.batch_size, epochs=config.epochs,
+                  initial_epoch=first_epoch, transform=transform,
+                  shuffle_buffer=config.shuffle_buffer,
+                  cache_bytes=config.cache_mib * 2 ** 20, image_shape=image_shape)
+    callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
+    if balanced is not None:
+        callbacks.insert(0, AggregationCallback(
+            pipeline.train_dataset(balanced, seed=level2_seed(config.seed, phase), **stream),
+            level2_steps, progress.trajectory))
+    start = time.perf_counter()
+    callbacks.append(EpochCheckpoint(config.workdir, phase, progress,
+                                     clock=lambda: time.perf_counter() - start))
+    callbacks.append(keras.callbacks.TensorBoard(
+        os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
+        write_graph=False, profile_batch=0))
+    if verbose == 1:
+        # One bar per phase instead of Keras' one per epoch.
+        callbacks.append(PhaseProgress(phase, epochs=config.epochs, first_epoch=first_epoch,
+                                       steps_per_epoch=steps, later_images=later_images,
+                                       phase_images=data.num_train))
+        verbose = 0
+    learner.fit(pipeline.train_dataset(data.parts, seed=level1_seed(config.seed, phase),
+                                       **stream),
+                epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                callbacks=callbacks, verbose=verbose, shuffle=False)
+    return progress
+
+
+# === 4. Exemplars ===
+
+def select_exemplars(config: TrainConfig, memory: ExemplarMemory, data: PhaseData,
+                     train_source: pipeline.ImageSource, plan: PhasePlan,
+                     new_features: np.ndarray, label_names, log: Callable[[str], None]) -> int:
+    """Rank each new class's images by herding (once), and write the exemplars the memory
+    keeps as encoded images to `exemplars/phase_<p>.tfrecord`. Returns the per-class count."""
+    per_class = ExemplarMemory.per_class_budget(
+        data.num_seen, config.exemplars_per_class, config.memory_budget)
+    for c in data.new_classes:
+        mask = data.new_labels == c
+        if mask.sum() < per_class:
+            log(f"Warning: class {label_names[c]!r} has {int(mask.sum())} training "
+                f"image(s), fewer than its {per_class} exemplars: its memory keeps them all.")
+        memory.add_class(int(c), data.new.positions[mask], new_features[mask],
+                         max_rank=per_class)
+    position = np.asarray(plan.position_of)
+    write_exemplars(exemplar_path(config.workdir, data.phase), train_source,
+                    {int(c): memory.exemplar_indices(int(c), per_class)
+                     for c in data.new_classes},
+                    {int(c): int(position[c]) for c in data.new_classes}, per_class)
+    return per_class
+
+
+# === 5. Evaluation ===
+
+def evaluate_phase(network: keras.Model, data: PhaseData, exemplars: ExemplarSource,
+                   per_class: int, evaluation: datasets.Split, plan: PhasePlan,
+                   label_names, infer) -> tuple[dict, dict]:
+    """CNN and NME accuracy on every class seen so far.
+
+    NME class means come from the kept exemplars' features and their mirror
+    images. Returns `(metrics, predictions)`: the phase's accuracies (overall,
+    old/new classes, per group of classes) and each classifier's predictions
+    with the evaluated targets under `"labels"`.
+    """
+    backbone = backbone_of(network)
+    kept = exemplars.positions(per_class)
+    means = metrics_lib.class_means(
+        infer(backbone, exemplars, kept), exemplars.class_positions[kept], data.num_seen,
+        flipped_features=infer(backbone, exemplars, kept, flip=True))
+    targets = np.asarray(plan.position_of)[evaluation.labels]
+    seen = targets < data.num_seen
+    labels = targets[seen]
+    outputs = infer(network, evaluation.source, evaluation.positions[seen])
+    predictions = {"cnn": np.argmax(outputs["logits"], axis=1),
+                   "nme": metrics_lib.nme_predict(outputs["features"], means)}
+    num_old = data.num_old
+    old, new = labels < num_old, labels >= num_old
+
+    def accuracy(kind, mask):
+        return metrics_lib.accuracy(predictions[kind][mask], labels[mask])
+
+    groups = [(plan.num_old_classes(p), plan.num_seen_classes(p)) for p in range(data.phase + 1)]
+    metrics = {
+        "phase": data.phase,
+        "new_classes": [int(c) for c in data.new_classes],
+        "num_seen_classes": data.num_seen,
+        # Classes with test images (a grown run may have lost some old ones).
+        "evaluated_classes": [label_names[plan.class_order[c]] for c in np.unique(labels)],
+        "cnn_accuracy": metrics_lib.accuracy(predictions["cnn"], labels),
+        "nme_accuracy": metrics_lib.accuracy(predictions["nme"], labels),
+        "old_accuracy": accuracy("cnn", old) if num_old else None,
+        "new_accuracy": accuracy("cnn", new),
+        "nme_old_accuracy": accuracy("nme", old) if num_old else None,
+        "nme_new_accuracy": accuracy("nme", new),
+        "accuracy_by_phase_classes": {
+            k: metrics_lib.group_accuracies(v, labels, groups) for k, v in predictions.items()},
+        "num_exemplars": int(len(kept)),
+    }
+    return metrics, {**predictions, "labels": labels}
+
+
+# === 6. Export ===
+
+def export_phase_model(config: TrainConfig, network: keras.Model, phase: int, plan: PhasePlan,
+                       label_names: list[str], base: str, overwrite: bool,
+                       log: Callable[[str], None]) -> str:
+    """Export the phase's SavedModel to `base` as version `phase + 1`.
+
+    A version that already exists under the run's own workdir was left by an
+    interrupted attempt at this phase (the workdir's configuration matched),
+    and is replaced with a log line. Elsewhere (a shared `export_dir`) an
+    existing version is replaced only with `overwrite`.
+    """
+    from aanets_tf import serving
+
+    version = phase + 1
+    existing = os.path.isdir(os.path.join(base, str(version)))
+    inside_workdir = os.path.abspath(base).startswith(os.path.abspath(config.workdir) + os.sep)
+    replace = existing and (inside_workdir or overwrite)
+    if replace:
+        log(f"Replacing export version {version} in {base}.")
+    path = serving.export_phase(network, base, version,
+                                list(plan.seen_classes(phase)), list(label_names),
+                                overwrite=replace)
+    log(f"Exported {path}")
+    return path

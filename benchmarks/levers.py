@@ -1,0 +1,223 @@
+r"""Speed levers measured side by side: one worker process per setting, steps interleaved.
+
+    python benchmarks/levers.py --flagfile=flags/cifar10_cpu.flags \
+        --levers=default,fused_bn,keras_bn,bfloat16 --out=benchmarks/results/levers
+
+Some settings can only be chosen before TensorFlow starts (its thread pools)
+or change how the networks are built (the BatchNorm kernel), so each lever
+runs in its own worker process that builds the steps of
+`benchmarks/throughput.py` once, warms them up and then times steps on
+request. The parent asks every (lever, step) once per repeat, in a rotating
+order, while the other workers wait: all levers see the same machine load,
+and each lever's speed is reported relative to the first lever as the median
+over repeats of the ratio within a repeat.
+
+Levers (`LEVERS`): `default` (the library as it is: TensorFlow's fused
+BatchNorm kernel in training, BatchNorm folded into the convolutions where
+it uses moving statistics), `fused_bn` (the fused kernel, not folded),
+`keras_bn` (Keras 3's BatchNormalization, built from separate ops, not
+folded: the library before these levers), `inter_op_1` / `intra_op_1` /
+`threads_1_1` (TensorFlow's inter-op / intra-op thread pools; the default is
+one thread per core for both), `xla` (`jit_compile=True`), `bfloat16`
+(`mixed_bfloat16`), `bfloat16_fused_bn` (`mixed_bfloat16` without the
+folding), and `pytorch` (the PyTorch reference of
+`benchmarks/torch_reference.py` in its own process, for comparison).
+
+Writes `levers.json` and `levers.md` into `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from benchmarks import machine  # noqa: E402
+from tools import train_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+# name -> settings of the worker process
+LEVERS = {
+    "default": {},
+    "fused_bn": {"folding": False},
+    "keras_bn": {"batch_norm": "keras", "folding": False},
+    "inter_op_1": {"inter_op": 1},
+    "intra_op_1": {"intra_op": 1},
+    "threads_1_1": {"inter_op": 1, "intra_op": 1},
+    "xla": {"jit_compile": True},
+    "bfloat16": {"precision": "mixed_bfloat16"},
+    "bfloat16_fused_bn": {"precision": "mixed_bfloat16", "folding": False},
+    "pytorch": {"torch": True},
+}
+TIMED = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
+         "eval_aanet")
+
+
+def define_flags() -> None:
+    train_flags.define_flags()
+    flags.DEFINE_string("out", "benchmarks/results/levers", "Output directory.")
+    flags.DEFINE_list("levers", ["default", "keras_bn"],
+                      f"Levers compared, the first one the reference; from {', '.join(LEVERS)}.")
+    flags.DEFINE_list("timed_steps", list(TIMED), f"Steps timed, from {', '.join(TIMED)}.")
+    flags.DEFINE_integer("repeats", 5, "Timed repeats (medians are reported).")
+    flags.DEFINE_integer("steps", 3, "Steps per timed repeat.")
+    flags.DEFINE_integer("warmup", 2, "Untimed calls per step before timing.")
+    flags.DEFINE_string("worker", None, "Internal: run as the worker of this lever.")
+
+
+# === Worker ===
+def _worker(config, lever: str) -> None:
+    """Build the steps with the lever's settings, then time steps asked on stdin."""
+    settings = LEVERS[lever]
+    import tensorflow as tf
+
+    if settings.get("intra_op"):
+        tf.config.threading.set_intra_op_parallelism_threads(settings["intra_op"])
+    if settings.get("inter_op"):
+        tf.config.threading.set_inter_op_parallelism_threads(settings["inter_op"])
+    from aanets_tf import residual
+
+    if settings.get("batch_norm") == "keras":
+        import keras
+
+        # Keras' own BatchNormalization, built from separate ops.
+        residual.make_batch_norm = lambda name: keras.layers.BatchNormalization(
+            momentum=residual.BN_MOMENTUM, epsilon=residual.BN_EPSILON, name=name)
+    if settings.get("folding") is False:
+        # Convolution then BatchNorm in inference mode too (no folding).
+        residual.conv_bn = lambda conv, bn, x, training: bn(conv(x), training=training)
+    import keras
+
+    from aanets_tf import datasets, incremental
+    from benchmarks import throughput
+
+    data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
+                                 train_images_per_class=config.train_images_per_class,
+                                 test_images_per_class=config.test_images_per_class)
+    plan = incremental.protocol_plan(config, data.num_classes)
+    keras.utils.set_random_seed(config.seed)
+    bench = throughput.StepBench(config, data, plan, settings.get("precision", "float32"),
+                                 settings.get("jit_compile", False))
+    if settings.get("torch"):
+        bench = throughput.TorchBench(config, bench)
+    for step in FLAGS.timed_steps:
+        for _ in range(FLAGS.warmup):
+            bench.run(step, 1)
+    threads = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+               "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+    print(json.dumps({"ready": lever, "threads": threads}), flush=True)
+    for line in sys.stdin:
+        step, count = line.split()
+        images, seconds = bench.run(step, int(count))
+        print(json.dumps({"images": images, "seconds": seconds}), flush=True)
+    # Endless input pipelines can keep the interpreter from exiting: nothing is left to save.
+    os._exit(0)
+
+
+# === Parent ===
+class Worker:
+    def __init__(self, lever: str, argv: list[str]):
+        self.lever = lever
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *argv, f"--worker={lever}"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+        self.info = None
+
+    def wait_ready(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                self.info = json.loads(line)
+                return self.info
+        raise RuntimeError(f"Worker {self.lever} exited with {self.process.wait()}.")
+
+    def time(self, step: str, count: int) -> float:
+        self.process.stdin.write(f"{step} {count}\n")
+        self.process.stdin.flush()
+        reply = json.loads(self.process.stdout.readline())
+        return reply["images"] / reply["seconds"]
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def relative(samples: dict, reference: str) -> dict:
+    """`{lever: {step: median over repeats of (lever / reference) images per second}}`."""
+    return {lever: {step: statistics.median(a / b for a, b in zip(values,
+                                                                  samples[reference][step]))
+                    for step, values in steps.items()}
+            for lever, steps in samples.items() if lever != reference}
+
+
+def table(samples: dict, ratios: dict, reference: str) -> str:
+    steps = list(samples[reference])
+    lines = ["| lever | " + " | ".join(steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    lines.append(f"| {reference} (img/s) | " + " | ".join(
+        f"{statistics.median(samples[reference][s]):.0f}" for s in steps) + " |")
+    for lever, row in ratios.items():
+        lines.append(f"| {lever} / {reference} | "
+                     + " | ".join(f"{row[s]:.2f}" for s in steps) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    config = train_flags.config_for_main(argv)
+    if FLAGS.worker:
+        _worker(config, FLAGS.worker)
+        return 0
+    unknown = sorted(set(FLAGS.levers) - set(LEVERS)) + sorted(
+        set(FLAGS.timed_steps) - set(TIMED))
+    if unknown:
+        raise app.UsageError(f"Unknown levers or steps {unknown}; levers: {list(LEVERS)}, "
+                             f"steps: {list(TIMED)}.")
+    from aanets_tf import atomic_io
+
+    passed = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    workers = []
+    for lever in FLAGS.levers:  # one at a time: building and warm-up are the heavy part
+        worker = Worker(lever, passed)
+        print(f"{lever}: {worker.wait_ready()}", flush=True)
+        workers.append(worker)
+    tasks = [(w, s) for w in workers for s in FLAGS.timed_steps]
+    samples = {w.lever: {s: [] for s in FLAGS.timed_steps} for w in workers}
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    for r in range(FLAGS.repeats):
+        for worker, step in tasks[r % len(tasks):] + tasks[:r % len(tasks)]:
+            samples[worker.lever][step].append(worker.time(step, FLAGS.steps))
+        print(f"repeat {r + 1}/{FLAGS.repeats}: " + ", ".join(
+            f"{w.lever} {s} {samples[w.lever][s][-1]:.0f}" for w, s in tasks), flush=True)
+    for worker in workers:
+        worker.close()
+    reference = FLAGS.levers[0]
+    ratios = relative(samples, reference)
+    described = machine.describe()
+    report = {"machine": described, "levers": {w.lever: {**LEVERS[w.lever], **w.info}
+                                               for w in workers},
+              "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps,
+              "load_average_before": load_before, "load_average_after": os.getloadavg(),
+              "timed_seconds": time.perf_counter() - started,
+              "samples_images_per_second": samples, "relative_to_" + reference: ratios}
+    markdown = (f"Machine: {machine.summary_line(described)}.\n\n"
+                + table(samples, ratios, reference))
+    atomic_io.write_json(os.path.join(FLAGS.out, "levers.json"), report)
+    atomic_io.write_text(os.path.join(FLAGS.out, "levers.md"), markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

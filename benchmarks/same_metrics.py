@@ -1,0 +1,53 @@
+r"""Do two runs' metrics.json agree, timings aside? The check behind "figures unchanged".
+
+    python benchmarks/same_metrics.py runs/before/metrics.json runs/after/metrics.json
+
+Run the same flagfile with --deterministic from two commits (e.g. a `git
+worktree` of each), then compare: exit 0 when every value agrees exactly once
+timings are removed and loss names written before they were spelled out
+(`lf`, `mr`) are read under their current names; exit 1 with the differing
+fields otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aanets_tf.checkpointing import current_loss_names  # noqa: E402
+from aanets_tf.reporting import without_timings  # noqa: E402
+
+
+def comparable(path: str) -> dict:
+    with open(path) as f:
+        metrics = json.load(f)
+    for phase in metrics.get("phases", []):
+        phase["final_losses"] = current_loss_names(phase.get("final_losses") or {})
+    return without_timings(metrics)
+
+
+def differences(a: dict, b: dict, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in differences(a.get(k), b.get(k), f"{where}.{k}" if where else str(k))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    found = differences(comparable(argv[1]), comparable(argv[2]))
+    for line in found[:50]:
+        print(line)
+    print("identical, timings aside" if not found else f"{len(found)} values differ")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
