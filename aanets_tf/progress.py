@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -19,7 +20,7 @@ class PhaseProgress(keras.callbacks.Callback):
     """A tqdm bar over a phase's Level-1 steps (every epoch), for `fit(verbose=0)`.
 
     The bar shows the phase's steps, its time left (tqdm's own estimate), the
-    last losses, and an estimate for the whole run: the phases after this one
+    last loss, and an estimate for the whole run: the phases after this one
     are assumed to cost what this one is projected to cost, scaled by their
     share of training images (`later_images / phase_images`). Level 2, herding,
     evaluation and export are not in the bar; their time shows in the next
@@ -47,9 +48,13 @@ class PhaseProgress(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
+        # A pseudo-terminal may report a 0 x 0 size, where tqdm hides its bar
+        # (it would lie below the last row); shutil falls back to $COLUMNS/$LINES
+        # or 80 x 24.
+        size = shutil.get_terminal_size()
         self._bar = tqdm(total=self.total, initial=self.done_before, unit="step",
-                         desc=f"phase {self.phase}", file=self.file, dynamic_ncols=True,
-                         leave=True)
+                         desc=f"phase {self.phase}", file=self.file, ncols=size.columns,
+                         nrows=size.lines, leave=True)
 
     def on_train_batch_end(self, batch, logs=None):
         self._bar.update(1)
@@ -58,11 +63,13 @@ class PhaseProgress(keras.callbacks.Callback):
             return
         elapsed = time.perf_counter() - self._start
         phase_seconds = elapsed / steps * (self.total - self.done_before)
-        postfix = {k: f"{float(v):.3f}" for k, v in (logs or {}).items()
-                   if k in ("loss", "ce", "less_forget", "margin_ranking")}
+        # The run's estimate first: a narrow terminal cuts the line's end.
+        postfix = {}
         if self.later_share:
             left = phase_seconds - elapsed + phase_seconds * self.later_share
             postfix["run left"] = f"~{_duration(left)}"
+        if logs and "loss" in logs:
+            postfix["loss"] = f"{float(logs['loss']):.3f}"
         self._bar.set_postfix(postfix, refresh=False)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -29,4 +29,6 @@ def test_one_bar_over_every_epoch_with_the_run_estimate():
     assert "12/12" in text and "4/12" in text
     assert "run left=~" in text
     assert "loss=" in text
+    # The run's estimate comes before the loss (a narrow terminal cuts the end).
+    assert text.rindex("run left=~") < text.rindex("loss=")
     assert bar._bar.n == 12
