@@ -133,11 +133,13 @@ class EpochState:
     """What a phase in progress needs to continue: epochs done, trajectory, logs."""
 
     def __init__(self, epochs_done: int = 0, trajectory: list | None = None,
-                 history: dict | None = None, train_seconds: float = 0.0):
+                 history: dict | None = None, train_seconds: float = 0.0,
+                 level2_seconds: float = 0.0):
         self.epochs_done = epochs_done
         self.trajectory = trajectory if trajectory is not None else []
         self.history = current_loss_names(history or {})
         self.train_seconds = train_seconds
+        self.level2_seconds = level2_seconds  # the part of train_seconds spent in Level 2
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -153,21 +155,26 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state: the phase's `EpochState`, updated in place (its trajectory list
             is the one the Level-2 callback appends to).
         clock: returns the seconds of training so far in this process.
+        level2_clock: returns the part of them spent in Level 2 (None: no Level 2).
     """
 
-    def __init__(self, workdir: str, phase: int, state: EpochState, clock):
+    def __init__(self, workdir: str, phase: int, state: EpochState, clock, level2_clock=None):
         super().__init__()
         self.workdir = workdir
         self.phase = phase
         self.state = state
         self.clock = clock
+        self.level2_clock = level2_clock
         self._base_seconds = state.train_seconds
+        self._base_level2_seconds = state.level2_seconds
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.state.history.setdefault(key, []).append(float(value))
         self.state.epochs_done = epoch + 1
         self.state.train_seconds = self._base_seconds + self.clock()
+        if self.level2_clock is not None:
+            self.state.level2_seconds = self._base_level2_seconds + self.level2_clock()
         save_epoch(self.model, self.workdir, self.phase, self.state)
 
 
@@ -182,6 +189,7 @@ def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState
         "trajectory": state.trajectory,
         "history": state.history,
         "train_seconds": state.train_seconds,
+        "level2_seconds": state.level2_seconds,
     })
     for old in glob.glob(os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch_*.weights.h5")):
         if os.path.basename(old) != os.path.basename(weights):
@@ -203,7 +211,8 @@ def restore_epoch(learner: keras.Model, workdir: str, phase: int,
             saved = json.load(f)
         learner.load_weights(os.path.join(checkpoint_dir(workdir), saved["weights"]))
         state = EpochState(int(saved["epochs_done"]), saved["trajectory"], saved["history"],
-                           float(saved["train_seconds"]))
+                           float(saved["train_seconds"]),
+                           float(saved.get("level2_seconds", 0.0)))
     except Exception as e:  # noqa: BLE001 - any failure: restart the phase
         log(f"Epoch checkpoint of phase {phase} is unreadable ({type(e).__name__}: "
             f"{str(e)[:200]}); restarting the phase from its first epoch.")

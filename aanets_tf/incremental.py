@@ -170,15 +170,22 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
         per_class = phase_steps.select_exemplars(
             config, state.memory, step, data.train.source, plan,
             infer(backbone, step.new.source, step.new.positions), data.label_names, log)
+        herding_seconds = time.perf_counter() - start
         phase_metrics, predictions = phase_steps.evaluate_phase(
             network, step, exemplars_of(phase + 1), per_class, evaluation, plan,
             data.label_names, infer)
+        eval_seconds = time.perf_counter() - start
         phase_metrics.update({
             "aggregation_weights": aggregation_weights(backbone) or None,
             "aggregation_trajectory": progress.trajectory or None,
             "num_train_images": int(step.num_train),
             "train_seconds": progress.train_seconds,
-            "eval_seconds": time.perf_counter() - start,
+            "eval_seconds": eval_seconds,  # herding and evaluation
+            # Where the phase's time went (wall seconds; a resumed phase adds the
+            # epochs of each process that trained it).
+            "timings": {"level1": progress.train_seconds - progress.level2_seconds,
+                        "level2": progress.level2_seconds, "herding": herding_seconds,
+                        "evaluation": eval_seconds - herding_seconds, "export": 0.0},
             "final_losses": {k: v[-1] for k, v in progress.history.items()},
         })
         for kind in ("cnn", "nme"):
@@ -188,8 +195,10 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
         # === Checkpoint, then the state that points at it ===
         checkpointing.save_network(network, config.workdir, phase)
         if config.export:
+            start = time.perf_counter()
             phase_steps.export_phase_model(config, network, phase, plan, data.label_names,
                                            base, overwrite, log)
+            phase_metrics["timings"]["export"] = time.perf_counter() - start
         state.phases.append(reporting.clean(phase_metrics))
         state.save(checkpointing.phase_state_path(config.workdir, phase))
         checkpointing.clear_epochs(config.workdir, phase)

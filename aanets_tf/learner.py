@@ -16,6 +16,7 @@ optimizers are `LossScaleOptimizer`s and the steps scale their losses.
 from __future__ import annotations
 
 import math
+import time
 
 import keras
 import tensorflow as tf
@@ -249,6 +250,7 @@ class AggregationCallback(keras.callbacks.Callback):
         self.steps_per_epoch = int(steps_per_epoch)
         self.trajectory = trajectory
         self._iterator = None
+        self.seconds = 0.0  # wall time of this fit's Level-2 passes
 
     def on_train_begin(self, logs=None):
         strategy = self.model.distribute_strategy
@@ -257,7 +259,9 @@ class AggregationCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = float("nan")
         if self.steps_per_epoch:
+            start = time.perf_counter()
             loss = float(self.model.level2_pass(self._iterator, self.steps_per_epoch))
+            self.seconds += time.perf_counter() - start
         alphas = [float(keras.ops.convert_to_numpy(v)) for v in self.model.level2_variables()]
         self.trajectory.append(alphas)
         if logs is not None:

@@ -232,13 +232,16 @@ def train_phase(config: TrainConfig, network: keras.Model, previous: keras.Model
                   shuffle_buffer=config.shuffle_buffer,
                   cache_bytes=config.cache_mib * 2 ** 20, image_shape=image_shape)
     callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
+    aggregation = None
     if balanced is not None:
-        callbacks.insert(0, AggregationCallback(
+        aggregation = AggregationCallback(
             pipeline.train_dataset(balanced, seed=level2_seed(config.seed, phase), **stream),
-            level2_steps, progress.trajectory))
+            level2_steps, progress.trajectory)
+        callbacks.insert(0, aggregation)
     start = time.perf_counter()
-    callbacks.append(EpochCheckpoint(config.workdir, phase, progress,
-                                     clock=lambda: time.perf_counter() - start))
+    callbacks.append(EpochCheckpoint(
+        config.workdir, phase, progress, clock=lambda: time.perf_counter() - start,
+        level2_clock=None if aggregation is None else lambda: aggregation.seconds))
     callbacks.append(keras.callbacks.TensorBoard(
         os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
         write_graph=False, profile_batch=0))

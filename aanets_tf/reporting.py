@@ -117,7 +117,7 @@ def summary_table(metrics: dict) -> str:
 
 
 # Keys whose values are wall-clock measurements, not results.
-TIMING_KEYS = ("train_seconds", "eval_seconds")
+TIMING_KEYS = ("train_seconds", "eval_seconds", "timings")
 
 
 def without_timings(obj):

@@ -49,6 +49,14 @@ def test_metrics_json_schema(finished_run):
         for key in ("cnn_accuracy", "nme_accuracy", "new_accuracy"):
             assert 0.0 <= p[key] <= 100.0
         assert p["train_seconds"] > 0
+        timings = p["timings"]
+        assert set(timings) == {"level1", "level2", "herding", "evaluation", "export"}
+        assert all(v >= 0 for v in timings.values()) and timings["export"] == 0.0  # no export
+        assert timings["level1"] + timings["level2"] == pytest.approx(p["train_seconds"])
+        assert timings["herding"] + timings["evaluation"] == pytest.approx(p["eval_seconds"])
+    # Level 2 runs in phase 1 only, and takes part of its training time.
+    assert phase0["timings"]["level2"] == 0.0
+    assert 0.0 < phase1["timings"]["level2"] < phase1["train_seconds"]
     assert phase0["old_accuracy"] is None and phase0["aggregation_weights"] is None
     assert 0.0 <= phase1["old_accuracy"] <= 100.0
     assert len(phase1["aggregation_weights"]) == 3
