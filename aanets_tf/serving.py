@@ -126,21 +126,6 @@ def _validated_classes(network: keras.Model, class_ids, label_names,
     return class_ids, labels, min(int(top_k), columns)
 
 
-def serving_endpoints(network: keras.Model, class_ids: Sequence[int],
-                      label_names: Sequence[str], top_k: int = DEFAULT_TOP_K,
-                      limits: ServingLimits = ServingLimits()) -> dict:
-    """The three signature functions, each `(fn, input_signature)`, by signature name.
-
-    Args:
-        network: maps float pixels `(batch, H, W, 3)` to `{"logits", "features"}`.
-        class_ids: `class_ids[i]` is the dataset label of logit column i.
-        label_names: the dataset's class names, indexed by dataset label.
-        top_k: classes returned per image; capped at the number of columns.
-    """
-    class_ids, labels, k = _validated_classes(network, class_ids, label_names, top_k)
-    return _endpoints(network, class_ids, labels, k, limits)
-
-
 def _endpoints(network: keras.Model, class_ids: list[int], labels: list[str], k: int,
                limits: ServingLimits, checks: bool = True) -> dict:
     height, width = input_size(network)
