@@ -71,7 +71,8 @@ def run(config: TrainConfig, *, data: datasets.ClassIncrementalData | None = Non
         data: preloaded data (tests, tuning); loaded from TFDS when None.
         eval_split: `"test"`, or `"validation"` (tuning: the test split is never read).
         overwrite: start over in a workdir that holds another run.
-        verbose: Keras `fit` verbosity (1: progress bar, 2: a line per epoch).
+        verbose: 1: one progress bar per phase (`aanets_tf.progress`); 0, 2 or
+            "auto": Keras `fit`'s own verbosity (2: a line per epoch).
         log: where progress lines go.
         strategy: an existing strategy (tests, notebooks); built from
             `config.strategy` when None.
@@ -86,8 +87,7 @@ def run(config: TrainConfig, *, data: datasets.ClassIncrementalData | None = Non
             export=False)
     with precision.precision_policy(config.mixed_precision), strategy.scope():
         return _run_phases(config, data=data, plan=plan, eval_split=eval_split,
-                           overwrite=overwrite, verbose=verbose,
-                           log=log)
+                           overwrite=overwrite, verbose=verbose, log=log)
 
 
 def _load_data(config: TrainConfig, log: Callable[[str], None]) -> datasets.ClassIncrementalData:
