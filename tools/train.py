@@ -68,8 +68,8 @@ def main(argv):
     console.start_tensorflow(verbose=verbose_logs)
 
     from aanets_tf import incremental, reporting
-    from aanets_tf.distribute import StrategyUnavailableError
     from aanets_tf.datasets import DatasetNotFoundError
+    from aanets_tf.distribute import StrategyUnavailableError
     from aanets_tf.run_state import WorkdirConflictError
 
     verbose = 1 if sys.stdout.isatty() else 2
