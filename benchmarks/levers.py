@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from benchmarks import machine  # noqa: E402
+from benchmarks import machine, throughput  # noqa: E402
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -58,8 +58,7 @@ LEVERS = {
     "bfloat16_fused_bn": {"precision": "mixed_bfloat16", "folding": False},
     "pytorch": {"torch": True},
 }
-TIMED = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
-         "eval_aanet")
+TIMED = throughput.MODEL_STEPS
 
 
 def define_flags() -> None:
@@ -95,16 +94,8 @@ def _worker(config, lever: str) -> None:
     if settings.get("folding") is False:
         # Convolution then BatchNorm in inference mode too (no folding).
         residual.conv_bn = lambda conv, bn, x, training: bn(conv(x), training=training)
-    import keras
 
-    from aanets_tf import datasets, incremental
-    from benchmarks import throughput
-
-    data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
-                                 train_images_per_class=config.train_images_per_class,
-                                 test_images_per_class=config.test_images_per_class)
-    plan = incremental.protocol_plan(config, data.num_classes)
-    keras.utils.set_random_seed(config.seed)
+    data, plan = throughput.protocol_data(config)
     bench = throughput.StepBench(config, data, plan, settings.get("precision", "float32"),
                                  settings.get("jit_compile", False))
     if settings.get("torch"):

@@ -31,8 +31,7 @@ from benchmarks import machine, throughput  # noqa: E402
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-PROFILABLE = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
-              "eval_aanet")
+PROFILABLE = throughput.MODEL_STEPS
 
 
 def define_flags() -> None:
@@ -188,17 +187,13 @@ def main(argv):
         return _from_traces(FLAGS.out)
     import keras
 
-    from aanets_tf import atomic_io, datasets, incremental, residual
+    from aanets_tf import atomic_io, residual
 
     if FLAGS.keras_batch_norm:
         residual.make_batch_norm = lambda name: keras.layers.BatchNormalization(
             momentum=residual.BN_MOMENTUM, epsilon=residual.BN_EPSILON, name=name)
 
-    data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
-                                 train_images_per_class=config.train_images_per_class,
-                                 test_images_per_class=config.test_images_per_class)
-    plan = incremental.protocol_plan(config, data.num_classes)
-    keras.utils.set_random_seed(config.seed)
+    data, plan = throughput.protocol_data(config)
     bench = throughput.StepBench(config, data, plan, config.mixed_precision,
                                  config.jit_compile)
     results = {step: profile_step(bench, step, FLAGS.profiled_steps,

@@ -62,10 +62,12 @@ from benchmarks.throughput_report import (TORCH_VARIANT, compare_frameworks,  # 
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-TORCH_STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
+# The steps that run a network on one cached batch (the PyTorch reference has them all;
+# levers.py and profile_steps.py time and profile them).
+MODEL_STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
                "eval_aanet")
-STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain", "eval_aanet",
-         "level1_aanet_pipeline", "input_pipeline")
+TORCH_STEPS = MODEL_STEPS
+STEPS = MODEL_STEPS + ("level1_aanet_pipeline", "input_pipeline")
 
 
 def define_flags() -> None:
@@ -110,6 +112,21 @@ def parse_variant(name: str, config) -> tuple[str, bool]:
     return precision_name, bool(xla)
 
 
+def protocol_data(config):
+    """`(data, plan)` of the flagfile's protocol, with the run's seed set: what every step
+    benchmark builds its `StepBench` from."""
+    import keras
+
+    from aanets_tf import datasets, incremental
+
+    data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
+                                 train_images_per_class=config.train_images_per_class,
+                                 test_images_per_class=config.test_images_per_class)
+    plan = incremental.protocol_plan(config, data.num_classes)
+    keras.utils.set_random_seed(config.seed)
+    return data, plan
+
+
 class StepBench:
     """The models of one variant and a callable per step that runs `steps` steps."""
 
@@ -143,9 +160,10 @@ class StepBench:
 
         # The networks and learners of phase 0 and phase 1, built by the run's own steps.
         step_config = config.replace(jit_compile=jit_compile)
-        phase0_data = phase.PhaseData(0, list(base), 0, len(base), part(np.flatnonzero(
-            np.isin(labels, base))), labels[np.isin(labels, base)], [], 0)
-        phase0_data.parts = [phase0_data.new]
+        base_indices = np.flatnonzero(np.isin(labels, base))
+        phase0_new = part(base_indices)
+        phase0_data = phase.PhaseData(0, list(base), 0, len(base), phase0_new,
+                                      labels[base_indices], [phase0_new], 0)
         phase1_data = phase.PhaseData(1, list(new), len(base), len(base) + len(new),
                                       part(new_indices), labels[new_indices], phase1,
                                       config.exemplars_per_class)
@@ -402,18 +420,13 @@ def main(argv):
     protocol_epochs = FLAGS.protocol_epochs
     if torch_mode and not FLAGS["protocol_epochs"].present:
         protocol_epochs = 0
-    import keras
     import psutil
 
-    from aanets_tf import atomic_io, datasets, incremental
+    from aanets_tf import atomic_io
 
     started = time.perf_counter()
     load_before = os.getloadavg()
-    data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
-                                 train_images_per_class=config.train_images_per_class,
-                                 test_images_per_class=config.test_images_per_class)
-    plan = incremental.protocol_plan(config, data.num_classes)
-    keras.utils.set_random_seed(config.seed)
+    data, plan = protocol_data(config)
     benches = {name: StepBench(config, data, plan, *settings)
                for name, settings in variants.items()}
     parameters = None
