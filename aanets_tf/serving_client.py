@@ -126,13 +126,10 @@ def request_inputs(images: Images, signature: str) -> dict:
 def _decoded(name: str, encoded: bytes, decode) -> np.ndarray:
     import tensorflow as tf
 
-    from aanets_tf import serving
-    from aanets_tf.images import check_header
-
     # Decoding here trusts the header as much as the model would: check it first.
-    pixels = serving.ServingLimits().max_image_pixels
-    if int(check_header(encoded, pixels)) != 0:
-        raise PredictError(f"{name}: refusing to decode it here ({_header_problem(encoded)}).")
+    problem = _header_problem(encoded)
+    if problem:
+        raise PredictError(f"{name}: refusing to decode it here ({problem}).")
     try:
         return decode(encoded).numpy()
     except tf.errors.InvalidArgumentError as err:
@@ -140,14 +137,18 @@ def _decoded(name: str, encoded: bytes, decode) -> np.ndarray:
                            f"({readable_error(err.message)}).") from None
 
 
-def _header_problem(encoded: bytes, max_pixels: int | None = None) -> str:
+def _header_problem(encoded: bytes, max_pixels: int | None = None) -> str | None:
+    """Why the served model would refuse `encoded` from its header, or None when it would not."""
     from aanets_tf import serving
-    from aanets_tf.images import FORMATS, STATUS_MESSAGES, TOO_LARGE, check_header, read_header
+    from aanets_tf.images import (FORMATS, OK, STATUS_MESSAGES, TOO_LARGE, check_header,
+                                  read_header)
 
     max_pixels = max_pixels or serving.ServingLimits().max_image_pixels
     status = int(check_header(encoded, max_pixels))
-    fmt, height, width = (int(v) for v in read_header(encoded))
+    if status == OK:
+        return None
     if status == TOO_LARGE:
+        fmt, height, width = (int(v) for v in read_header(encoded))
         return (f"its {FORMATS[fmt - 1].upper()} header declares {height} x {width} pixels, "
                 f"above max_image_pixels={max_pixels}")
     return STATUS_MESSAGES[status]
@@ -169,7 +170,6 @@ def check_request(inputs: dict, signature: str, limits=None, *,
         PredictError: naming the image and the limit it exceeds.
     """
     from aanets_tf import serving
-    from aanets_tf.images import OK, check_header
 
     limits = limits or serving.ServingLimits()
     ((key, batch),) = inputs.items()
@@ -183,9 +183,9 @@ def check_request(inputs: dict, signature: str, limits=None, *,
             if len(data) > limits.max_image_bytes:
                 raise PredictError(f"{name}: {len(data)} bytes, above the served model's "
                                    f"max_image_bytes={limits.max_image_bytes}.")
-            if int(check_header(data, limits.max_image_pixels)) != OK:
-                raise PredictError(f"{name}: the served model would refuse it: "
-                                   f"{_header_problem(data, limits.max_image_pixels)}.")
+            problem = _header_problem(data, limits.max_image_pixels)
+            if problem:
+                raise PredictError(f"{name}: the served model would refuse it: {problem}.")
     elif image_size is not None and tuple(batch.shape[1:3]) != tuple(image_size):
         height, width = image_size
         raise PredictError(f"The {signature} signature takes images of the network's size, "
