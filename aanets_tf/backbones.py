@@ -198,10 +198,6 @@ def build_aanet(arch: str, input_shape=None, *, learnable_aggregation: bool = Tr
                     initial_aggregation=initial_aggregation, name=name)
 
 
-def is_aanet(backbone: keras.Model) -> bool:
-    return isinstance(backbone, Backbone) and backbone.is_aanet
-
-
 def _copy_to_stable(plain_layer, stable_layer) -> None:
     """Copy a plain stem/level into its stable twin: kernels frozen, scales reset to 1."""
     for (conv, bn), (sconv, sbn) in zip(plain_layer.conv_bn_pairs(),

@@ -9,7 +9,7 @@ from aanets_tf import backbones
 from aanets_tf.aggregation import Aggregation
 from aanets_tf.backbones import (CIFAR_MEAN, CIFAR_STD, Backbone, aanet_from_resnet,
                                  aggregation_weights, build_aanet, build_resnet, clone_backbone,
-                                 get_architecture, is_aanet)
+                                 get_architecture)
 from aanets_tf.stable_conv import StableConv2D
 from conftest import random_batch, to_numpy as _np
 
@@ -46,7 +46,7 @@ def test_resnet_shapes_and_layer_names(resnet):
     assert features.shape == (4, 64)
     # The last block has no final ReLU, so pooled features can be negative.
     assert features.min() < 0.0
-    assert not is_aanet(resnet)
+    assert not resnet.is_aanet
     assert aggregation_weights(resnet) == []
     assert [resnet.get_layer(f"level{k}").output.shape for k in (1, 2, 3)] == [
         (None, 16, 16, 16), (None, 8, 8, 32), (None, 4, 4, 64)]
@@ -68,7 +68,7 @@ def test_aanet_shapes_and_layer_names():
             assert f"{prefix}{k}" in names
     assert "stable_pool" in names and "plastic_pool" in names
     assert aanet.output_shape == (None, 64)
-    assert is_aanet(aanet)
+    assert aanet.is_aanet
     assert aanet.get_layer("stable_level2").stable
     assert not aanet.get_layer("plastic_level2").stable
     assert isinstance(aanet.get_layer("stem").conv, StableConv2D)
