@@ -78,6 +78,9 @@ def get_architecture(name: str) -> Architecture:
 
 
 BRANCH_LAYOUTS = ("single", "dual")
+# The stable branch of an AANet: frozen phase-0 kernels times learnable scales
+# (the method), or a second plastic branch (the paper's ablation).
+STABLE_BLOCKS = ("scaled", "plastic")
 
 
 def _stem(arch: Architecture, stable: bool) -> Stem:
@@ -109,16 +112,22 @@ class Backbone(keras.Model):
         image_shape: `(H, W, 3)`; the architecture's own size when None.
         learnable_aggregation: dual only; False freezes the aggregation weights.
         initial_aggregation: dual only; the aggregation weights' start value in [0, 1].
+        stable_block: dual only; `"scaled"` (the stable blocks and the shared stem
+            are frozen kernels times scales) or `"plastic"` (the paper's ablation:
+            both branches and the stem are fully trainable).
     """
 
     def __init__(self, arch: str, *, branches: str = "single",
                  image_shape: tuple[int, int, int] | None = None,
                  learnable_aggregation: bool = True, initial_aggregation: float = 0.5,
-                 **kwargs):
+                 stable_block: str = "scaled", **kwargs):
         architecture = get_architecture(arch)
         if branches not in BRANCH_LAYOUTS:
             raise ValueError(f"`branches` must be one of {BRANCH_LAYOUTS}. "
                              f"Received: branches={branches!r}")
+        if stable_block not in STABLE_BLOCKS:
+            raise ValueError(f"`stable_block` must be one of {STABLE_BLOCKS}. "
+                             f"Received: stable_block={stable_block!r}")
         if not 0.0 <= initial_aggregation <= 1.0:
             raise ValueError("`initial_aggregation` must lie in [0, 1]. "
                              f"Received: initial_aggregation={initial_aggregation}")
@@ -133,7 +142,8 @@ class Backbone(keras.Model):
         x = keras.layers.Normalization(mean=mean, variance=variance,
                                        name="normalization")(inputs)
         dual = branches == "dual"
-        x = _stem(architecture, stable=dual)(x)
+        scaled = dual and stable_block == "scaled"
+        x = _stem(architecture, stable=scaled)(x)
         # Features are pooled in float32 under a mixed-precision policy too: they
         # feed the cosine classifier, the less-forget loss, herding and NME.
         pool = keras.layers.GlobalAveragePooling2D
@@ -142,7 +152,7 @@ class Backbone(keras.Model):
             if not dual:
                 x = _level(architecture, k, stable=False, name=f"level{k + 1}")(x)
                 continue
-            stable = _level(architecture, k, stable=True, name=f"stable_level{k + 1}")(x)
+            stable = _level(architecture, k, stable=scaled, name=f"stable_level{k + 1}")(x)
             plastic = _level(architecture, k, stable=False, name=f"plastic_level{k + 1}")(x)
             if last:
                 stable = pool(name="stable_pool", dtype="float32")(stable)
@@ -160,6 +170,7 @@ class Backbone(keras.Model):
         self.image_shape = shape
         self.learnable_aggregation = bool(learnable_aggregation)
         self.initial_aggregation = float(initial_aggregation)
+        self.stable_block = stable_block
 
     @property
     def architecture(self) -> Architecture:
@@ -178,6 +189,7 @@ class Backbone(keras.Model):
             "image_shape": list(self.image_shape),
             "learnable_aggregation": self.learnable_aggregation,
             "initial_aggregation": self.initial_aggregation,
+            "stable_block": self.stable_block,
         }
 
     @classmethod
@@ -191,11 +203,13 @@ def build_resnet(arch: str, input_shape=None, name: str = "resnet") -> Backbone:
 
 
 def build_aanet(arch: str, input_shape=None, *, learnable_aggregation: bool = True,
-                initial_aggregation: float = 0.5, name: str = "aanet") -> Backbone:
+                initial_aggregation: float = 0.5, stable_block: str = "scaled",
+                name: str = "aanet") -> Backbone:
     """An AANet backbone (see `Backbone`, `branches="dual"`)."""
     return Backbone(arch, branches="dual", image_shape=input_shape,
                     learnable_aggregation=learnable_aggregation,
-                    initial_aggregation=initial_aggregation, name=name)
+                    initial_aggregation=initial_aggregation, stable_block=stable_block,
+                    name=name)
 
 
 def _copy_to_stable(plain_layer, stable_layer) -> None:
@@ -210,13 +224,14 @@ def _copy_to_stable(plain_layer, stable_layer) -> None:
 
 
 def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
-                      initial_aggregation: float = 0.5, name: str = "aanet") -> keras.Model:
+                      initial_aggregation: float = 0.5, stable_block: str = "scaled",
+                      name: str = "aanet") -> keras.Model:
     """Build an AANet whose stable and plastic blocks both start from a trained ResNet.
 
-    Stable blocks take the ResNet's kernels (frozen) with scaling weights of 1
-    and its BatchNorm; plastic blocks are copies of its levels. At creation
-    the AANet computes the same features as `resnet`, whatever the
-    aggregation weights.
+    Scaled stable blocks take the ResNet's kernels (frozen) with scaling
+    weights of 1 and its BatchNorm (`stable_block="plastic"`: plain copies);
+    plastic blocks are copies of its levels. At creation the AANet computes
+    the same features as `resnet`, whatever the aggregation weights.
     """
     if not isinstance(resnet, Backbone) or resnet.is_aanet:
         raise ValueError(f"`resnet` must be a single-branch `Backbone`; {resnet.name!r} "
@@ -225,13 +240,21 @@ def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
     arch = resnet.architecture
     aanet = build_aanet(arch.name, resnet.image_shape,
                         learnable_aggregation=learnable_aggregation,
-                        initial_aggregation=initial_aggregation, name=name)
+                        initial_aggregation=initial_aggregation, stable_block=stable_block,
+                        name=name)
     aanet.get_layer("normalization").set_weights(
         resnet.get_layer("normalization").get_weights())
-    _copy_to_stable(resnet.get_layer("stem"), aanet.get_layer("stem"))
+
+    def copy(plain, twin):
+        if stable_block == "scaled":
+            _copy_to_stable(plain, twin)
+        else:
+            twin.set_weights(plain.get_weights())
+
+    copy(resnet.get_layer("stem"), aanet.get_layer("stem"))
     for k in range(1, arch.num_levels + 1):
         plain = resnet.get_layer(f"level{k}")
-        _copy_to_stable(plain, aanet.get_layer(f"stable_level{k}"))
+        copy(plain, aanet.get_layer(f"stable_level{k}"))
         aanet.get_layer(f"plastic_level{k}").set_weights(plain.get_weights())
     return aanet
 

@@ -8,6 +8,7 @@ import math
 
 BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
+STABLE_BLOCKS = ("scaled", "plastic")  # as `aanets_tf.backbones.STABLE_BLOCKS`
 # Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
 ARCHS = ("resnet8", "resnet32", "resnet18")
 # Names of the `tf.distribute` strategies (`aanets_tf.distribute.build_strategy`).
@@ -15,6 +16,16 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Keras dtype policies (`aanets_tf.precision.precision_policy`).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("step", "cosine")
+# Class-incremental methods (`aanets_tf.hosts`), in the paper's table order, and
+# the settings only each reads: a run of one host refuses another's settings
+# unless they keep their defaults.
+HOSTS = ("icarl", "lucir", "podnet")
+HOST_OPTIONS = {
+    "lucir": ("lambda_base", "margin", "top_k"),
+    "icarl": (),
+    "podnet": ("pod_spatial_base", "pod_flat_base", "nca_margin", "proxies_per_class",
+               "finetune_epochs", "finetune_lr"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +57,14 @@ class TrainConfig:
     # streams. A cached CIFAR pipeline delivered 4.7x the images per second of a
     # streamed one on 2 cores (benchmarks/data_path.py); the batches are the same.
     cache_mib: int = 32
+    # Method.
+    host: str = "lucir"
     # Model.
     arch: str = "resnet32"
     branch_mode: str = "dual"
     aggregation: str = "learned"
     initial_aggregation: float = 0.5
+    stable_block: str = "scaled"  # plastic: two plastic branches (the paper's ablation)
     # Level 1 (network parameters).
     epochs: int = 160
     batch_size: int = 128
@@ -63,6 +77,13 @@ class TrainConfig:
     lambda_base: float = 5.0
     margin: float = 0.5
     top_k: int = 2
+    # PODNet (host=podnet); defaults: its released CIFAR-100 configuration.
+    pod_spatial_base: float = 3.0
+    pod_flat_base: float = 1.0
+    nca_margin: float = 0.6
+    proxies_per_class: int = 10
+    finetune_epochs: int = 20
+    finetune_lr: float = 0.05
     # Level 2 (aggregation weights).
     aggregation_lr: float = 0.003  # chosen by benchmarks/aggregation_lr.py (README)
     aggregation_momentum: float = 0.9
@@ -108,6 +129,8 @@ class TrainConfig:
         need(self.branch_mode in BRANCH_MODES, "branch_mode", f"must be one of {BRANCH_MODES}")
         need(self.aggregation in AGGREGATION_MODES, "aggregation",
              f"must be one of {AGGREGATION_MODES}")
+        need(self.stable_block in STABLE_BLOCKS, "stable_block",
+             f"must be one of {STABLE_BLOCKS}")
         need(0.0 <= self.initial_aggregation <= 1.0, "initial_aggregation",
              "must lie in [0, 1]")
         need(self.epochs >= 1, "epochs", "must be >= 1")
@@ -132,6 +155,21 @@ class TrainConfig:
         need(self.lambda_base >= 0, "lambda_base", "must be >= 0")
         need(self.margin >= 0, "margin", "must be >= 0")
         need(self.top_k >= 1, "top_k", "must be >= 1")
+        need(self.host in HOSTS, "host", f"must be one of {HOSTS}")
+        need(self.pod_spatial_base >= 0, "pod_spatial_base", "must be >= 0")
+        need(self.pod_flat_base >= 0, "pod_flat_base", "must be >= 0")
+        need(self.nca_margin >= 0, "nca_margin", "must be >= 0")
+        need(self.proxies_per_class >= 1, "proxies_per_class", "must be >= 1")
+        need(self.finetune_epochs >= 0, "finetune_epochs", "must be >= 0 (0 = no fine-tuning)")
+        need(self.finetune_lr > 0 and math.isfinite(self.finetune_lr), "finetune_lr",
+             "must be a positive number")
+        if self.host in HOSTS:
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            for other, names in HOST_OPTIONS.items():
+                for name in names:
+                    need(name in HOST_OPTIONS[self.host] or getattr(self, name) == defaults[name],
+                         name, f"has no effect with host={self.host!r} (it is a setting of "
+                               f"host={other!r}); leave it at its default")
         need(self.exemplars_per_class >= 1, "exemplars_per_class", "must be >= 1")
         need(self.memory_budget >= 0, "memory_budget", "must be >= 0 (0 = growing memory)")
         need(bool(self.workdir), "workdir", "must be a directory path")

@@ -96,6 +96,19 @@ class CosineClassifier(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)
 
+    def continue_from(self, previous: "CosineClassifier", features: np.ndarray,
+                      labels: np.ndarray, seed: int = 0) -> None:
+        """Start a grown head: `previous`'s class weights become the old ones, the new
+        classes' are imprinted from `features` (labels in `[0, num_new_classes)`),
+        and sigma carries over. `seed` is unused (imprinting is deterministic)."""
+        if previous.num_classes != self.num_old_classes:
+            raise ValueError(f"Cannot grow a head of {previous.num_classes} classes into one "
+                             f"with {self.num_old_classes} old classes.")
+        old = keras.ops.convert_to_numpy(previous.class_weights())
+        self.old_weights.assign(old)
+        self.new_weights.assign(imprint_weights(features, labels, self.num_new_classes, old))
+        self.sigma.assign(previous.sigma)
+
     def get_config(self):
         config = super().get_config()
         config.update({

@@ -1,11 +1,12 @@
 """The class-incremental protocol: phases, exemplar memory, training, evaluation.
 
 `run(config)` is the whole AANets run of SPEC sections 1, 3 and 5: phase 0
-trains a plain ResNet with cross-entropy; every later phase builds the next
-network (an AANet from the phase-0 ResNet in `dual` mode, a copy of the last
-backbone otherwise), grows the classifier, trains Level 1 and Level 2 against
-the frozen previous network, selects exemplars by herding, and evaluates CNN
-and NME accuracy on all classes seen so far. The steps of a phase are in
+trains a plain ResNet with the host's classification loss; every later phase
+builds the next network (an AANet from the phase-0 ResNet in `dual` mode, a
+copy of the last backbone otherwise), grows the host's classifier, trains
+Level 1 and Level 2 against the frozen previous network, selects exemplars by
+herding, runs the host's step on the memory, and evaluates CNN and NME
+accuracy on all classes seen so far. The steps of a phase are in
 `aanets_tf.phase`; what the workdir holds between phases, in
 `aanets_tf.workdir`. Each finished phase is checkpointed, so a rerun with the
 same workdir resumes after the last one.
@@ -171,6 +172,9 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
             config, state.memory, step, data.train.source, plan,
             infer(backbone, step.new.source, step.new.positions), data.label_names, log)
         herding_seconds = time.perf_counter() - start
+        host_step = phase_steps.after_exemplars(config, network, exemplars_of(phase + 1),
+                                                per_class, phase, infer, log)
+        host_seconds = time.perf_counter() - start - herding_seconds
         phase_metrics, predictions = phase_steps.evaluate_phase(
             network, step, exemplars_of(phase + 1), per_class, evaluation, plan,
             data.label_names, infer)
@@ -180,12 +184,16 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
             "aggregation_trajectory": progress.trajectory or None,
             "num_train_images": int(step.num_train),
             "train_seconds": progress.train_seconds,
-            "eval_seconds": eval_seconds,  # herding and evaluation
+            "eval_seconds": eval_seconds,  # herding, the host's step and evaluation
             # Where the phase's time went (wall seconds; a resumed phase adds the
-            # epochs of each process that trained it).
+            # epochs of each process that trained it). `host_step`: the host's
+            # step after herding (PODNet's fine-tuning of the head).
             "timings": {"level1": progress.train_seconds - progress.level2_seconds,
                         "level2": progress.level2_seconds, "herding": herding_seconds,
-                        "evaluation": eval_seconds - herding_seconds, "export": 0.0},
+                        "host_step": host_seconds,
+                        "evaluation": eval_seconds - herding_seconds - host_seconds,
+                        "export": 0.0},
+            **host_step,
             "final_losses": {k: v[-1] for k, v in progress.history.items()},
         })
         for kind in ("cnn", "nme"):

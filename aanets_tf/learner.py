@@ -1,10 +1,11 @@
 """The two-level AANets learner: a `keras.Model` whose `train_step` is Level 1.
 
 Level 1 updates the network parameters (scaling weights, stable BatchNorm,
-the plastic blocks, new-class weights, sigma) with CE + less-forget + margin
-ranking against the frozen previous model. Level 2 updates only the
-aggregation weights with CE on a class-balanced subset, BatchNorm in
-inference mode, with its own optimizer. `fit()` runs one Level-1 epoch, then
+the plastic blocks, the head) with the host's loss terms against the frozen
+previous model (`aanets_tf.hosts`; LUCIR: CE + less-forget + margin ranking).
+Level 2 updates only the aggregation weights with the host's classification
+loss on a class-balanced subset, BatchNorm in inference mode, with its own
+optimizer. `fit()` runs one Level-1 epoch, then
 `AggregationCallback` runs one Level-2 pass, every epoch (SPEC section 3).
 
 Both levels run unchanged under a `tf.distribute` strategy: every loss is a
@@ -17,12 +18,14 @@ from __future__ import annotations
 
 import math
 import time
+import types
 
 import keras
 import tensorflow as tf
 
-from aanets_tf import distribute, losses, precision
-from aanets_tf.network import backbone_of, classifier_of, variable_groups
+from aanets_tf import distribute, precision
+from aanets_tf.hosts.host import CrossEntropy, Objective, Outputs, level_taps
+from aanets_tf.network import backbone_of, variable_groups
 
 
 class TrainingDivergedError(RuntimeError):
@@ -48,9 +51,9 @@ class IncrementalLearner(keras.Model):
     Args:
         network: the phase's network (`aanets_tf.network.build_network`).
         teacher: the frozen previous phase's network, or None in phase 0.
+        objective: the phase's loss terms (`aanets_tf.hosts.host.Objective`,
+            from the host); None: cross-entropy alone.
         num_old_classes: classes of earlier phases (leading logit columns).
-        less_forget_weight: lambda, already adapted to the class counts.
-        margin, top_k: margin-ranking settings.
         weight_decay: L2 coefficient added to every Level-1 gradient (the
             coupled decay of the reference's SGD).
         level2_optimizer: optimizer of the aggregation weights (None: no Level 2);
@@ -61,8 +64,8 @@ class IncrementalLearner(keras.Model):
     """
 
     def __init__(self, network: keras.Model, teacher: keras.Model | None = None, *,
-                 num_old_classes: int = 0, less_forget_weight: float = 0.0,
-                 margin: float = 0.5, top_k: int = 2, weight_decay: float = 5e-4,
+                 objective: Objective | None = None, num_old_classes: int = 0,
+                 weight_decay: float = 5e-4,
                  level2_optimizer: keras.optimizers.Optimizer | None = None, **kwargs):
         super().__init__(**kwargs)
         if (teacher is None) != (num_old_classes == 0):
@@ -73,18 +76,21 @@ class IncrementalLearner(keras.Model):
         self.teacher = teacher
         if teacher is not None:
             teacher.trainable = False
+        self.objective = objective or CrossEntropy()
         self.num_old_classes = num_old_classes
-        self.less_forget_weight = float(less_forget_weight)
-        self.margin = float(margin)
-        self.top_k = int(top_k)
         self.weight_decay = float(weight_decay)
         self.level2_optimizer = (precision.with_loss_scaling(level2_optimizer, network)
                                  if level2_optimizer is not None else None)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.ce_tracker = keras.metrics.Mean(name="ce")
-        self.less_forget_tracker = keras.metrics.Mean(name="less_forget")
-        self.margin_ranking_tracker = keras.metrics.Mean(name="margin_ranking")
+        self.term_trackers = [keras.metrics.Mean(name=name) for name in self.objective.names]
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # Models of the backbones' level outputs, for objectives that read them;
+        # kept out of Keras' tracking (they share the backbones' weights).
+        self._taps = types.SimpleNamespace(by_network={})
+        if self.objective.uses_level_maps:
+            for model in (network, teacher):
+                if model is not None:
+                    self._taps.by_network[id(model)] = level_taps(backbone_of(model))
         self._level2_function = None
         # The wrapped network is built; saving the learner (epoch checkpoints)
         # needs Keras to know it.
@@ -92,8 +98,7 @@ class IncrementalLearner(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.ce_tracker, self.less_forget_tracker,
-                self.margin_ranking_tracker, self.accuracy_tracker]
+        return [self.loss_tracker, *self.term_trackers, self.accuracy_tracker]
 
     def level1_variables(self) -> list:
         return variable_groups(self.network).level1
@@ -126,36 +131,30 @@ class IncrementalLearner(keras.Model):
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    def _outputs(self, network: keras.Model, images, training: bool) -> Outputs:
+        if not self.objective.uses_level_maps:
+            return Outputs(network, backbone_of(network)(images, training=training))
+        out = self._taps.by_network[id(network)](images, training=training)
+        return Outputs(network, out["features"], out["maps"])
+
     def level1_losses(self, images, labels, training=True):
-        """Level-1 loss terms. Returns (total, ce, less_forget, margin_ranking, logits).
+        """Level-1 loss. Returns `(total, terms, logits)`, `terms` by the objective's names.
 
         Each term is this replica's share of the mean over the global batch;
         on one device, the batch mean.
         """
-        features = backbone_of(self.network)(images, training=training)
-        classifier = classifier_of(self.network)
-        cosines = classifier.cosine(features)
-        logits = classifier.sigma * cosines
+        student = self._outputs(self.network, images, training)
+        teacher = (None if self.teacher is None
+                   else self._outputs(self.teacher, images, training=False))
         global_batch = distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
-        ce = distribute.share_of_mean(
-            tf.reduce_sum(losses.cross_entropy_per_example(labels, logits)), global_batch)
-        lf = tf.zeros((), tf.float32)
-        mr = tf.zeros((), tf.float32)
-        if self.teacher is not None:
-            old_features = backbone_of(self.teacher)(images, training=False)
-            lf = self.less_forget_weight * distribute.share_of_mean(
-                tf.reduce_sum(losses.less_forget_per_example(features, old_features)),
-                global_batch)
-            hinge_sum, pairs = losses.margin_ranking_terms(
-                cosines, labels, self.num_old_classes, self.margin, self.top_k)
-            mr = distribute.share_of_mean(hinge_sum, distribute.global_sum(pairs))
-        return ce + lf + mr, ce, lf, mr, logits
+        terms, logits = self.objective.level1_terms(labels, student, teacher, global_batch)
+        return tf.add_n(list(terms.values())), terms, logits
 
     def train_step(self, data):
         images, labels = data
         variables = self.level1_variables()
         with tf.GradientTape() as tape:
-            total, ce, lf, mr, logits = self.level1_losses(images, labels)
+            total, terms, logits = self.level1_losses(images, labels)
             scaled = self.optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, variables)
         replicas = distribute.num_replicas()
@@ -167,19 +166,18 @@ class IncrementalLearner(keras.Model):
         self.optimizer.apply(gradients, variables)
         # The trackers sum over replicas; each step records the global-batch mean.
         self.loss_tracker.update_state(total * replicas)
-        self.ce_tracker.update_state(ce * replicas)
-        self.less_forget_tracker.update_state(lf * replicas)
-        self.margin_ranking_tracker.update_state(mr * replicas)
+        for tracker in self.term_trackers:
+            tracker.update_state(terms[tracker.name] * replicas)
         self.accuracy_tracker.update_state(labels, logits)
         return distribute.reducible_logs({m.name: m.result() for m in self.metrics})
 
     def _level2_replica_step(self, images, labels):
         variables = self.level2_variables()
         with tf.GradientTape() as tape:
-            logits = self.network(images, training=False)["logits"]
+            features = backbone_of(self.network)(images, training=False)
             global_batch = distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
-            loss = distribute.share_of_mean(
-                tf.reduce_sum(losses.cross_entropy_per_example(labels, logits)), global_batch)
+            loss = self.objective.level2_loss(labels, Outputs(self.network, features),
+                                              global_batch)
             scaled = self.level2_optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.level2_optimizer.apply(gradients, variables)
@@ -207,7 +205,7 @@ class IncrementalLearner(keras.Model):
         return run_steps if self.run_eagerly else tf.function(run_steps, reduce_retracing=True)
 
     def level2_pass(self, iterator, steps: int) -> tf.Tensor:
-        """`steps` Level-2 updates of the aggregation weights; returns their mean CE loss.
+        """`steps` Level-2 updates of the aggregation weights; returns their mean loss.
 
         Args:
             iterator: over batched `(images, labels)` of the class-balanced
@@ -224,7 +222,7 @@ class IncrementalLearner(keras.Model):
         return self._level2_function(iterator, tf.constant(steps, tf.int32))
 
     def level2_step(self, images, labels) -> tf.Tensor:
-        """One Level-2 update of the aggregation weights on one batch; returns the CE loss."""
+        """One Level-2 update of the aggregation weights on one batch; returns its loss."""
         if self.level2_optimizer is None:
             raise ValueError("This learner has no Level-2 optimizer.")
         dataset = tf.data.Dataset.from_tensors((images, labels))

@@ -1,4 +1,4 @@
-"""The incremental network: a backbone and a growing cosine classifier.
+"""The incremental network: a backbone and a growing classifier (the host's head).
 
 The network maps images `(b, H, W, 3)` (float pixel values) to a dict
 `{"logits": (b, num_classes), "features": (b, d)}`. Logit column i is the
@@ -15,19 +15,23 @@ import numpy as np
 
 from aanets_tf.aggregation import Aggregation
 from aanets_tf.backbones import ARCHITECTURES, Backbone
-from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
+from aanets_tf.cosine_classifier import CosineClassifier
 
 
-def build_network(backbone: Backbone, num_old_classes: int, num_new_classes: int,
-                  name: str = "network") -> keras.Model:
-    """Stack a cosine classifier on `backbone`."""
+def build_network(backbone: Backbone, num_old_classes: int = 0, num_new_classes: int = 0,
+                  name: str = "network", head: keras.layers.Layer | None = None) -> keras.Model:
+    """Stack a classifier on `backbone`: `head` (a layer named "classifier", e.g. a host's,
+    `aanets_tf.hosts`), else a cosine classifier of the given class counts."""
+    if head is None:
+        # float32 whatever the dtype policy: normalisation and sigma-scaled logits.
+        head = CosineClassifier(num_old_classes, num_new_classes, name="classifier",
+                                dtype="float32")
+    if head.name != "classifier":
+        raise ValueError(f"The head must be named 'classifier'. Received: name={head.name!r}")
     # === Functional Model ===
     inputs = keras.Input(shape=backbone.input_shape[1:], name="images")
     features = backbone(inputs)
-    # float32 whatever the dtype policy: normalisation and sigma-scaled logits.
-    logits = CosineClassifier(num_old_classes, num_new_classes, name="classifier",
-                              dtype="float32")(features)
-    return keras.Model(inputs, {"logits": logits, "features": features}, name=name)
+    return keras.Model(inputs, {"logits": head(features), "features": features}, name=name)
 
 
 def backbone_of(network: keras.Model) -> Backbone:
@@ -39,7 +43,8 @@ def backbone_of(network: keras.Model) -> Backbone:
     return found[0]
 
 
-def classifier_of(network: keras.Model) -> CosineClassifier:
+def classifier_of(network: keras.Model) -> keras.layers.Layer:
+    """The network's head: a `CosineClassifier`, or a host's (e.g. PODNet's)."""
     return network.get_layer("classifier")
 
 
@@ -83,26 +88,26 @@ def upgrade_legacy_network(network: keras.Model) -> keras.Model:
 
 def grow_network(previous: keras.Model, backbone: Backbone, num_new_classes: int,
                  new_class_features: np.ndarray, new_class_labels: np.ndarray,
-                 name: str = "network") -> keras.Model:
-    """The next phase's network: old class weights copied and frozen, new ones imprinted.
+                 name: str = "network", seed: int = 0) -> keras.Model:
+    """The next phase's network: the previous head's classes kept (frozen), new ones
+    imprinted (the head's own `continue_from`).
 
     Args:
         previous: the last phase's network (its classifier supplies the old rows
-            and sigma).
+            and the scale).
         backbone: the backbone for the new phase (already holding its weights).
         num_new_classes: classes the new phase adds.
         new_class_features: `(n, d)` features of the new classes' training images.
         new_class_labels: `(n,)` class index within the new phase, in
             `[0, num_new_classes)`.
+        seed: seeds any randomness of the imprinting.
     """
     old_head = classifier_of(previous)
-    old_weights = keras.ops.convert_to_numpy(old_head.class_weights())
-    network = build_network(backbone, old_head.num_classes, num_new_classes, name=name)
-    head = classifier_of(network)
-    head.old_weights.assign(old_weights)
-    head.new_weights.assign(imprint_weights(new_class_features, new_class_labels,
-                                            num_new_classes, old_weights))
-    head.sigma.assign(old_head.sigma)
+    config = {**old_head.get_config(), "num_old_classes": old_head.num_classes,
+              "num_new_classes": num_new_classes}
+    network = build_network(backbone, name=name, head=type(old_head).from_config(config))
+    classifier_of(network).continue_from(old_head, new_class_features, new_class_labels,
+                                         seed=seed)
     return network
 
 

@@ -1,14 +1,18 @@
 """The steps of one phase, in the order `incremental.run` takes them.
 
 1. `phase_data`: the phase's training images (new classes) and the exemplars kept.
-2. `build_phase_network`: phase 0's ResNet, or the previous network grown by the
-   new classes (an AANet from the phase-0 ResNet in `dual` mode).
-3. `make_learner`, `train_phase`: Level 1 and Level 2 against the frozen previous
-   network, with epoch checkpoints.
-4. `select_exemplars`: herding on the new classes, written as encoded images.
+2. `build_phase_network`: phase 0's ResNet with the host's head, or the previous
+   network grown by the new classes (an AANet from the phase-0 ResNet in `dual`
+   mode).
+3. `make_learner`, `train_phase`: Level 1 (the host's loss terms) and Level 2
+   against the frozen previous network, with epoch checkpoints.
+4. `select_exemplars`: herding on the new classes, written as encoded images;
+   then `after_exemplars`, the host's step on the class-balanced memory
+   (PODNet: fine-tuning of the head).
 5. `evaluate_phase`: CNN and NME accuracy on every class seen so far.
 6. `export_phase_model`: the phase's SavedModel (after its checkpoint).
 
+The method (`config.host`) enters only through `aanets_tf.hosts.host_for`.
 Each step takes plain values, so the throughput benchmark and the tests build a
 phase's learner exactly as a run does.
 """
@@ -33,9 +37,9 @@ from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
 from aanets_tf.exemplar_store import ExemplarSource, exemplar_path, write_exemplars
 from aanets_tf.herding import ExemplarMemory
+from aanets_tf.hosts import host_for
 from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                step_schedule)
-from aanets_tf.losses import less_forget_weight
 from aanets_tf.network import backbone_of, build_network, grow_network
 from aanets_tf.progress import PhaseProgress
 
@@ -145,23 +149,25 @@ def next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> Bac
     if config.branch_mode == "dual" and not backbone.is_aanet:
         return aanet_from_resnet(backbone, learnable_aggregation=config.aggregation_learnable,
                                  initial_aggregation=config.initial_aggregation,
+                                 stable_block=config.stable_block,
                                  name=f"aanet_phase{phase}")
     return clone_backbone(backbone, name=f"{backbone.name.split('_phase')[0]}_phase{phase}")
 
 
 def build_phase_network(config: TrainConfig, data: PhaseData, previous: keras.Model | None,
                         image_size: int, infer) -> keras.Model:
-    """Phase 0: a ResNet with a cosine classifier. Later: the next backbone, with the old
-    classifier rows copied and the new ones imprinted from the new classes' features."""
+    """Phase 0: a ResNet with the host's head. Later: the next backbone, with the head's
+    old classes copied and the new ones imprinted from the new classes' features."""
     if data.phase == 0:
         backbone = build_resnet(config.arch, (image_size, image_size, 3), name="resnet_phase0")
-        network = build_network(backbone, 0, len(data.new_classes), name="network_phase0")
+        network = build_network(backbone, name="network_phase0",
+                                head=host_for(config).classifier(0, len(data.new_classes)))
     else:
         backbone = next_backbone(config, previous, data.phase)
         features = infer(backbone, data.new.source, data.new.positions)
         network = grow_network(previous, backbone, len(data.new_classes), features,
                                data.new.targets - data.num_old,
-                               name=f"network_phase{data.phase}")
+                               name=f"network_phase{data.phase}", seed=config.seed + data.phase)
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         distribute.synchronize_batch_norm(network)
     return network
@@ -193,13 +199,11 @@ def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Mode
     if level2_steps:
         level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, level2_steps),
                                       momentum=config.aggregation_momentum)
-    num_new = len(data.new_classes)
-    learner = IncrementalLearner(
-        network, previous, num_old_classes=data.num_old,
-        less_forget_weight=(less_forget_weight(config.lambda_base, data.num_old, num_new)
-                            if data.num_old else 0.0),
-        margin=config.margin, top_k=config.top_k, weight_decay=config.weight_decay,
-        level2_optimizer=level2)
+    objective = host_for(config).objective(network, previous, data.num_old,
+                                           len(data.new_classes))
+    learner = IncrementalLearner(network, previous, objective=objective,
+                                 num_old_classes=data.num_old,
+                                 weight_decay=config.weight_decay, level2_optimizer=level2)
     steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
     learner.compile(
         optimizer=keras.optimizers.SGD(_schedule(config, config.learning_rate, steps),
@@ -280,6 +284,21 @@ def select_exemplars(config: TrainConfig, memory: ExemplarMemory, data: PhaseDat
                      for c in data.new_classes},
                     {int(c): int(position[c]) for c in data.new_classes}, per_class)
     return per_class
+
+
+def after_exemplars(config: TrainConfig, network: keras.Model, exemplars: ExemplarSource,
+                    per_class: int, phase: int, infer, log: Callable[[str], None]) -> dict:
+    """The host's step on the class-balanced memory: `per_class` exemplars of every seen
+    class and their mirror images. Returns what it records (empty: the host has none)."""
+
+    def memory():
+        backbone = backbone_of(network)
+        kept = exemplars.positions(per_class)
+        features = np.concatenate([infer(backbone, exemplars, kept),
+                                   infer(backbone, exemplars, kept, flip=True)])
+        return features, np.tile(exemplars.class_positions[kept], 2)
+
+    return host_for(config).after_exemplars(network, memory, phase, log) or {}
 
 
 # === 5. Evaluation ===

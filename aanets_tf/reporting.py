@@ -98,7 +98,8 @@ def _fmt(value) -> str:
 
 def summary_table(metrics: dict) -> str:
     """A one-screen plain-text summary of a run."""
-    lines = [f"dataset={metrics['dataset']}  branch_mode={metrics['branch_mode']}  "
+    lines = [f"dataset={metrics['dataset']}  host={metrics.get('host', 'lucir')}  "
+             f"branch_mode={metrics['branch_mode']}  "
              f"aggregation={metrics.get('aggregation', '-')}",
              f"{'phase':>5} {'classes':>7} {'CNN':>7} {'NME':>7} {'old':>7} {'new':>7} "
              f"{'seconds':>8}  aggregation weights"]
@@ -110,8 +111,9 @@ def summary_table(metrics: dict) -> str:
                      f"{_fmt(p['new_accuracy']):>7} {p['train_seconds']:>8.1f}  {alpha_text}")
     avg = metrics.get("average_incremental_accuracy") or {}
     fgt = metrics.get("forgetting") or {}
+    headline = metrics.get("headline", "cnn")
     lines.append(f"average incremental accuracy: CNN {_fmt(avg.get('cnn'))}  "
-                 f"NME {_fmt(avg.get('nme'))}")
+                 f"NME {_fmt(avg.get('nme'))}  (headline: {headline.upper()})")
     lines.append(f"forgetting: CNN {_fmt(fgt.get('cnn'))}  NME {_fmt(fgt.get('nme'))}")
     return "\n".join(lines)
 

@@ -18,17 +18,14 @@ import os
 
 import numpy as np
 
-from aanets_tf.config import TrainConfig
+from aanets_tf.config import AGGREGATION_MODES, BRANCH_MODES, HOSTS, STABLE_BLOCKS, TrainConfig
 
-HOSTS = ("icarl", "lucir", "podnet")
 HOST_NAMES = {"icarl": "iCaRL", "lucir": "LUCIR", "podnet": "PODNet"}
 # config.json written before the host and stable-block settings existed ran
 # LUCIR with the scaled (phase-0) stable block.
 DEFAULT_HOST = "lucir"
 DEFAULT_STABLE_BLOCK = "scaled"
-STABLE_BLOCKS = ("scaled", "plastic")
-BRANCH_MODES = ("single", "dual")
-AGGREGATIONS = ("learned", "fixed")
+AGGREGATIONS = AGGREGATION_MODES
 MISSING = "—"
 
 # Settings that say where a run lives or how fast it ran, not what it computed;

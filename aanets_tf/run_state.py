@@ -23,6 +23,7 @@ from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
 from aanets_tf.exemplar_store import CorruptExemplarsError, ExemplarSource, exemplar_path
 from aanets_tf.herding import ExemplarMemory
+from aanets_tf.hosts import host_for
 
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
@@ -31,7 +32,7 @@ RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "
 
 # Settings without effect in the single-branch baseline (it has no aggregation weights).
 AGGREGATION_KEYS = ("aggregation", "aggregation_lr", "aggregation_momentum",
-                    "initial_aggregation")
+                    "initial_aggregation", "stable_block")
 
 
 class WorkdirConflictError(RuntimeError):
@@ -152,6 +153,9 @@ def assemble_metrics(config: TrainConfig, data, plan: PhasePlan, state: RunState
         "eval_split": eval_split,
         "class_order": [int(c) for c in plan.class_order],
         "label_names": list(data.label_names),
+        "host": config.host,
+        # The accuracy the host reports (iCaRL: NME; LUCIR, PODNet: CNN).
+        "headline": host_for(config).headline,
         "branch_mode": config.branch_mode,
         "aggregation": config.aggregation,
         "phases": phases,

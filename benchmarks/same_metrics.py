@@ -4,9 +4,10 @@ r"""Do two runs' metrics.json agree, timings aside? The check behind "figures un
 
 Run the same flagfile with --deterministic from two commits (e.g. a `git
 worktree` of each), then compare: exit 0 when every value agrees exactly once
-timings are removed and loss names written before they were spelled out
-(`lf`, `mr`) are read under their current names; exit 1 with the differing
-fields otherwise.
+timings are removed, loss names written before they were spelled out
+(`lf`, `mr`) are read under their current names and the host's keys of a
+LUCIR run (`host`, `headline`, written since hosts can be chosen) are set
+aside; exit 1 with the differing fields otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def comparable(path: str) -> dict:
         metrics = json.load(f)
     for phase in metrics.get("phases", []):
         phase["final_losses"] = current_loss_names(phase.get("final_losses") or {})
+    if (metrics.get("host", "lucir"), metrics.get("headline", "cnn")) == ("lucir", "cnn"):
+        metrics.pop("host", None)
+        metrics.pop("headline", None)
     return without_timings(metrics)
 
 

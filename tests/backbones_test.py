@@ -216,7 +216,7 @@ def test_backbone_describes_itself_and_clones(resnet, tmp_path):
     assert aanet.get_config() == {
         "name": "aanet_phase1", "trainable": True, "arch": "resnet8", "branches": "dual",
         "image_shape": list(INPUT_SHAPE), "learnable_aggregation": True,
-        "initial_aggregation": 0.3}
+        "initial_aggregation": 0.3, "stable_block": "scaled"}
     assert get_architecture("resnet32").feature_dim == 64
     assert get_architecture("resnet18").num_levels == 4
     assert set(backbones.ARCHITECTURES) >= {"resnet8", "resnet32", "resnet18"}
@@ -240,3 +240,22 @@ def test_backbone_describes_itself_and_clones(resnet, tmp_path):
     assert restored.get_config() == aanet.get_config()
     np.testing.assert_allclose(_np(restored(x, training=False)), _np(aanet(x, training=False)),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_two_plastic_blocks_ablation(resnet):
+    x = _images(4, seed=8)
+    expected = _np(resnet(x, training=False))
+    aanet = aanet_from_resnet(resnet, learnable_aggregation=False, stable_block="plastic")
+    np.testing.assert_allclose(_np(aanet(x, training=False)), expected, atol=1e-4)
+    assert not any(isinstance(layer, StableConv2D) for layer in aanet._flatten_layers())
+    # Both branches and the stem train; only the (fixed) aggregation weights do not.
+    frozen = [v.path for v in aanet.weights if not v.trainable
+              and v.path.rsplit("/", 1)[-1] not in ("moving_mean", "moving_variance")]
+    assert frozen and all(p.rsplit("/", 1)[-1] == "alpha" for p in frozen)
+    assert any("stable_level1" in v.path for v in aanet.trainable_weights)
+    assert any("stem" in v.path for v in aanet.trainable_weights)
+    clone = clone_backbone(aanet)
+    assert clone.get_config()["stable_block"] == "plastic"
+    np.testing.assert_allclose(_np(clone(x, training=False)), expected, atol=1e-4)
+    with pytest.raises(ValueError, match="stable_block='frozen'"):
+        build_aanet("resnet8", INPUT_SHAPE, stable_block="frozen")

@@ -36,6 +36,7 @@ def phase1_learner(input_shape: tuple, *, num_old: int = 2, num_new: int = 2,
     import numpy as np
 
     from aanets_tf.backbones import aanet_from_resnet, build_resnet
+    from aanets_tf.hosts.lucir import LucirObjective
     from aanets_tf.learner import IncrementalLearner
     from aanets_tf.network import build_network, grow_network
 
@@ -48,7 +49,7 @@ def phase1_learner(input_shape: tuple, *, num_old: int = 2, num_new: int = 2,
     level2 = (keras.optimizers.SGD(level2_learning_rate) if level2_learning_rate is not None
               else None)
     learner = IncrementalLearner(network, teacher, num_old_classes=num_old,
-                                 less_forget_weight=less_forget_weight,
+                                 objective=LucirObjective(num_old, less_forget_weight),
                                  weight_decay=weight_decay, level2_optimizer=level2)
     learner.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum),
                     jit_compile=jit_compile)

@@ -15,10 +15,13 @@ def test_setting_summary_names_what_runs_and_where():
                                                memory_budget=2000, workdir="runs/x"))
     assert "cifar10 from /data" in text
     assert "2000 exemplars in all" in text
-    assert "AANets (stable + plastic blocks, learned aggregation)" in text
+    assert "LUCIR with AANets (stable + plastic blocks, learned aggregation)" in text
+    assert "headline accuracy CNN" in text
     assert text.splitlines()[-1].endswith("runs/x")
-    single = console.setting_summary(TrainConfig(branch_mode="single", num_phases=3))
-    assert "single branch (LUCIR)" in single and "3 phases" in single
+    single = console.setting_summary(TrainConfig(branch_mode="single", num_phases=3,
+                                                 host="icarl"))
+    assert "iCaRL, single branch" in single and "3 phases" in single
+    assert "headline accuracy NME" in single
     assert "20 exemplars per class" in single
 
 

@@ -50,10 +50,13 @@ def test_metrics_json_schema(finished_run):
             assert 0.0 <= p[key] <= 100.0
         assert p["train_seconds"] > 0
         timings = p["timings"]
-        assert set(timings) == {"level1", "level2", "herding", "evaluation", "export"}
+        assert set(timings) == {"level1", "level2", "herding", "host_step", "evaluation",
+                                "export"}
+        assert "finetune_losses" not in p  # LUCIR has no step after herding
         assert all(v >= 0 for v in timings.values()) and timings["export"] == 0.0  # no export
         assert timings["level1"] + timings["level2"] == pytest.approx(p["train_seconds"])
-        assert timings["herding"] + timings["evaluation"] == pytest.approx(p["eval_seconds"])
+        assert (timings["herding"] + timings["host_step"] + timings["evaluation"]
+                == pytest.approx(p["eval_seconds"]))
     # Level 2 runs in phase 1 only, and takes part of its training time.
     assert phase0["timings"]["level2"] == 0.0
     assert 0.0 < phase1["timings"]["level2"] < phase1["train_seconds"]
@@ -103,6 +106,40 @@ def test_changed_configuration_is_refused(finished_run, data):
     config, _ = finished_run
     with pytest.raises(run_state.WorkdirConflictError, match=r"margin: 0.5 -> 0.3"):
         incremental.run(config.replace(margin=0.3), data=data, verbose=0, log=lambda _: None)
+
+
+@pytest.mark.parametrize("host", ["icarl", "podnet"])
+def test_other_hosts_run_export_resume_and_own_their_workdir(host, data, tmp_path):
+    from aanets_tf import serving
+
+    workdir = str(tmp_path / host)
+    extra = dict(proxies_per_class=2, finetune_epochs=3) if host == "podnet" else {}
+    config = TrainConfig(**{**TINY, "export": True}, host=host, workdir=workdir, **extra)
+    results = incremental.run(config, data=data, verbose=0, log=lambda _: None)
+    assert results["host"] == host
+    assert results["headline"] == ("nme" if host == "icarl" else "cnn")
+    losses = set(results["phases"][1]["final_losses"])
+    assert losses >= ({"ce", "distillation"} if host == "icarl"
+                      else {"nca", "pod_spatial", "pod_flat"})
+    if host == "podnet":
+        assert len(results["phases"][1]["finetune_losses"]) == 3
+        assert "finetune_losses" not in results["phases"][0]
+    # Each phase's SavedModel serves the run's classes.
+    for version in (1, 2):
+        path = os.path.join(workdir, "export", "aanets", str(version))
+        assert len(serving.read_classes(path)["class_ids"]) == 4 + 2 * (version - 1)
+    # A run that stopped after phase 0 finishes phase 1 from its checkpoint.
+    for name in os.listdir(checkpointing.checkpoint_dir(workdir)):
+        if name.startswith("phase_1"):
+            os.remove(os.path.join(checkpointing.checkpoint_dir(workdir), name))
+    lines = []
+    resumed = incremental.run(config, data=data, verbose=0, log=lines.append)
+    assert any("Resuming" in line and "after phase 0" in line for line in lines)
+    assert [p["phase"] for p in resumed["phases"]] == [0, 1]
+    # Another host's run is refused in this workdir.
+    with pytest.raises(run_state.WorkdirConflictError, match=f"host: '{host}' -> 'lucir'"):
+        incremental.run(TrainConfig(**TINY, workdir=workdir), data=data, verbose=0,
+                        log=lambda _: None)
 
 
 def test_run_from_before_a_setting_existed_resumes_with_its_default(finished_run, data,

@@ -51,7 +51,8 @@ def learner():
 
 def test_level1_losses_at_creation(learner):
     images, labels = _batch()
-    total, ce, lf, mr, logits = learner.level1_losses(images, labels, training=False)
+    total, terms, logits = learner.level1_losses(images, labels, training=False)
+    ce, lf, mr = terms["ce"], terms["less_forget"], terms["margin_ranking"]
     # The AANet starts from the teacher's ResNet, so the less-forget term is ~0.
     assert abs(float(lf)) < 1e-5
     assert float(ce) > 0.0 and float(mr) >= 0.0

@@ -36,7 +36,7 @@ def test_hand_example_soft_maximum_over_proxies():
     head.build((None, 2))
     # Class 0: proxies e1 and e2; class 1: proxies -e1 and -e1 * 5 (same direction).
     head.new_proxies.assign(np.array([[1.0, 0.0, -1.0, -5.0], [0.0, 1.0, 0.0, 0.0]], "float32"))
-    out = _np(head(np.array([[2.0, 0.0]], "float32")))
+    out = _np(head.similarities(np.array([[2.0, 0.0]], "float32")))
     # Class 0: cosines (1, 0), softmax weights (e, 1) / (e + 1) -> e / (e + 1).
     # Class 1: cosines (-1, -1) -> -1.
     np.testing.assert_allclose(out, [[math.e / (math.e + 1), -1.0]], rtol=1e-6)
@@ -48,7 +48,7 @@ def test_hand_example_soft_maximum_over_proxies():
 def test_matches_numpy_and_shapes(num_old, num_new, k):
     head = _head(num_old, num_new, k=k)
     features = np.random.RandomState(1).normal(size=(6, 5)).astype("float32")
-    out = _np(head(features))
+    out = _np(head.similarities(features))
     assert out.shape == (6, num_old + num_new)
     assert head.compute_output_shape((6, 5)) == (6, num_old + num_new)
     assert _np(head.proxy_similarities(features)).shape == (6, num_old + num_new, k)
@@ -62,7 +62,7 @@ def test_one_proxy_per_class_is_the_cosine_classifier():
     features = np.random.RandomState(2).normal(size=(4, 5)).astype("float32")
     f = features / np.linalg.norm(features, axis=1, keepdims=True)
     w = _np(head.proxies())
-    np.testing.assert_allclose(_np(head(features)), f @ (w / np.linalg.norm(w, axis=0)),
+    np.testing.assert_allclose(_np(head.similarities(features)), f @ (w / np.linalg.norm(w, axis=0)),
                                rtol=1e-5, atol=1e-6)
 
 
@@ -70,14 +70,14 @@ def test_old_proxies_come_first_and_scale_is_not_applied_in_call():
     head = _head(2, 1, k=2)
     np.testing.assert_array_equal(_np(head.proxies())[:, :4], _np(head.old_proxies))
     features = np.random.RandomState(3).normal(size=(3, 5)).astype("float32")
-    before = _np(head(features))
+    before = _np(head.similarities(features))
     head.scale.assign(7.0)
-    np.testing.assert_allclose(_np(head(features)), before)
+    np.testing.assert_allclose(_np(head.similarities(features)), before)
 
 
 def test_zero_feature_gives_finite_zero_similarities():
     head = _head(1, 2)
-    out = _np(head(np.zeros((2, 5), "float32")))
+    out = _np(head.similarities(np.zeros((2, 5), "float32")))
     np.testing.assert_array_equal(out, 0.0)
 
 
@@ -90,14 +90,14 @@ def test_trainability_through_the_nca_loss():
     labels = np.array([0, 1, 2, 3, 2, 3])
     old_before, new_before = _np(head.old_proxies).copy(), _np(head.new_proxies).copy()
     with tf.GradientTape() as tape:
-        loss = podnet_losses.nca_loss(head(features), labels, margin=0.6, scale=head.scale)
+        loss = podnet_losses.nca_loss(head.similarities(features), labels, margin=0.6, scale=head.scale)
     grads = tape.gradient(loss, head.trainable_weights)
     assert all(g is not None and np.all(np.isfinite(_np(g))) for g in grads)
     keras.optimizers.SGD(0.5).apply(grads, head.trainable_weights)
     np.testing.assert_array_equal(_np(head.old_proxies), old_before)
     assert not np.allclose(_np(head.new_proxies), new_before)
     assert float(_np(head.scale)) != 1.0
-    later = podnet_losses.nca_loss(head(features), labels, margin=0.6, scale=head.scale)
+    later = podnet_losses.nca_loss(head.similarities(features), labels, margin=0.6, scale=head.scale)
     assert _np(later) < _np(loss)
 
 
@@ -234,7 +234,7 @@ def test_imprinted_proxies_classify_their_own_class():
     head = LocalSimilarityClassifier(0, 3, proxies_per_class=4)
     head.build((None, 8))
     head.new_proxies.assign(imprint_proxies(features, labels, 3, 4))
-    accuracy = np.mean(np.argmax(_np(head(features.astype("float32"))), axis=1) == labels)
+    accuracy = np.mean(np.argmax(_np(head.similarities(features.astype("float32"))), axis=1) == labels)
     assert accuracy > 0.9
 
 

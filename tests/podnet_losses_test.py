@@ -257,11 +257,24 @@ def test_nca_gradient_reaches_similarities_and_a_learnable_scale():
     assert _np(g_scale) != 0.0
     # Raising the target's similarity lowers the loss: negative gradient at the targets.
     assert np.all(_np(g_s)[np.arange(6), labels] < 0)
-    # Numeric check of d loss / d scale.
+    # d loss / d scale is that of the margin-free loss: the margin's term does not
+    # train the scale (numeric check with margin 0).
     eps = 1e-3
-    up = _np(pod.nca_loss(s, labels, scale=2.0 + eps, hinge=False))
-    down = _np(pod.nca_loss(s, labels, scale=2.0 - eps, hinge=False))
+    up = _np(pod.nca_loss(s, labels, margin=0.0, scale=2.0 + eps, hinge=False))
+    down = _np(pod.nca_loss(s, labels, margin=0.0, scale=2.0 - eps, hinge=False))
     np.testing.assert_allclose(_np(g_scale), (up - down) / (2 * eps), rtol=1e-2)
+
+
+def test_nca_margin_does_not_drive_the_scale_through_zero():
+    # Every similarity near 0, below the margin: the state at the start of training.
+    s = tf.constant(np.full((4, 3), 0.01, np.float32))
+    labels = np.array([0, 1, 2, 0])
+    scale = tf.Variable(1.0)
+    with tf.GradientTape() as tape:
+        loss = pod.nca_loss(s, labels, margin=0.6, scale=scale)
+    # With the margin's term trained too, d loss / d scale would be +0.6 (eta shrinks
+    # towards 0 and below); here it is the margin-free gradient, 0 for equal similarities.
+    np.testing.assert_allclose(_np(tape.gradient(loss, scale)), 0.0, atol=1e-6)
 
 
 def test_nca_extreme_similarities_stay_finite():

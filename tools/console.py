@@ -61,15 +61,18 @@ def setting_summary(config) -> str:
     phases = "all" if not config.num_phases else str(config.num_phases)
     memory = (f"{config.memory_budget} exemplars in all" if config.memory_budget
               else f"{config.exemplars_per_class} exemplars per class")
-    method = ("AANets (stable + plastic blocks, "
+    from aanets_tf.hosts import host_for
+
+    host = host_for(config)
+    method = (f"{host.display_name} with AANets (stable + plastic blocks, "
               f"{config.aggregation} aggregation)" if config.branch_mode == "dual"
-              else "single branch (LUCIR)")
+              else f"{host.display_name}, single branch")
     return "\n".join([
         f"data      {config.dataset}"
         + (f" from {config.data_dir}" if config.data_dir else ""),
         f"protocol  {config.num_base_classes} base classes + {config.classes_per_phase} per "
         f"phase, {phases} phases, {memory}, class order seed {config.seed}",
-        f"model     {config.arch}, {method}",
+        f"model     {config.arch}, {method}; headline accuracy {host.headline.upper()}",
         f"training  {config.epochs} epochs per phase, batch {config.batch_size}, "
         f"learning rate {config.learning_rate:g}, {config.mixed_precision}",
         f"workdir   {os.path.abspath(config.workdir)}",

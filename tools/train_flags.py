@@ -11,8 +11,8 @@ import re
 
 from absl import app, flags
 
-from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, LR_SCHEDULES, PRECISIONS,
-                              STRATEGIES, TrainConfig)
+from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, HOSTS, LR_SCHEDULES,
+                              PRECISIONS, STABLE_BLOCKS, STRATEGIES, TrainConfig)
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, imagenet2012, ...), or "
@@ -50,11 +50,19 @@ HELP = {
     "cache_mib": "Keep a phase's decoded images in memory after the first epoch when the "
                  "dataset's images have one size and fit in this many MiB (faster for small "
                  "data; the batches are the same either way). 0 = always stream.",
+    "host": "Class-incremental method around the backbone: lucir (cosine classifier, "
+            "CE + less-forget + margin ranking), icarl (CE + KL distillation at T=2, NME "
+            "headline) or podnet (local similarity classifier, NCA + POD-spatial + POD-flat, "
+            "class-balanced fine-tuning). Settings of another host are refused.",
     "arch": "Backbone: resnet32 (CIFAR, 32x32), resnet18 (ImageNet-size inputs) or resnet8 "
             "(CIFAR layout, one block per level: smoke runs and tests).",
-    "branch_mode": "dual = AANets (stable + plastic blocks); single = plain LUCIR.",
+    "branch_mode": "dual = AANets (stable + plastic blocks); single = the host's plain "
+                   "ResNet.",
     "aggregation": "learned = Level 2 trains the aggregation weights; fixed = they stay "
                    "at --initial_aggregation (ablation).",
+    "stable_block": "dual only: scaled = frozen phase-0 kernels times learnable scales (AANets); "
+                    "plastic = a second fully trainable branch and stem (the paper's ablation "
+                    "'two plastic blocks', with --aggregation=fixed).",
     "initial_aggregation": "Initial aggregation weight alpha of every level.",
     "epochs": "Epochs per phase.",
     "batch_size": "Global batch size.",
@@ -66,6 +74,15 @@ HELP = {
     "lambda_base": "Base weight of the less-forget loss (lambda = base * sqrt(old/new)).",
     "margin": "Margin of the margin-ranking loss.",
     "top_k": "Hard negatives (new classes) per old-class sample in the margin-ranking loss.",
+    "pod_spatial_base": "PODNet: base weight of POD-spatial (x sqrt(seen/new)); 3 on "
+                        "CIFAR-100, 8 on ImageNet.",
+    "pod_flat_base": "PODNet: base weight of POD-flat (x sqrt(seen/new)); 1 on CIFAR-100, 10 on "
+                     "ImageNet.",
+    "nca_margin": "PODNet: margin of the NCA loss.",
+    "proxies_per_class": "PODNet: proxies per class of the local similarity classifier.",
+    "finetune_epochs": "PODNet: epochs of class-balanced fine-tuning of the head after each "
+                       "incremental phase (0 = none).",
+    "finetune_lr": "PODNet: learning rate of the class-balanced fine-tuning.",
     "aggregation_lr": "Level-2 SGD learning rate of the aggregation weights.",
     "aggregation_momentum": "Level-2 SGD momentum.",
     "exemplars_per_class": "Exemplars kept per class (growing memory; the paper: 20).",
@@ -88,7 +105,8 @@ HELP = {
 
 
 # Fields that take one of a few names.
-_ENUM_FIELDS = {"arch": ARCHS, "branch_mode": BRANCH_MODES, "aggregation": AGGREGATION_MODES,
+_ENUM_FIELDS = {"host": HOSTS, "arch": ARCHS, "branch_mode": BRANCH_MODES,
+                "aggregation": AGGREGATION_MODES, "stable_block": STABLE_BLOCKS,
                 "mixed_precision": PRECISIONS, "strategy": STRATEGIES,
                 "lr_schedule": LR_SCHEDULES}
 

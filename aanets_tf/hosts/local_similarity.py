@@ -6,10 +6,11 @@ Each class `c` holds `K` proxies `theta_{c,k}`. For a feature `h`:
     s_c     = sum_k softmax_k(s_{c,.}) * s_{c,k}
 
 a soft maximum over the class's proxies, so a class can cover several modes
-of the feature space. The layer returns the unscaled `s_c`; the learnable
-scale `eta` lives in the layer and multiplies the similarities inside the NCA
-loss (`podnet_losses.nca_loss(..., scale=layer.scale)`), where the margin is
-subtracted before scaling.
+of the feature space. `similarities` returns the unscaled `s_c`; the NCA loss
+takes them with the layer's learnable scale `eta`
+(`podnet_losses.nca_loss(..., scale=layer.scale)`), where the margin is
+subtracted before scaling. The layer's output (`call`) is the logits
+`eta * s_c`, whose argmax is the CNN prediction.
 
 PODNet's paper writes `s_{c,k}` as a cosine (followed here); its released code
 uses the negative squared distance of the unit vectors, `2 cos - 2`, which
@@ -38,7 +39,7 @@ class LocalSimilarityClassifier(keras.layers.Layer):
     classes of earlier phases, frozen) and `new_proxies` (the phase's classes,
     trainable), each `(feature_dim, classes * proxies_per_class)` with class
     `c`'s proxies in columns `c * K ... c * K + K - 1`. `scale` is NCA's
-    learnable `eta`, not applied in `call`.
+    learnable `eta`.
 
     The layer computes in float32 unless given another dtype: the proxy
     softmax and the cosines feed a loss and NME-style comparisons that a
@@ -50,8 +51,8 @@ class LocalSimilarityClassifier(keras.layers.Layer):
         proxies_per_class: `K` (10 in PODNet).
         initial_scale: starting value of `scale` (1 in PODNet).
 
-    Input: features `(batch, feature_dim)`. Output: similarities
-    `(batch, num_old_classes + num_new_classes)` in `[-1, 1]`, old classes first.
+    Input: features `(batch, feature_dim)`. Output: logits `scale * s_c`,
+    `(batch, num_old_classes + num_new_classes)`, old classes first.
     """
 
     def __init__(self, num_old_classes: int, num_new_classes: int, proxies_per_class: int = 10,
@@ -89,7 +90,8 @@ class LocalSimilarityClassifier(keras.layers.Layer):
         cosines = cosine_similarity(features, self.proxies())
         return ops.reshape(cosines, (-1, self.num_classes, self.proxies_per_class))
 
-    def call(self, features):
+    def similarities(self, features):
+        """Class similarities `s_c`, `(batch, num_classes)` in `[-1, 1]`, unscaled."""
         similarities = self.proxy_similarities(features)
         if self.proxies_per_class == 1:  # The cosine classifier; a size-1 softmax is 1.
             return similarities[:, :, 0]
@@ -97,6 +99,27 @@ class LocalSimilarityClassifier(keras.layers.Layer):
         # proxy gets a gradient, so the others keep tracking their modes.
         weights = ops.softmax(similarities, axis=-1)
         return ops.sum(weights * similarities, axis=-1)
+
+    def call(self, features):
+        """Logits: the similarities times the learnable scale `eta`."""
+        return self.scale * self.similarities(features)
+
+    def continue_from(self, previous: "LocalSimilarityClassifier", features: np.ndarray,
+                      labels: np.ndarray, seed: int = 0) -> None:
+        """Start a grown head: `previous`'s proxies become the old ones, the new classes'
+        are imprinted from `features` (labels in `[0, num_new_classes)`), and the
+        scale carries over."""
+        if (previous.num_classes != self.num_old_classes
+                or previous.proxies_per_class != self.proxies_per_class):
+            raise ValueError(
+                f"Cannot grow a head of {previous.num_classes} classes x "
+                f"{previous.proxies_per_class} proxies into one with {self.num_old_classes} "
+                f"old classes x {self.proxies_per_class} proxies.")
+        old = ops.convert_to_numpy(previous.proxies())
+        self.old_proxies.assign(old)
+        self.new_proxies.assign(imprint_proxies(features, labels, self.num_new_classes,
+                                                self.proxies_per_class, old, seed=seed))
+        self.scale.assign(previous.scale)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes)

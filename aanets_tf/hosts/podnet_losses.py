@@ -162,7 +162,7 @@ def nca_per_example(similarities: tf.Tensor, labels: tf.Tensor,
         margin: `delta`, subtracted from the target's similarity only
             (0.6 in PODNet's configurations).
         scale: `eta`, a float or the classifier's learnable scale variable
-            (gradients flow into it).
+            (gradients flow into it, except through the margin's term).
         hinge: clamp at zero as the paper writes it. Without the target in the
             denominator the loss can go negative; the hinge stops pushing
             samples that already beat every other class by the margin.
@@ -180,7 +180,12 @@ def nca_per_example(similarities: tf.Tensor, labels: tf.Tensor,
     # exp(-inf) = 0, so nothing undefined flows back through tf.where.
     others = tf.reduce_logsumexp(
         tf.where(is_target, tf.constant(-math.inf, tf.float32), scale * similarities), axis=-1)
-    loss = others - scale * (target - margin)
+    # The margin's term does not train the scale. At the start every similarity
+    # is near 0 and below the margin, so `-eta * (s_y - delta)` alone would
+    # push eta down through zero, after which the loss rewards the wrong class
+    # (measured: phase-0 accuracy at chance on the CPU protocol). Without it,
+    # eta's gradient is that of the margin-free NCA, as in PODNet's code.
+    loss = others - scale * target + tf.stop_gradient(scale) * margin
     return tf.nn.relu(loss) if hinge else loss
 
 

@@ -1,0 +1,135 @@
+"""The seam between the phase loop and a class-incremental method (a *host*).
+
+AANets changes the backbone; the host decides everything else that differs
+between LUCIR, iCaRL and PODNet:
+
+- `classifier(num_old, num_new)`: the head stacked on the backbone (it grows
+  itself from the previous phase's head: `continue_from`);
+- `objective(...)`: the phase's Level-1 loss terms from the student's and the
+  frozen teacher's outputs, and the loss Level 2 minimises;
+- `headline`: the classifier whose accuracy the method reports (CNN or NME);
+- `after_exemplars(...)`: a step after herding (PODNet's class-balanced
+  fine-tuning of the head); nothing for the others;
+- `options`: the `TrainConfig` fields only this host reads (a run of another
+  host refuses them, `aanets_tf.config`).
+
+The phase loop (`aanets_tf.phase`) and the learner call hosts only through
+this interface and know no method by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, ClassVar, Sequence
+
+import keras
+import tensorflow as tf
+
+from aanets_tf import distribute, losses
+
+
+@dataclasses.dataclass
+class Outputs:
+    """A network's outputs for one batch, as an objective reads them.
+
+    network: the phase's network (its head is `network.get_layer("classifier")`).
+    features: `(b, d)` pooled backbone features.
+    maps: one `(b, H, W, C)` output per residual level (only for objectives
+        with `uses_level_maps`), else None.
+    """
+    network: keras.Model
+    features: tf.Tensor
+    maps: Sequence[tf.Tensor] | None = None
+
+    @property
+    def head(self) -> keras.layers.Layer:
+        return self.network.get_layer("classifier")
+
+
+def batch_share(per_example: tf.Tensor, global_batch: tf.Tensor) -> tf.Tensor:
+    """This replica's share of a per-example term's mean over the global batch."""
+    return distribute.share_of_mean(tf.reduce_sum(tf.cast(per_example, tf.float32)),
+                                    global_batch)
+
+
+class Objective:
+    """One phase's losses. `names` are the Level-1 terms, in the order they are logged.
+
+    `level1_terms` returns `(terms, logits)`: each term is this replica's
+    share of its global-batch mean, already weighted (the Level-1 loss is
+    their sum); `logits` are the student's, for the accuracy metric.
+    """
+    names: ClassVar[tuple[str, ...]] = ()
+    uses_level_maps: ClassVar[bool] = False
+
+    def level1_terms(self, labels: tf.Tensor, student: Outputs, teacher: Outputs | None,
+                     global_batch: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        raise NotImplementedError
+
+    def level2_loss(self, labels: tf.Tensor, student: Outputs,
+                    global_batch: tf.Tensor) -> tf.Tensor:
+        """Level 2's loss (share of the global-batch mean): cross-entropy on the logits."""
+        logits = student.head(student.features)
+        return batch_share(losses.cross_entropy_per_example(labels, logits), global_batch)
+
+
+class CrossEntropy(Objective):
+    """Cross-entropy on the head's logits alone (the loss of a phase without a teacher
+    for the hosts whose phase 0 is plain classification)."""
+    names = ("ce",)
+
+    def level1_terms(self, labels, student, teacher, global_batch):
+        logits = student.head(student.features)
+        return {"ce": batch_share(losses.cross_entropy_per_example(labels, logits),
+                                  global_batch)}, logits
+
+
+class Host:
+    """A class-incremental method; subclasses set the class attributes and methods."""
+    name: ClassVar[str] = ""
+    display_name: ClassVar[str] = ""
+    headline: ClassVar[str] = "cnn"  # "cnn" or "nme"
+    # `TrainConfig` fields that only this host reads.
+    options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    def classifier(self, num_old_classes: int, num_new_classes: int) -> keras.layers.Layer:
+        """A fresh head named "classifier" (phase 0, `num_old_classes = 0`)."""
+        raise NotImplementedError
+
+    def objective(self, network: keras.Model, teacher: keras.Model | None,
+                  num_old_classes: int, num_new_classes: int) -> Objective:
+        raise NotImplementedError
+
+    def after_exemplars(self, network: keras.Model, memory: Callable[[], tuple], phase: int,
+                        log: Callable[[str], None]) -> dict | None:
+        """A step after herding. `memory()` returns the class-balanced memory's features
+        `(n, d)` and class positions `(n,)` (every seen class). Returns what to record in
+        the phase's metrics, or None."""
+        return None
+
+
+def level_taps(backbone) -> keras.Model:
+    """A model of `backbone`'s graph returning `{"maps": [level outputs], "features"}`.
+
+    It shares the backbone's layers and weights. A single-branch backbone's
+    level k output is `level{k}`'s; an AANet's is `aggregation{k}`'s, and for
+    the last level, whose aggregation runs after pooling, the same mix is
+    applied to the stable and plastic maps before pooling.
+    """
+    arch = backbone.architecture
+    maps = []
+    for k in range(1, arch.num_levels + 1):
+        if not backbone.is_aanet:
+            maps.append(backbone.get_layer(f"level{k}").output)
+        elif k < arch.num_levels:
+            maps.append(backbone.get_layer(f"aggregation{k}").output)
+        else:
+            # The layer itself (not its current value), so the map follows alpha.
+            mix = backbone.get_layer(f"aggregation{k}")
+            maps.append(mix([backbone.get_layer(f"stable_level{k}").output,
+                             backbone.get_layer(f"plastic_level{k}").output]))
+    return keras.Model(backbone.inputs[0], {"maps": maps, "features": backbone.outputs[0]},
+                       name=f"{backbone.name}_taps")

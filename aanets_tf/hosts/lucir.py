@@ -1,0 +1,69 @@
+"""LUCIR (Hou et al., CVPR 2019), the host of the paper's main results (SPEC section 4).
+
+Head: the cosine classifier (`sigma * cos`). Level 1: cross-entropy over all
+seen classes, plus against the previous model the less-forget term
+`lambda * (1 - cos(f_new, f_old))` with `lambda = lambda_base * sqrt(old / new)`
+and the margin ranking of old-class samples against their hardest new
+classes. Headline: CNN.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from aanets_tf import distribute, losses
+from aanets_tf.config import HOST_OPTIONS
+from aanets_tf.cosine_classifier import CosineClassifier
+from aanets_tf.hosts.host import Host, Objective, batch_share
+
+
+def cosine_head(num_old_classes: int, num_new_classes: int) -> CosineClassifier:
+    """LUCIR's head (iCaRL's too, in the AANets code), float32 whatever the dtype policy:
+    normalisation and sigma-scaled logits."""
+    return CosineClassifier(num_old_classes, num_new_classes, name="classifier",
+                            dtype="float32")
+
+
+class LucirObjective(Objective):
+    """CE + less-forget + margin ranking (phase 0: CE; the other two are 0)."""
+    names = ("ce", "less_forget", "margin_ranking")
+
+    def __init__(self, num_old_classes: int, less_forget_weight: float = 0.0,
+                 margin: float = 0.5, top_k: int = 2):
+        self.num_old_classes = int(num_old_classes)
+        self.less_forget_weight = float(less_forget_weight)
+        self.margin = float(margin)
+        self.top_k = int(top_k)
+
+    def level1_terms(self, labels, student, teacher, global_batch):
+        head = student.head
+        cosines = head.cosine(student.features)
+        logits = head.sigma * cosines
+        zero = tf.zeros((), tf.float32)
+        terms = {"ce": batch_share(losses.cross_entropy_per_example(labels, logits),
+                                   global_batch),
+                 "less_forget": zero, "margin_ranking": zero}
+        if teacher is not None:
+            terms["less_forget"] = self.less_forget_weight * batch_share(
+                losses.less_forget_per_example(student.features, teacher.features),
+                global_batch)
+            hinge_sum, pairs = losses.margin_ranking_terms(
+                cosines, labels, self.num_old_classes, self.margin, self.top_k)
+            terms["margin_ranking"] = distribute.share_of_mean(hinge_sum,
+                                                               distribute.global_sum(pairs))
+        return terms, logits
+
+
+class Lucir(Host):
+    name = "lucir"
+    display_name = "LUCIR"
+    headline = "cnn"
+    options = HOST_OPTIONS["lucir"]
+
+    def classifier(self, num_old_classes, num_new_classes):
+        return cosine_head(num_old_classes, num_new_classes)
+
+    def objective(self, network, teacher, num_old_classes, num_new_classes):
+        weight = (losses.less_forget_weight(self.config.lambda_base, num_old_classes,
+                                            num_new_classes) if num_old_classes else 0.0)
+        return LucirObjective(num_old_classes, weight, self.config.margin, self.config.top_k)
