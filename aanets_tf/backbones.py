@@ -81,12 +81,15 @@ BRANCH_LAYOUTS = ("single", "dual")
 # The stable branch of an AANet: frozen phase-0 kernels times learnable scales
 # (the method), or a second plastic branch (the paper's ablation).
 STABLE_BLOCKS = ("scaled", "plastic")
+# An AANet's stem: one shared by both branches (in the stable branch's form), or
+# one per branch as in the authors' code (the plastic branch's fully trainable).
+STEMS = ("shared", "per_branch")
 
 
-def _stem(arch: Architecture, stable: bool) -> Stem:
+def _stem(arch: Architecture, stable: bool, name: str = "stem") -> Stem:
     return Stem(arch.stem_filters, kernel_size=arch.stem_kernel_size,
                 strides=arch.stem_strides, max_pool=arch.stem_max_pool,
-                stable=stable, name="stem")
+                stable=stable, name=name)
 
 
 def _level(arch: Architecture, k: int, stable: bool, name: str) -> ResidualLevel:
@@ -102,9 +105,10 @@ class Backbone(keras.Model):
 
     `branches="single"` is the plain LUCIR ResNet: `stem`, `level1..levelK`,
     `pool`. `branches="dual"` is an AANet: a stable stem shared by both
-    branches, then for every level k `stable_level{k}` and `plastic_level{k}`
-    fed with the same input and mixed by `aggregation{k}` (the last level
-    after global pooling, which is equivalent by linearity and cheaper).
+    branches (or one stem per branch, `stem="per_branch"`), then for every
+    level k `stable_level{k}` and `plastic_level{k}` fed with the same input
+    and mixed by `aggregation{k}` (the last level after global pooling, which
+    is equivalent by linearity and cheaper).
 
     Args:
         arch: a name in `ARCHITECTURES`.
@@ -112,15 +116,19 @@ class Backbone(keras.Model):
         image_shape: `(H, W, 3)`; the architecture's own size when None.
         learnable_aggregation: dual only; False freezes the aggregation weights.
         initial_aggregation: dual only; the aggregation weights' start value in [0, 1].
-        stable_block: dual only; `"scaled"` (the stable blocks and the shared stem
+        stable_block: dual only; `"scaled"` (the stable blocks and the stable stem
             are frozen kernels times scales) or `"plastic"` (the paper's ablation:
-            both branches and the stem are fully trainable).
+            both branches and the stems are fully trainable).
+        stem: dual only; `"shared"`: one stem (`stem`, in the stable branch's
+            form) feeds both branches; `"per_branch"`: `stem` feeds the stable
+            branch and a fully trainable `plastic_stem` the plastic one, as in
+            the authors' code.
     """
 
     def __init__(self, arch: str, *, branches: str = "single",
                  image_shape: tuple[int, int, int] | None = None,
                  learnable_aggregation: bool = True, initial_aggregation: float = 0.5,
-                 stable_block: str = "scaled", **kwargs):
+                 stable_block: str = "scaled", stem: str = "shared", **kwargs):
         architecture = get_architecture(arch)
         if branches not in BRANCH_LAYOUTS:
             raise ValueError(f"`branches` must be one of {BRANCH_LAYOUTS}. "
@@ -128,6 +136,8 @@ class Backbone(keras.Model):
         if stable_block not in STABLE_BLOCKS:
             raise ValueError(f"`stable_block` must be one of {STABLE_BLOCKS}. "
                              f"Received: stable_block={stable_block!r}")
+        if stem not in STEMS:
+            raise ValueError(f"`stem` must be one of {STEMS}. Received: stem={stem!r}")
         if not 0.0 <= initial_aggregation <= 1.0:
             raise ValueError("`initial_aggregation` must lie in [0, 1]. "
                              f"Received: initial_aggregation={initial_aggregation}")
@@ -143,7 +153,11 @@ class Backbone(keras.Model):
                                        name="normalization")(inputs)
         dual = branches == "dual"
         scaled = dual and stable_block == "scaled"
-        x = _stem(architecture, stable=scaled)(x)
+        pixels = x
+        x = _stem(architecture, stable=scaled)(pixels)
+        # The plastic branch's input to its first level (its own stem's output).
+        plastic_x = (_stem(architecture, stable=False, name="plastic_stem")(pixels)
+                     if dual and stem == "per_branch" else x)
         # Features are pooled in float32 under a mixed-precision policy too: they
         # feed the cosine classifier, the less-forget loss, herding and NME.
         pool = keras.layers.GlobalAveragePooling2D
@@ -153,7 +167,8 @@ class Backbone(keras.Model):
                 x = _level(architecture, k, stable=False, name=f"level{k + 1}")(x)
                 continue
             stable = _level(architecture, k, stable=scaled, name=f"stable_level{k + 1}")(x)
-            plastic = _level(architecture, k, stable=False, name=f"plastic_level{k + 1}")(x)
+            plastic = _level(architecture, k, stable=False,
+                             name=f"plastic_level{k + 1}")(plastic_x if k == 0 else x)
             if last:
                 stable = pool(name="stable_pool", dtype="float32")(stable)
                 plastic = pool(name="plastic_pool", dtype="float32")(plastic)
@@ -171,6 +186,7 @@ class Backbone(keras.Model):
         self.learnable_aggregation = bool(learnable_aggregation)
         self.initial_aggregation = float(initial_aggregation)
         self.stable_block = stable_block
+        self.stem = stem
 
     @property
     def architecture(self) -> Architecture:
@@ -190,6 +206,7 @@ class Backbone(keras.Model):
             "learnable_aggregation": self.learnable_aggregation,
             "initial_aggregation": self.initial_aggregation,
             "stable_block": self.stable_block,
+            "stem": self.stem,
         }
 
     @classmethod
@@ -204,12 +221,12 @@ def build_resnet(arch: str, input_shape=None, name: str = "resnet") -> Backbone:
 
 def build_aanet(arch: str, input_shape=None, *, learnable_aggregation: bool = True,
                 initial_aggregation: float = 0.5, stable_block: str = "scaled",
-                name: str = "aanet") -> Backbone:
+                stem: str = "shared", name: str = "aanet") -> Backbone:
     """An AANet backbone (see `Backbone`, `branches="dual"`)."""
     return Backbone(arch, branches="dual", image_shape=input_shape,
                     learnable_aggregation=learnable_aggregation,
                     initial_aggregation=initial_aggregation, stable_block=stable_block,
-                    name=name)
+                    stem=stem, name=name)
 
 
 def _copy_to_stable(plain_layer, stable_layer) -> None:
@@ -225,7 +242,7 @@ def _copy_to_stable(plain_layer, stable_layer) -> None:
 
 def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
                       initial_aggregation: float = 0.5, stable_block: str = "scaled",
-                      name: str = "aanet") -> keras.Model:
+                      stem: str = "shared", name: str = "aanet") -> keras.Model:
     """Build an AANet whose stable and plastic blocks both start from a trained ResNet.
 
     Scaled stable blocks take the ResNet's kernels (frozen) with scaling
@@ -241,7 +258,7 @@ def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
     aanet = build_aanet(arch.name, resnet.image_shape,
                         learnable_aggregation=learnable_aggregation,
                         initial_aggregation=initial_aggregation, stable_block=stable_block,
-                        name=name)
+                        stem=stem, name=name)
     aanet.get_layer("normalization").set_weights(
         resnet.get_layer("normalization").get_weights())
 
@@ -252,6 +269,8 @@ def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
             twin.set_weights(plain.get_weights())
 
     copy(resnet.get_layer("stem"), aanet.get_layer("stem"))
+    if stem == "per_branch":
+        aanet.get_layer("plastic_stem").set_weights(resnet.get_layer("stem").get_weights())
     for k in range(1, arch.num_levels + 1):
         plain = resnet.get_layer(f"level{k}")
         copy(plain, aanet.get_layer(f"stable_level{k}"))

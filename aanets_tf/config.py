@@ -9,6 +9,7 @@ import math
 BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
 STABLE_BLOCKS = ("scaled", "plastic")  # as `aanets_tf.backbones.STABLE_BLOCKS`
+STEMS = ("shared", "per_branch")  # as `aanets_tf.backbones.STEMS`
 # Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
 ARCHS = ("resnet8", "resnet32", "resnet18")
 # Names of the `tf.distribute` strategies (`aanets_tf.distribute.build_strategy`).
@@ -65,6 +66,7 @@ class TrainConfig:
     aggregation: str = "learned"
     initial_aggregation: float = 0.5
     stable_block: str = "scaled"  # plastic: two plastic branches (the paper's ablation)
+    stem: str = "shared"  # per_branch: a trainable stem of the plastic branch's own
     # Level 1 (network parameters).
     epochs: int = 160
     batch_size: int = 128
@@ -131,6 +133,7 @@ class TrainConfig:
              f"must be one of {AGGREGATION_MODES}")
         need(self.stable_block in STABLE_BLOCKS, "stable_block",
              f"must be one of {STABLE_BLOCKS}")
+        need(self.stem in STEMS, "stem", f"must be one of {STEMS}")
         need(0.0 <= self.initial_aggregation <= 1.0, "initial_aggregation",
              "must lie in [0, 1]")
         need(self.epochs >= 1, "epochs", "must be >= 1")

@@ -149,7 +149,7 @@ def next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> Bac
     if config.branch_mode == "dual" and not backbone.is_aanet:
         return aanet_from_resnet(backbone, learnable_aggregation=config.aggregation_learnable,
                                  initial_aggregation=config.initial_aggregation,
-                                 stable_block=config.stable_block,
+                                 stable_block=config.stable_block, stem=config.stem,
                                  name=f"aanet_phase{phase}")
     return clone_backbone(backbone, name=f"{backbone.name.split('_phase')[0]}_phase{phase}")
 

@@ -37,7 +37,7 @@ LOCATION_KEYS = frozenset({
 # and no stable block), as in `run_state.AGGREGATION_KEYS`.
 DUAL_ONLY_KEYS = frozenset({
     "aggregation", "aggregation_lr", "aggregation_momentum", "initial_aggregation",
-    "stable_block"})
+    "stable_block", "stem"})
 # Settings that the setting or the method of a group already name, and the seed,
 # which is what varies inside a group.
 GROUPING_KEYS = frozenset({

@@ -32,7 +32,7 @@ RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "
 
 # Settings without effect in the single-branch baseline (it has no aggregation weights).
 AGGREGATION_KEYS = ("aggregation", "aggregation_lr", "aggregation_momentum",
-                    "initial_aggregation", "stable_block")
+                    "initial_aggregation", "stable_block", "stem")
 
 
 class WorkdirConflictError(RuntimeError):

@@ -18,6 +18,7 @@ two at a time take about twice as long each.
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -82,9 +83,17 @@ def main(argv):
                          {**machine.describe(), "parallel_runs": FLAGS.parallel,
                           "flagfile": os.path.relpath(FLAGS.flagfile_path, ROOT),
                           "extra_flags": FLAGS.extra})
+    # Runs still in phase 0 have no metrics.json yet: the table has nothing of them.
+    workdirs = sorted(d for d in glob.glob(os.path.join(FLAGS.runs, "*"))
+                      if os.path.isfile(os.path.join(d, "metrics.json")))
+    waiting = sorted(set(glob.glob(os.path.join(FLAGS.runs, "*"))) - set(workdirs))
+    if waiting:
+        print(f"Not in the table (no phase finished yet): {waiting}")
+    if not workdirs:
+        print(f"No run in {FLAGS.runs} has finished a phase.", file=sys.stderr)
+        return 1
     code = subprocess.call([sys.executable, os.path.join(ROOT, "tools", "report.py"),
-                            f"--output_dir={FLAGS.output_dir}",
-                            os.path.join(FLAGS.runs, "*")], cwd=os.getcwd())
+                            f"--output_dir={FLAGS.output_dir}", *workdirs], cwd=os.getcwd())
     if failed:
         print(f"Runs that failed (see their train.log): {failed}", file=sys.stderr)
     return 1 if failed or code else 0

@@ -216,7 +216,7 @@ def test_backbone_describes_itself_and_clones(resnet, tmp_path):
     assert aanet.get_config() == {
         "name": "aanet_phase1", "trainable": True, "arch": "resnet8", "branches": "dual",
         "image_shape": list(INPUT_SHAPE), "learnable_aggregation": True,
-        "initial_aggregation": 0.3, "stable_block": "scaled"}
+        "initial_aggregation": 0.3, "stable_block": "scaled", "stem": "shared"}
     assert get_architecture("resnet32").feature_dim == 64
     assert get_architecture("resnet18").num_levels == 4
     assert set(backbones.ARCHITECTURES) >= {"resnet8", "resnet32", "resnet18"}
@@ -259,3 +259,24 @@ def test_two_plastic_blocks_ablation(resnet):
     np.testing.assert_allclose(_np(clone(x, training=False)), expected, atol=1e-4)
     with pytest.raises(ValueError, match="stable_block='frozen'"):
         build_aanet("resnet8", INPUT_SHAPE, stable_block="frozen")
+
+
+def test_per_branch_stem_as_in_the_authors_code(resnet):
+    x = _images(4, seed=9)
+    expected = _np(resnet(x, training=False))
+    aanet = aanet_from_resnet(resnet, stem="per_branch")
+    np.testing.assert_allclose(_np(aanet(x, training=False)), expected, atol=1e-4)
+    stable_stem, plastic_stem = aanet.get_layer("stem"), aanet.get_layer("plastic_stem")
+    assert stable_stem.stable and not plastic_stem.stable
+    assert all(v.trainable for v in plastic_stem.weights
+               if v.path.rsplit("/", 1)[-1] not in ("moving_mean", "moving_variance"))
+    # The plastic stem feeds the plastic branch only: changing it moves the features,
+    # and with alpha = 1 (the stable branch alone at level 1) it no longer matters.
+    plastic_stem.set_weights([w * 1.5 for w in plastic_stem.get_weights()])
+    assert np.max(np.abs(_np(aanet(x, training=False)) - expected)) > 1e-3
+    aanet.get_layer("aggregation1").alpha.assign(1.0)
+    np.testing.assert_allclose(_np(aanet(x, training=False)), expected, atol=1e-4)
+    assert clone_backbone(aanet).get_config()["stem"] == "per_branch"
+    assert "plastic_stem" not in [l.name for l in aanet_from_resnet(resnet).layers]
+    with pytest.raises(ValueError, match="stem='both'"):
+        build_aanet("resnet8", INPUT_SHAPE, stem="both")

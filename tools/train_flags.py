@@ -12,7 +12,7 @@ import re
 from absl import app, flags
 
 from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, HOSTS, LR_SCHEDULES,
-                              PRECISIONS, STABLE_BLOCKS, STRATEGIES, TrainConfig)
+                              PRECISIONS, STABLE_BLOCKS, STEMS, STRATEGIES, TrainConfig)
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, imagenet2012, ...), or "
@@ -63,6 +63,9 @@ HELP = {
     "stable_block": "dual only: scaled = frozen phase-0 kernels times learnable scales (AANets); "
                     "plastic = a second fully trainable branch and stem (the paper's ablation "
                     "'two plastic blocks', with --aggregation=fixed).",
+    "stem": "dual only: shared = one stem (in the stable branch's form) feeds both "
+            "branches; per_branch = the plastic branch has its own trainable stem, as in the "
+            "authors' code.",
     "initial_aggregation": "Initial aggregation weight alpha of every level.",
     "epochs": "Epochs per phase.",
     "batch_size": "Global batch size.",
@@ -106,7 +109,7 @@ HELP = {
 
 # Fields that take one of a few names.
 _ENUM_FIELDS = {"host": HOSTS, "arch": ARCHS, "branch_mode": BRANCH_MODES,
-                "aggregation": AGGREGATION_MODES, "stable_block": STABLE_BLOCKS,
+                "aggregation": AGGREGATION_MODES, "stable_block": STABLE_BLOCKS, "stem": STEMS,
                 "mixed_precision": PRECISIONS, "strategy": STRATEGIES,
                 "lr_schedule": LR_SCHEDULES}
 
