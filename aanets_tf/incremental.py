@@ -172,12 +172,13 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
             config, state.memory, step, data.train.source, plan,
             infer(backbone, step.new.source, step.new.positions), data.label_names, log)
         herding_seconds = time.perf_counter() - start
-        host_step = phase_steps.after_exemplars(config, network, exemplars_of(phase + 1),
-                                                per_class, phase, infer, log)
-        host_seconds = time.perf_counter() - start - herding_seconds
+        memory = exemplars_of(phase + 1)
+        host_start = time.perf_counter()
+        host_step = phase_steps.after_exemplars(config, network, memory, per_class, phase,
+                                                infer, log)
+        host_seconds = time.perf_counter() - host_start
         phase_metrics, predictions = phase_steps.evaluate_phase(
-            network, step, exemplars_of(phase + 1), per_class, evaluation, plan,
-            data.label_names, infer)
+            network, step, memory, per_class, evaluation, plan, data.label_names, infer)
         eval_seconds = time.perf_counter() - start
         phase_metrics.update({
             "aggregation_weights": aggregation_weights(backbone) or None,
