@@ -157,3 +157,23 @@ def test_class_balanced_finetuning_removes_the_new_class_bias():
     assert not np.allclose(to_numpy(head.old_proxies), old_before)  # old proxies are tuned too
     with pytest.raises(ValueError, match="one target per feature"):
         finetune_head(head, features, targets[:3], epochs=1, learning_rate=0.1, batch_size=4)
+
+
+def test_a_podnet_checkpoint_loads_in_a_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    from aanets_tf import checkpointing
+    from conftest import REPO_ROOT
+
+    _, teacher, _ = _networks("podnet")
+    classifier_of(teacher).scale.assign(2.5)
+    checkpointing.save_network(teacher, str(tmp_path), 0)
+    path = checkpointing.phase_checkpoint_path(str(tmp_path), 0)
+    code = ("import sys; sys.path.insert(0, '.'); from aanets_tf import checkpointing; "
+            f"head = checkpointing.load_network({path!r}).get_layer('classifier'); "
+            "print(type(head).__name__, float(head.scale))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["LocalSimilarityClassifier", "2.5"]
