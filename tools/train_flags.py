@@ -74,9 +74,9 @@ HELP = {
     "lr_decay_factor": "Factor applied to the learning rates at each decay epoch.",
     "momentum": "Level-1 SGD momentum.",
     "weight_decay": "L2 weight decay of the Level-1 parameters.",
-    "lambda_base": "Base weight of the less-forget loss (lambda = base * sqrt(old/new)).",
-    "margin": "Margin of the margin-ranking loss.",
-    "top_k": "Hard negatives (new classes) per old-class sample in the margin-ranking loss.",
+    "lambda_base": "LUCIR: base weight of the less-forget loss (lambda = base * sqrt(old/new)).",
+    "margin": "LUCIR: margin of the margin-ranking loss.",
+    "top_k": "LUCIR: hard negatives (new classes) per old-class sample in the margin-ranking loss.",
     "pod_spatial_base": "PODNet: base weight of POD-spatial (x sqrt(seen/new)); 3 on "
                         "CIFAR-100, 8 on ImageNet.",
     "pod_flat_base": "PODNet: base weight of POD-flat (x sqrt(seen/new)); 1 on CIFAR-100, 10 on "
