@@ -16,6 +16,9 @@ import keras
 import numpy as np
 
 from aanets_tf.aggregation import Aggregation
+# STABLE_BLOCKS: frozen phase-0 kernels times scales (the method), or a second plastic
+# branch (the ablation). STEMS: one stem for both branches, or one per branch.
+from aanets_tf.config import STABLE_BLOCKS, STEMS
 from aanets_tf.residual import ResidualLevel, Stem
 from aanets_tf.stable_conv import StableConv2D
 
@@ -78,12 +81,6 @@ def get_architecture(name: str) -> Architecture:
 
 
 BRANCH_LAYOUTS = ("single", "dual")
-# The stable branch of an AANet: frozen phase-0 kernels times learnable scales
-# (the method), or a second plastic branch (the paper's ablation).
-STABLE_BLOCKS = ("scaled", "plastic")
-# An AANet's stem: one shared by both branches (in the stable branch's form), or
-# one per branch as in the authors' code (the plastic branch's fully trainable).
-STEMS = ("shared", "per_branch")
 
 
 def _stem(arch: Architecture, stable: bool, name: str = "stem") -> Stem:

@@ -8,8 +8,10 @@ import math
 
 BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
-STABLE_BLOCKS = ("scaled", "plastic")  # as `aanets_tf.backbones.STABLE_BLOCKS`
-STEMS = ("shared", "per_branch")  # as `aanets_tf.backbones.STEMS`
+# The stable branch of an AANet (`aanets_tf.backbones`): scaled phase-0 kernels, or
+# plastic (the ablation); its stem shared by both branches, or one per branch.
+STABLE_BLOCKS = ("scaled", "plastic")
+STEMS = ("shared", "per_branch")
 # Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
 ARCHS = ("resnet8", "resnet32", "resnet18")
 # Names of the `tf.distribute` strategies (`aanets_tf.distribute.build_strategy`).
@@ -21,6 +23,7 @@ LR_SCHEDULES = ("step", "cosine")
 # the settings only each reads: a run of one host refuses another's settings
 # unless they keep their defaults.
 HOSTS = ("icarl", "lucir", "podnet")
+HOST_NAMES = {"icarl": "iCaRL", "lucir": "LUCIR", "podnet": "PODNet"}
 HOST_OPTIONS = {
     "lucir": ("lambda_base", "margin", "top_k"),
     "icarl": (),

@@ -18,14 +18,19 @@ from aanets_tf.backbones import ARCHITECTURES, Backbone
 from aanets_tf.cosine_classifier import CosineClassifier
 
 
+def cosine_head(num_old_classes: int, num_new_classes: int) -> CosineClassifier:
+    """The cosine classifier head (LUCIR's; iCaRL's too in the AANets code), float32
+    whatever the dtype policy: normalisation and sigma-scaled logits."""
+    return CosineClassifier(num_old_classes, num_new_classes, name="classifier",
+                            dtype="float32")
+
+
 def build_network(backbone: Backbone, num_old_classes: int = 0, num_new_classes: int = 0,
                   name: str = "network", head: keras.layers.Layer | None = None) -> keras.Model:
     """Stack a classifier on `backbone`: `head` (a layer named "classifier", e.g. a host's,
     `aanets_tf.hosts`), else a cosine classifier of the given class counts."""
     if head is None:
-        # float32 whatever the dtype policy: normalisation and sigma-scaled logits.
-        head = CosineClassifier(num_old_classes, num_new_classes, name="classifier",
-                                dtype="float32")
+        head = cosine_head(num_old_classes, num_new_classes)
     if head.name != "classifier":
         raise ValueError(f"The head must be named 'classifier'. Received: name={head.name!r}")
     # === Functional Model ===

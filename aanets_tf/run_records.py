@@ -18,14 +18,13 @@ import os
 
 import numpy as np
 
-from aanets_tf.config import AGGREGATION_MODES, BRANCH_MODES, HOSTS, STABLE_BLOCKS, TrainConfig
+from aanets_tf.config import (AGGREGATION_MODES, BRANCH_MODES, HOST_NAMES, HOSTS,
+                              STABLE_BLOCKS, TrainConfig)
 
-HOST_NAMES = {"icarl": "iCaRL", "lucir": "LUCIR", "podnet": "PODNet"}
 # config.json written before the host and stable-block settings existed ran
 # LUCIR with the scaled (phase-0) stable block.
 DEFAULT_HOST = "lucir"
 DEFAULT_STABLE_BLOCK = "scaled"
-AGGREGATIONS = AGGREGATION_MODES
 MISSING = "—"
 
 # Settings that say where a run lives or how fast it ran, not what it computed;
@@ -288,7 +287,7 @@ def _method(workdir: str, config: dict) -> Method:
     branch_mode = _known(workdir, "branch_mode", config.get("branch_mode"), BRANCH_MODES)
     if branch_mode == "single":
         return Method(host, aanets=False)
-    aggregation = _known(workdir, "aggregation", config.get("aggregation"), AGGREGATIONS)
+    aggregation = _known(workdir, "aggregation", config.get("aggregation"), AGGREGATION_MODES)
     stable_block = _known(workdir, "stable_block",
                           config.get("stable_block") or DEFAULT_STABLE_BLOCK, STABLE_BLOCKS)
     return Method(host, aanets=True, aggregation=aggregation, stable_block=stable_block)

@@ -61,12 +61,13 @@ def setting_summary(config) -> str:
     phases = "all" if not config.num_phases else str(config.num_phases)
     memory = (f"{config.memory_budget} exemplars in all" if config.memory_budget
               else f"{config.exemplars_per_class} exemplars per class")
+    from aanets_tf.config import HOST_NAMES
     from aanets_tf.hosts import host_for
 
-    host = host_for(config)
-    method = (f"{host.display_name} with AANets (stable + plastic blocks, "
+    name, host = HOST_NAMES[config.host], host_for(config)
+    method = (f"{name} with AANets (stable + plastic blocks, "
               f"{config.aggregation} aggregation)" if config.branch_mode == "dual"
-              else f"{host.display_name}, single branch")
+              else f"{name}, single branch")
     return "\n".join([
         f"data      {config.dataset}"
         + (f" from {config.data_dir}" if config.data_dir else ""),

@@ -9,9 +9,10 @@ between LUCIR, iCaRL and PODNet:
   frozen teacher's outputs, and the loss Level 2 minimises;
 - `headline`: the classifier whose accuracy the method reports (CNN or NME);
 - `after_exemplars(...)`: a step after herding (PODNet's class-balanced
-  fine-tuning of the head); nothing for the others;
-- `options`: the `TrainConfig` fields only this host reads (a run of another
-  host refuses them, `aanets_tf.config`).
+  fine-tuning of the head); nothing for the others.
+
+The settings only one host reads are `aanets_tf.config.HOST_OPTIONS` (a run of
+another host refuses them).
 
 The phase loop (`aanets_tf.phase`) and the learner call hosts only through
 this interface and know no method by name.
@@ -26,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from aanets_tf import distribute, losses
+from aanets_tf.network import classifier_of
 
 
 @dataclasses.dataclass
@@ -43,7 +45,7 @@ class Outputs:
 
     @property
     def head(self) -> keras.layers.Layer:
-        return self.network.get_layer("classifier")
+        return classifier_of(self.network)
 
 
 def batch_share(per_example: tf.Tensor, global_batch: tf.Tensor) -> tf.Tensor:
@@ -87,10 +89,7 @@ class CrossEntropy(Objective):
 class Host:
     """A class-incremental method; subclasses set the class attributes and methods."""
     name: ClassVar[str] = ""
-    display_name: ClassVar[str] = ""
     headline: ClassVar[str] = "cnn"  # "cnn" or "nme"
-    # `TrainConfig` fields that only this host reads.
-    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config):
         self.config = config

@@ -9,10 +9,9 @@ CNN accuracy is reported beside it).
 
 from __future__ import annotations
 
-from aanets_tf.config import HOST_OPTIONS
 from aanets_tf.hosts import icarl_losses
 from aanets_tf.hosts.host import Host, Objective, batch_share
-from aanets_tf.hosts.lucir import cosine_head
+from aanets_tf.network import cosine_head
 
 
 class IcarlObjective(Objective):
@@ -36,9 +35,7 @@ class IcarlObjective(Objective):
 
 class Icarl(Host):
     name = "icarl"
-    display_name = "iCaRL"
     headline = "nme"
-    options = HOST_OPTIONS["icarl"]
 
     def classifier(self, num_old_classes, num_new_classes):
         return cosine_head(num_old_classes, num_new_classes)

@@ -12,16 +12,8 @@ from __future__ import annotations
 import tensorflow as tf
 
 from aanets_tf import distribute, losses
-from aanets_tf.config import HOST_OPTIONS
-from aanets_tf.cosine_classifier import CosineClassifier
 from aanets_tf.hosts.host import Host, Objective, batch_share
-
-
-def cosine_head(num_old_classes: int, num_new_classes: int) -> CosineClassifier:
-    """LUCIR's head (iCaRL's too, in the AANets code), float32 whatever the dtype policy:
-    normalisation and sigma-scaled logits."""
-    return CosineClassifier(num_old_classes, num_new_classes, name="classifier",
-                            dtype="float32")
+from aanets_tf.network import cosine_head
 
 
 class LucirObjective(Objective):
@@ -56,9 +48,7 @@ class LucirObjective(Objective):
 
 class Lucir(Host):
     name = "lucir"
-    display_name = "LUCIR"
     headline = "cnn"
-    options = HOST_OPTIONS["lucir"]
 
     def classifier(self, num_old_classes, num_new_classes):
         return cosine_head(num_old_classes, num_new_classes)

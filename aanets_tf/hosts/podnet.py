@@ -25,7 +25,6 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf.config import HOST_OPTIONS
 from aanets_tf.hosts import podnet_losses
 from aanets_tf.hosts.host import Host, Objective, batch_share
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier
@@ -67,9 +66,7 @@ class PodnetObjective(Objective):
 
 class Podnet(Host):
     name = "podnet"
-    display_name = "PODNet"
     headline = "cnn"
-    options = HOST_OPTIONS["podnet"]
 
     def classifier(self, num_old_classes, num_new_classes):
         return LocalSimilarityClassifier(num_old_classes, num_new_classes,
