@@ -4,6 +4,10 @@ Why this module exists: `tf.io.decode_image` allocates whatever the header claim
 50 KB file whose header says 50,000 x 50,000 asks for gigabytes before anything notices.
 Here the dimensions are read from the header alone (fixed fields, or a bounded walk over
 JPEG segments / GIF blocks), checked against a pixel budget, and only then decoded.
+`check_header` and `read_header` never raise on content. `checked_decode_rgb`, which
+refuses bad input anyway, sizes a JPEG with libjpeg's own header reader
+(`tf.io.extract_jpeg_shape`: one op instead of the walk's loop, the served path's
+largest cost); it refuses a JPEG header libjpeg cannot read ("Invalid JPEG data").
 
 What TensorFlow 2.21 gets wrong natively, and what this module adds (checked by probing):
 - GIF: the output is sized by the largest *frame descriptor*, not the logical screen, so a
@@ -112,33 +116,52 @@ def _head(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return head, tf.reshape(tf.io.decode_raw(head, tf.uint8), [_HEAD_LEN])
 
 
+def _jpeg_marker_kinds() -> list[int]:
+    """What each JPEG marker byte (after 0xFF) means for the walk, by value."""
+    kinds = [_SEGMENT] * 256
+    for marker in range(0xC0, 0xD0):
+        if marker not in (0xC4, 0xC8, 0xCC):  # DHT, JPG and DAC are not frames
+            kinds[marker] = _FRAME
+    for marker in (0x01, *range(0xD0, 0xD8)):  # TEM and RSTn have no length field
+        kinds[marker] = _STANDALONE
+    for marker in (0xD8, 0xD9, 0xDA):  # SOI, EOI or SOS before any frame: no dimensions
+        kinds[marker] = _END
+    kinds[0xFF] = _FILL
+    return kinds
+
+
+_SEGMENT, _STANDALONE, _FILL, _FRAME, _END = range(5)  # the walk goes on below _FRAME
+_JPEG_MARKER_KINDS = _jpeg_marker_kinds()
+
+
 def _jpeg_size(encoded: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    # tf.io.extract_jpeg_shape raises on corrupt data; this walk cannot.
+    # tf.io.extract_jpeg_shape raises on corrupt data; this walk cannot. It reads four
+    # bytes per segment (0xFF, the marker, the length) and stops at the first frame
+    # header (SOFn), whose dimensions are read once, after the walk.
     data = _prefix_bytes(encoded, n + 1)
+    last = tf.size(data, out_type=tf.int64) - 1
+    kinds = tf.constant(_JPEG_MARKER_KINDS, tf.int64)
 
-    def step(pos, count, height, width, done):
-        first, marker, length, frame_height, frame_width = _fields(data, [
-            (pos, 1, True), (pos + 1, 1, True), (pos + 2, 2, True), (pos + 5, 2, True),
-            (pos + 7, 2, True)])
-        valid = tf.equal(first, 0xFF)
-        fill = tf.equal(marker, 0xFF)
-        sof = (marker >= 0xC0) & (marker <= 0xCF) & ~tf.reduce_any(
-            tf.equal(marker, tf.constant([0xC4, 0xC8, 0xCC], tf.int64)))  # DHT, JPG, DAC
-        standalone = ((marker >= 0xD0) & (marker <= 0xD7)) | tf.equal(marker, 0x01)
-        found = valid & sof & (pos + 9 <= n)
-        height = tf.where(found, frame_height, height)
-        width = tf.where(found, frame_width, width)
-        # SOI/EOI/SOS before any SOF, or a length < 2, end the walk without dimensions.
-        done = ~valid | sof | ((marker >= 0xD8) & (marker <= 0xDA)) | (
-            ~fill & ~standalone & (length < 2))
-        advance = tf.where(fill, _int64(1), tf.where(standalone, _int64(2), 2 + length))
-        return pos + advance, count + 1, height, width, done
+    def kind_and_length(pos):
+        first, marker, high, low = tf.unstack(tf.cast(tf.gather(
+            data, tf.minimum(pos + tf.range(4, dtype=tf.int64), last)), tf.int64), num=4)
+        kind = tf.where(tf.equal(first, 0xFF), tf.gather(kinds, marker), _int64(_END))
+        return kind, high * 256 + low
 
-    start = (_int64(2), tf.constant(0), _int64(-1), _int64(-1), tf.constant(False))
-    _, _, height, width, _ = tf.while_loop(
-        lambda pos, count, h, w, done: ~done & (count < _MAX_JPEG_SEGMENTS) & (pos + 2 <= n),
-        step, start)
-    return height, width
+    def step(pos, count, kind):
+        kind, length = kind_and_length(pos)
+        advance = tf.gather(tf.stack([2 + length, _int64(2), _int64(1), _int64(0), _int64(0)]),
+                            kind)
+        return pos + advance, count + 1, tf.where(
+            tf.equal(kind, _SEGMENT) & (length < 2), _int64(_END), kind)
+
+    def going(pos, count, kind):
+        return (kind < _FRAME) & (count < _MAX_JPEG_SEGMENTS) & (pos + 2 <= n)
+
+    pos, _, kind = tf.while_loop(going, step, (_int64(2), tf.constant(0), _int64(_SEGMENT)))
+    height, width = _fields(data, [(pos + 5, 2, True), (pos + 7, 2, True)])
+    found = tf.equal(kind, _FRAME) & (pos + 9 <= n)
+    return tf.where(found, height, _int64(-1)), tf.where(found, width, _int64(-1))
 
 
 def _gif_size(encoded: tf.Tensor, n: tf.Tensor, hb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -180,31 +203,68 @@ def _gif_size(encoded: tf.Tensor, n: tf.Tensor, hb: tf.Tensor) -> tuple[tf.Tenso
     return tf.where(bad, _int64(-1), height), tf.where(bad, _int64(-1), width)
 
 
-def _fixed_size(fmt: tf.Tensor, head: tf.Tensor, hb: tf.Tensor,
-                n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """(height, width) for PNG, BMP and WebP, all at fixed offsets; -1 when unreadable."""
-    chunk = tf.strings.substr(head, 12, 4)
+def _png_size(head: tf.Tensor, hb: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    height, width = _fields(hb, [(20, 4, True), (16, 4, True)])
+    usable = (n >= 24) & tf.equal(tf.strings.substr(head, 12, 4), b"IHDR")
+    return tf.where(usable, height, _int64(-1)), tf.where(usable, width, _int64(-1))
+
+
+def _bmp_size(hb: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    info, height, width = _fields(hb, [(14, 4, False), (22, 4, False), (18, 4, False)])
     signed = lambda v: tf.where(v >= 2**31, v - 2**32, v)  # noqa: E731
-    (png_h, png_w, bmp_info, bmp_h, bmp_w, vp8_tag, vp8_h, vp8_w, vp8l_tag, vp8l_bits,
-     vp8x_h, vp8x_w) = _fields(hb, [
-         (20, 4, True), (16, 4, True), (14, 4, False), (22, 4, False), (18, 4, False),
-         (23, 3, True), (28, 2, False), (26, 2, False), (20, 1, False), (21, 4, False),
-         (27, 3, False), (24, 3, False)])
-    candidates = [  # (usable, height, width)
-        (tf.equal(fmt, _PNG) & (n >= 24) & tf.equal(chunk, b"IHDR"), png_h, png_w),
-        (tf.equal(fmt, _BMP) & (n >= 26) & tf.reduce_any(tf.equal(
-            bmp_info, tf.constant(_BMP_INFO_SIZES, tf.int64))),
-         tf.abs(signed(bmp_h)), signed(bmp_w)),
-        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8 ") & (n >= 30) &
-         tf.equal(vp8_tag, 0x9D012A), _bits(vp8_h, 0x3FFF), _bits(vp8_w, 0x3FFF)),
-        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8L") & (n >= 25) & tf.equal(vp8l_tag, 0x2F),
+    usable = (n >= 26) & tf.reduce_any(tf.equal(info, tf.constant(_BMP_INFO_SIZES, tf.int64)))
+    return (tf.where(usable, tf.abs(signed(height)), _int64(-1)),
+            tf.where(usable, signed(width), _int64(-1)))
+
+
+def _webp_size(head: tf.Tensor, hb: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    chunk = tf.strings.substr(head, 12, 4)
+    vp8_tag, vp8_h, vp8_w, vp8l_tag, vp8l_bits, vp8x_h, vp8x_w = _fields(hb, [
+        (23, 3, True), (28, 2, False), (26, 2, False), (20, 1, False), (21, 4, False),
+        (27, 3, False), (24, 3, False)])
+    candidates = [  # (usable, height, width): lossy, lossless, extended
+        (tf.equal(chunk, b"VP8 ") & (n >= 30) & tf.equal(vp8_tag, 0x9D012A),
+         _bits(vp8_h, 0x3FFF), _bits(vp8_w, 0x3FFF)),
+        (tf.equal(chunk, b"VP8L") & (n >= 25) & tf.equal(vp8l_tag, 0x2F),
          _bits(tf.bitwise.right_shift(vp8l_bits, 14), 0x3FFF) + 1, _bits(vp8l_bits, 0x3FFF) + 1),
-        (tf.equal(fmt, _WEBP) & tf.equal(chunk, b"VP8X") & (n >= 30), vp8x_h + 1, vp8x_w + 1),
+        (tf.equal(chunk, b"VP8X") & (n >= 30), vp8x_h + 1, vp8x_w + 1),
     ]
     height = width = _int64(-1)
     for usable, h, w in candidates:
         height, width = tf.where(usable, h, height), tf.where(usable, w, width)
     return height, width
+
+
+def _libjpeg_size(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    # libjpeg's own header reader (the decoder's): one op, but it raises on a header it
+    # cannot read ("Invalid JPEG data, size N"), so only refusing callers use it.
+    shape = tf.io.extract_jpeg_shape(encoded, output_type=tf.int32)
+    return tf.cast(shape[0], tf.int64), tf.cast(shape[1], tf.int64)
+
+
+def _parse(encoded: tf.Tensor, raise_on_bad_jpeg: bool = False) -> tuple[tf.Tensor, ...]:
+    """(format code, height, width, head string, head bytes) of a scalar tf.string.
+
+    With `raise_on_bad_jpeg`, a JPEG's dimensions come from libjpeg's header reader,
+    which raises InvalidArgumentError on a header it cannot read; otherwise from a walk
+    over the JPEG's segments that never raises (and costs more: a loop of graph ops).
+    """
+    n = tf.cast(tf.strings.length(encoded), tf.int64)
+    head, hb = _head(encoded)
+    fmt = _format_code(head)
+    unreadable = (_int64(-1), _int64(-1))
+    # Only the format's own parse runs; the walks (and their copy of the data) stay off
+    # the other formats' path.
+    height, width = tf.switch_case(fmt, [  # In FORMATS order, after "unknown".
+        lambda: unreadable,
+        (lambda: _libjpeg_size(encoded)) if raise_on_bad_jpeg else (
+            lambda: _jpeg_size(encoded, n)),
+        lambda: _png_size(head, hb, n),
+        lambda: _gif_size(encoded, n, hb),
+        lambda: _bmp_size(hb, n),
+        lambda: _webp_size(head, hb, n),
+    ])
+    return fmt, height, width, head, hb
 
 
 @tf.function(input_signature=_SCALAR_STRING, autograph=False)
@@ -219,15 +279,12 @@ def read_header(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         height and width. Unknown or unparseable headers give height = width = -1; other
         values <= 0 are dimensions the header really states (e.g. a BMP width of 0).
     """
-    n = tf.cast(tf.strings.length(encoded), tf.int64)
-    head, hb = _head(encoded)
-    fmt = _format_code(head)
-    # tf.cond keeps the walks (and their copy of the data) off the other formats' path.
-    height, width = tf.cond(
-        tf.equal(fmt, _JPEG), lambda: _jpeg_size(encoded, n),
-        lambda: tf.cond(tf.equal(fmt, _GIF), lambda: _gif_size(encoded, n, hb),
-                        lambda: _fixed_size(fmt, head, hb, n)))
-    return fmt, height, width
+    return _parse(encoded)[:3]
+
+
+_parse_functions = {raising: tf.function(
+    lambda encoded, raising=raising: _parse(encoded, raising),
+    input_signature=_SCALAR_STRING, autograph=False) for raising in (False, True)}
 
 
 def _inline(function):
@@ -239,21 +296,22 @@ def _inline(function):
     return function if tf.executing_eagerly() else function.python_function
 
 
-def _check(encoded, max_pixels) -> tuple[tf.Tensor, ...]:
-    """(encoded, format code, height, width, int32 status) after validating `max_pixels`."""
+def _check(encoded, max_pixels, raise_on_bad_jpeg: bool = False) -> tuple[tf.Tensor, ...]:
+    """(encoded, format code, height, width, int32 status, head string, head bytes) after
+    validating `max_pixels`."""
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or (
             not 0 < max_pixels < 2**62):
         raise ValueError("`max_pixels` must be a positive Python integer below 2**62. "
                          f"Received: max_pixels={max_pixels!r}")
     encoded = tf.convert_to_tensor(encoded, tf.string)
-    fmt, height, width = _inline(read_header)(encoded)
+    fmt, height, width, head, hb = _inline(_parse_functions[raise_on_bad_jpeg])(encoded)
     # h > max // w is h * w > max without the int64 overflow of 2**32-sized dimensions.
     too_large = height > tf.math.floordiv(tf.constant(max_pixels, tf.int64), tf.maximum(width, 1))
     status = tf.where(too_large, TOO_LARGE, OK)
     status = tf.where((height <= 0) | (width <= 0), BAD_HEADER, status)
     status = tf.where(tf.equal(fmt, 0), UNKNOWN_FORMAT, status)
     status = tf.where(tf.equal(tf.strings.length(encoded), 0), EMPTY, status)
-    return encoded, fmt, height, width, status
+    return encoded, fmt, height, width, status, head, hb
 
 
 def check_header(encoded: tf.Tensor, max_pixels: int) -> tf.Tensor:
@@ -263,7 +321,7 @@ def check_header(encoded: tf.Tensor, max_pixels: int) -> tf.Tensor:
     when the dimensions cannot be read or are <= 0, TOO_LARGE when height * width >
     `max_pixels`, else OK. Raises ValueError only for a bad `max_pixels` argument.
     """
-    return _check(encoded, max_pixels)[-1]
+    return _check(encoded, max_pixels)[4]
 
 
 def _join(parts: list) -> tf.Tensor:
@@ -330,15 +388,19 @@ def decode_rgb(encoded: tf.Tensor) -> tf.Tensor:
             "first_bytes=", tf.strings.reduce_join(hex_bytes, separator=" "),
             ", length=", tf.strings.length(encoded)])
 
-    image = tf.switch_case(_format_code(head), [
-        unknown,
+    image = tf.switch_case(_format_code(head), [unknown, *_decoders(encoded, head, hb)])
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def _decoders(encoded: tf.Tensor, head: tf.Tensor, hb: tf.Tensor) -> list:
+    """One decoding function per format, in FORMATS order."""
+    return [
         lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
         lambda: tf.io.decode_png(encoded, channels=3),
         lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
         lambda: _decode_bmp(encoded, hb),
         lambda: _decode_webp(encoded, head, hb),
-    ])
-    return tf.ensure_shape(image, [None, None, 3])
+    ]
 
 
 @tf.function(input_signature=_SCALAR_STRING, autograph=False)
@@ -361,9 +423,12 @@ def checked_decode_rgb(encoded: tf.Tensor, max_pixels: int, name=None) -> tf.Ten
 
     When the status is not OK, raises tf.errors.InvalidArgumentError in-graph before any
     decoding, naming the problem, the header's dimensions, `max_pixels` and `name` (an
-    optional scalar string identifying the record).
+    optional scalar string identifying the record). A JPEG is sized by libjpeg's header
+    reader, which raises InvalidArgumentError ("Invalid JPEG data, size N") on a header
+    it cannot read, also before any decoding.
     """
-    encoded, fmt, height, width, status = _check(encoded, max_pixels)
+    encoded, fmt, height, width, status, head, hb = _check(encoded, max_pixels,
+                                                          raise_on_bad_jpeg=True)
     record = [] if name is None else [" ", tf.convert_to_tensor(name, tf.string)]
 
     def refuse() -> tf.Tensor:
@@ -375,5 +440,10 @@ def checked_decode_rgb(encoded: tf.Tensor, max_pixels: int, name=None) -> tf.Ten
             ", width=", width, ", bytes=", tf.strings.length(encoded),
             f", max_pixels={max_pixels}"])
 
+    def decode() -> tf.Tensor:
+        # The header is parsed once: a known format (status OK) picks its decoder.
+        image = tf.switch_case(fmt - 1, _decoders(encoded, head, hb))
+        return tf.ensure_shape(image, [None, None, 3])
+
     # The decoder runs only in the branch the check selects, never beside it.
-    return tf.cond(tf.equal(status, OK), lambda: _inline(decode_rgb)(encoded), refuse)
+    return tf.cond(tf.equal(status, OK), decode, refuse)

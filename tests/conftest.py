@@ -137,20 +137,26 @@ def write_run_workdir(workdir, cnn, nme=None, /, *, forgetting=None, num_classes
 
 
 def bomb_image(fmt: str, side: int = 30_000) -> bytes:
-    """A file of a few dozen bytes whose `fmt` header declares `side` x `side` pixels.
+    """A file of at most a few hundred bytes whose `fmt` header declares `side` x `side`
+    pixels.
 
-    `fmt` is one of jpeg, png, gif, bmp, webp. Only the header is well formed:
-    a decoder that trusts it allocates `3 * side**2` bytes before finding the data
-    missing; one that reads the header first refuses it at once.
+    `fmt` is one of jpeg, png, gif, bmp, webp, or jpeg_frame_only (a JPEG frame
+    header without tables or scan). Only the header is right: a decoder that trusts
+    it allocates `3 * side**2` bytes before finding the data missing; one that reads
+    the header first refuses it at once.
     """
     import struct
 
     if fmt == "png":
         return bomb_png(side)
     if fmt == "jpeg":
-        # SOI, a baseline SOF0 segment (8-bit, 3 components), EOI.
-        sof = struct.pack(">BHHB", 8, side, side, 3) + bytes([1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0])
-        return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", 2 + len(sof)) + sof + b"\xff\xd9"
+        # A whole 8 x 8 baseline JPEG (tables, scan) whose frame header claims `side`.
+        import tensorflow as tf
+
+        data = bytearray(tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy())
+        sof = data.index(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
+        return bytes(data)
     if fmt == "gif":
         screen = struct.pack("<HHBBB", side, side, 0, 0, 0)  # no global colour table
         descriptor = b"\x2c" + struct.pack("<HHHHB", 0, 0, side, side, 0)
@@ -165,6 +171,10 @@ def bomb_image(fmt: str, side: int = 30_000) -> bytes:
         vp8x = b"\0\0\0\0" + (side - 1).to_bytes(3, "little") + (side - 1).to_bytes(3, "little")
         chunk = b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x
         return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+    if fmt == "jpeg_frame_only":
+        # SOI, a baseline SOF0 segment (8-bit, 3 components), EOI: no tables, no scan.
+        sof = struct.pack(">BHHB", 8, side, side, 3) + bytes([1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0])
+        return b"\xff\xd8" + b"\xff\xc0" + struct.pack(">H", 2 + len(sof)) + sof + b"\xff\xd9"
     raise ValueError(f"Unknown format. Expected jpeg, png, gif, bmp or webp. Received: fmt={fmt!r}")
 
 

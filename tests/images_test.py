@@ -97,6 +97,18 @@ def test_jpeg_size_found_after_exif_icc_and_comment_segments():
     assert np.abs(decoded(data) - pil_rgb(data)).max() <= 2
 
 
+def test_the_jpeg_walk_and_libjpeg_read_the_same_dimensions():
+    # `read_header` walks the segments (never raises); the served graph asks libjpeg.
+    exif = Image.Exif()
+    exif[0x010F] = "maker"
+    for data in (encode(RGB, "JPEG"), encode(RGB, "JPEG", progressive=True),
+                 encode(RGB[:7], "JPEG", exif=exif.tobytes(), icc_profile=RNG.bytes(3000)),
+                 encode(RGB[..., 0], "JPEG")):
+        walked = [int(v) for v in images._parse(tf.constant(data))[:3]]
+        asked = [int(v) for v in images._parse(tf.constant(data), raise_on_bad_jpeg=True)[:3]]
+        assert walked == asked == [1, *Image.open(io.BytesIO(data)).size[::-1]]
+
+
 def test_progressive_jpeg_and_fill_bytes():
     data = encode(RGB, "JPEG", progressive=True, quality=95, subsampling=0)
     assert b"\xff\xc2" in data and b"\xff\xc0" not in data

@@ -134,6 +134,10 @@ REFUSED = [  # (id, signature, inputs, words the INVALID_ARGUMENT message must h
     ("bombs_batch", "serving_bytes",
      {"image_bytes": _strings(*(bomb_image(f, 20_000) for f in ("png", "bmp", "gif")))},
      ["height=20000", "max_pixels=4096"]),
+    # libjpeg's header reader, which sizes JPEGs in the served graph, refuses a frame
+    # header without the tables and scan that must follow it.
+    ("jpeg_frame_only", "serving_bytes", {"image_bytes": _strings(bomb_image("jpeg_frame_only"))},
+     ["Invalid JPEG data"]),
     ("truncated_png", "serving_bytes", {"image_bytes": _strings(NOISY_PNG[:len(NOISY_PNG) // 2])},
      ["PNG"]),
     ("truncated_jpeg", "serving_bytes",
