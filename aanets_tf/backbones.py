@@ -289,3 +289,27 @@ def aggregation_weights(backbone: keras.Model) -> list[float]:
     """The current aggregation weight of each level (empty for a plain ResNet)."""
     return [float(keras.ops.convert_to_numpy(layer.alpha))
             for layer in backbone.layers if isinstance(layer, Aggregation)]
+
+
+def level_taps(backbone) -> keras.Model:
+    """A model of `backbone`'s graph returning `{"maps": [level outputs], "features"}`.
+
+    It shares the backbone's layers and weights. A single-branch backbone's
+    level k output is `level{k}`'s; an AANet's is `aggregation{k}`'s, and for
+    the last level, whose aggregation runs after pooling, the same mix is
+    applied to the stable and plastic maps before pooling.
+    """
+    arch = backbone.architecture
+    maps = []
+    for k in range(1, arch.num_levels + 1):
+        if not backbone.is_aanet:
+            maps.append(backbone.get_layer(f"level{k}").output)
+        elif k < arch.num_levels:
+            maps.append(backbone.get_layer(f"aggregation{k}").output)
+        else:
+            # The layer itself (not its current value), so the map follows alpha.
+            mix = backbone.get_layer(f"aggregation{k}")
+            maps.append(mix([backbone.get_layer(f"stable_level{k}").output,
+                             backbone.get_layer(f"plastic_level{k}").output]))
+    return keras.Model(backbone.inputs[0], {"maps": maps, "features": backbone.outputs[0]},
+                       name=f"{backbone.name}_taps")

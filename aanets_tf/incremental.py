@@ -172,13 +172,12 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
             config, state.memory, step, data.train.source, plan,
             infer(backbone, step.new.source, step.new.positions), data.label_names, log)
         herding_seconds = time.perf_counter() - start
-        memory = exemplars_of(phase + 1)
+        memory = phase_steps.memory_features(network, exemplars_of(phase + 1), per_class, infer)
         host_start = time.perf_counter()
-        host_step = phase_steps.after_exemplars(config, network, memory, per_class, phase,
-                                                infer, log)
+        host_step = phase_steps.after_exemplars(config, network, memory, phase, log)
         host_seconds = time.perf_counter() - host_start
         phase_metrics, predictions = phase_steps.evaluate_phase(
-            network, step, memory, per_class, evaluation, plan, data.label_names, infer)
+            network, step, memory, evaluation, plan, data.label_names, infer)
         eval_seconds = time.perf_counter() - start
         phase_metrics.update({
             "aggregation_weights": aggregation_weights(backbone) or None,

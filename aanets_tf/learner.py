@@ -24,7 +24,8 @@ import keras
 import tensorflow as tf
 
 from aanets_tf import distribute, precision
-from aanets_tf.hosts.host import CrossEntropy, Objective, Outputs, level_taps
+from aanets_tf.backbones import level_taps
+from aanets_tf.hosts.host import CrossEntropy, Objective, Outputs
 from aanets_tf.network import backbone_of, variable_groups
 
 

@@ -7,9 +7,10 @@
 3. `make_learner`, `train_phase`: Level 1 (the host's loss terms) and Level 2
    against the frozen previous network, with epoch checkpoints.
 4. `select_exemplars`: herding on the new classes, written as encoded images;
-   then `after_exemplars`, the host's step on the class-balanced memory
-   (PODNet: fine-tuning of the head).
-5. `evaluate_phase`: CNN and NME accuracy on every class seen so far.
+   `memory_features`: the class-balanced memory's features, once; then
+   `after_exemplars`, the host's step on them (PODNet: fine-tuning of the head).
+5. `evaluate_phase`: CNN and NME accuracy on every class seen so far (the NME
+   means from the same memory features).
 6. `export_phase_model`: the phase's SavedModel (after its checkpoint).
 
 The method (`config.host`) enters only through `aanets_tf.hosts.host_for`.
@@ -286,25 +287,35 @@ def select_exemplars(config: TrainConfig, memory: ExemplarMemory, data: PhaseDat
     return per_class
 
 
-def after_exemplars(config: TrainConfig, network: keras.Model, exemplars: ExemplarSource,
-                    per_class: int, phase: int, infer, log: Callable[[str], None]) -> dict:
-    """The host's step on the class-balanced memory: `per_class` exemplars of every seen
-    class and their mirror images. Returns what it records (empty: the host has none)."""
+@dataclasses.dataclass(frozen=True)
+class MemoryFeatures:
+    """The class-balanced memory's features, computed once per phase for the host's
+    step and for the NME means: `per_class` exemplars of every seen class."""
+    features: np.ndarray  # (n, d)
+    flipped: np.ndarray  # (n, d): of the mirror images
+    targets: np.ndarray  # (n,): class positions
 
-    def memory():
-        backbone = backbone_of(network)
-        kept = exemplars.positions(per_class)
-        features = np.concatenate([infer(backbone, exemplars, kept),
-                                   infer(backbone, exemplars, kept, flip=True)])
-        return features, np.tile(exemplars.class_positions[kept], 2)
 
+def memory_features(network: keras.Model, exemplars: ExemplarSource, per_class: int,
+                    infer) -> MemoryFeatures:
+    backbone = backbone_of(network)
+    kept = exemplars.positions(per_class)
+    return MemoryFeatures(infer(backbone, exemplars, kept),
+                          infer(backbone, exemplars, kept, flip=True),
+                          exemplars.class_positions[kept])
+
+
+def after_exemplars(config: TrainConfig, network: keras.Model, memory: MemoryFeatures,
+                    phase: int, log: Callable[[str], None]) -> dict:
+    """The host's step on the class-balanced memory. Returns what it records (empty:
+    the host has none)."""
     return host_for(config).after_exemplars(network, memory, phase, log) or {}
 
 
 # === 5. Evaluation ===
 
-def evaluate_phase(network: keras.Model, data: PhaseData, exemplars: ExemplarSource,
-                   per_class: int, evaluation: datasets.Split, plan: PhasePlan,
+def evaluate_phase(network: keras.Model, data: PhaseData, memory: MemoryFeatures,
+                   evaluation: datasets.Split, plan: PhasePlan,
                    label_names, infer) -> tuple[dict, dict]:
     """CNN and NME accuracy on every class seen so far.
 
@@ -313,11 +324,8 @@ def evaluate_phase(network: keras.Model, data: PhaseData, exemplars: ExemplarSou
     old/new classes, per group of classes) and each classifier's predictions
     with the evaluated targets under `"labels"`.
     """
-    backbone = backbone_of(network)
-    kept = exemplars.positions(per_class)
-    means = metrics_lib.class_means(
-        infer(backbone, exemplars, kept), exemplars.class_positions[kept], data.num_seen,
-        flipped_features=infer(backbone, exemplars, kept, flip=True))
+    means = metrics_lib.class_means(memory.features, memory.targets, data.num_seen,
+                                    flipped_features=memory.flipped)
     targets = np.asarray(plan.position_of)[evaluation.labels]
     seen = targets < data.num_seen
     labels = targets[seen]
@@ -345,7 +353,7 @@ def evaluate_phase(network: keras.Model, data: PhaseData, exemplars: ExemplarSou
         "nme_new_accuracy": accuracy("nme", new),
         "accuracy_by_phase_classes": {
             k: metrics_lib.group_accuracies(v, labels, groups) for k, v in predictions.items()},
-        "num_exemplars": int(len(kept)),
+        "num_exemplars": int(len(memory.targets)),
     }
     return metrics, {**predictions, "labels": labels}
 

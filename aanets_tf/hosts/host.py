@@ -102,33 +102,10 @@ class Host:
                   num_old_classes: int, num_new_classes: int) -> Objective:
         raise NotImplementedError
 
-    def after_exemplars(self, network: keras.Model, memory: Callable[[], tuple], phase: int,
+    def after_exemplars(self, network: keras.Model, memory, phase: int,
                         log: Callable[[str], None]) -> dict | None:
-        """A step after herding. `memory()` returns the class-balanced memory's features
-        `(n, d)` and class positions `(n,)` (every seen class). Returns what to record in
-        the phase's metrics, or None."""
+        """A step after herding. `memory` (`aanets_tf.phase.MemoryFeatures`) holds the
+        class-balanced memory's features, those of its mirror images and its class
+        positions (every seen class). Returns what to record in the phase's metrics,
+        or None."""
         return None
-
-
-def level_taps(backbone) -> keras.Model:
-    """A model of `backbone`'s graph returning `{"maps": [level outputs], "features"}`.
-
-    It shares the backbone's layers and weights. A single-branch backbone's
-    level k output is `level{k}`'s; an AANet's is `aggregation{k}`'s, and for
-    the last level, whose aggregation runs after pooling, the same mix is
-    applied to the stable and plastic maps before pooling.
-    """
-    arch = backbone.architecture
-    maps = []
-    for k in range(1, arch.num_levels + 1):
-        if not backbone.is_aanet:
-            maps.append(backbone.get_layer(f"level{k}").output)
-        elif k < arch.num_levels:
-            maps.append(backbone.get_layer(f"aggregation{k}").output)
-        else:
-            # The layer itself (not its current value), so the map follows alpha.
-            mix = backbone.get_layer(f"aggregation{k}")
-            maps.append(mix([backbone.get_layer(f"stable_level{k}").output,
-                             backbone.get_layer(f"plastic_level{k}").output]))
-    return keras.Model(backbone.inputs[0], {"maps": maps, "features": backbone.outputs[0]},
-                       name=f"{backbone.name}_taps")
