@@ -124,6 +124,7 @@ def test_other_hosts_run_export_resume_and_own_their_workdir(host, data, tmp_pat
     if host == "podnet":
         assert len(results["phases"][1]["finetune_losses"]) == 3
         assert "finetune_losses" not in results["phases"][0]
+        assert all(p["nca_scale"] > 0 for p in results["phases"])
     # Each phase's SavedModel serves the run's classes.
     for version in (1, 2):
         path = os.path.join(workdir, "export", "aanets", str(version))

@@ -188,61 +188,55 @@ def test_pod_flat_rejects_unknown_distance():
 
 # --- NCA -----------------------------------------------------------------------------------
 
-def _np_nca(similarities, labels, margin, scale, hinge=True):
+def _np_nca(similarities, labels, margin, scale, margin_scale=None):
+    """NumPy NCA; `margin_scale` (default: `scale`) multiplies the margin."""
     out = []
     for row, y in zip(np.asarray(similarities, np.float64), labels):
-        others = np.delete(row, y)
-        value = -scale * (row[y] - margin) + np.log(np.exp(scale * others).sum())
-        out.append(max(value, 0.0) if hinge else value)
+        z = scale * row
+        z[y] -= (scale if margin_scale is None else margin_scale) * margin
+        denominator = z.copy()
+        denominator[y] = z.max()  # PODNet's code: exp(0) after the row-max shift
+        out.append(-z[y] + np.log(np.exp(denominator).sum()))
     return np.array(out)
 
 
 def test_nca_hand_example():
     s = np.array([[0.9, 0.1, 0.3]], np.float32)
-    # -(0.9 - 0.6) + log(e^0.1 + e^0.3) = -0.3 + 0.898139
-    np.testing.assert_allclose(_np(pod.nca_per_example(s, np.array([0]))), [0.598139],
+    # The target has the largest logit: softmax cross-entropy.
+    # -0.9 + log(e^0.9 + e^0.1 + e^0.3) = 0.6922
+    np.testing.assert_allclose(_np(pod.nca_per_example(s, np.array([0]))), [0.692217],
                                atol=1e-5)
-    # eta = 10: -3 + log(e^1 + e^3) = 0.126928
-    np.testing.assert_allclose(_np(pod.nca_loss(s, np.array([0]), scale=10.0)), 0.126928,
+    # It does not: the largest other class counts twice. -0.1 + log(e^0.9 + e^0.9 + e^0.3)
+    np.testing.assert_allclose(_np(pod.nca_per_example(s, np.array([1]))), [1.735627],
                                atol=1e-5)
+    # eta = 10, margin 0.6 on the target: z = (3, 1, 3); -3 + log(e^3 + e^1 + e^3) = 0.7586
+    np.testing.assert_allclose(_np(pod.nca_loss(s, np.array([0]), margin=0.6, scale=10.0)),
+                               0.758624, atol=1e-5)
 
 
-def test_nca_hinge_clamps_negative_losses():
-    s = np.array([[1.0, -1.0, -1.0], [0.0, 0.5, 0.2]], np.float32)
-    labels = np.array([0, 0])
-    # Row 0: -5 + log(2 e^-5) = -10 + ln 2 < 0, hinged to 0; row 1 stays positive.
-    raw = _np(pod.nca_per_example(s, labels, margin=0.0, scale=5.0, hinge=False))
-    np.testing.assert_allclose(raw[0], -10.0 + math.log(2.0), rtol=1e-5)
-    hinged = _np(pod.nca_per_example(s, labels, margin=0.0, scale=5.0))
-    assert hinged[0] == 0.0
-    np.testing.assert_allclose(hinged[1], raw[1], rtol=1e-6)
-    assert raw[1] > 0
-
-
-def test_nca_matches_numpy_reference():
+def test_nca_matches_numpy_reference_and_is_never_negative():
     rng = np.random.RandomState(10)
     s = rng.uniform(-1, 1, size=(8, 5)).astype("float32")
     labels = rng.randint(0, 5, size=8)
-    for margin, scale, hinge in [(0.6, 1.0, True), (0.2, 4.0, False), (0.0, 16.0, True)]:
-        np.testing.assert_allclose(
-            _np(pod.nca_per_example(s, labels, margin, scale, hinge)),
-            _np_nca(s, labels, margin, scale, hinge), rtol=1e-5, atol=1e-6)
+    for margin, scale in [(0.0, 1.0), (0.6, 1.0), (0.2, 4.0), (0.0, 16.0)]:
+        loss = _np(pod.nca_per_example(s, labels, margin, scale))
+        np.testing.assert_allclose(loss, _np_nca(s, labels, margin, scale), rtol=1e-5,
+                                   atol=1e-6)
+        assert np.all(loss >= 0)
 
 
-def test_nca_margin_acts_on_the_target_only_and_target_leaves_the_denominator():
-    s = np.array([[0.2, 0.4, -0.3, 0.1]], np.float32)
+def test_nca_margin_acts_on_the_target_only():
+    s = np.array([[0.2, 0.9, -0.3, 0.1]], np.float32)
     labels = np.array([1])
-    base = _np(pod.nca_loss(s, labels, margin=0.0, scale=3.0, hinge=False))
-    # A margin delta raises the loss by exactly eta * delta (it is not shared by all classes).
-    np.testing.assert_allclose(_np(pod.nca_loss(s, labels, margin=0.5, scale=3.0, hinge=False)),
-                               base + 1.5, rtol=1e-5)
-    # Unlike softmax cross-entropy, raising the target does not enter the denominator:
-    # the loss falls by exactly eta * increase.
-    raised = s.copy()
-    raised[0, 1] += 0.3
-    np.testing.assert_allclose(
-        _np(pod.nca_loss(raised, labels, margin=0.0, scale=3.0, hinge=False)), base - 0.9,
-        rtol=1e-5)
+    for margin in (0.0, 0.5):
+        # Raising every class's similarity alike changes nothing, with or without a margin.
+        np.testing.assert_allclose(_np(pod.nca_loss(s + 0.05, labels, margin, scale=3.0)),
+                                   _np(pod.nca_loss(s, labels, margin, scale=3.0)), rtol=1e-5)
+    # The margin lowers the target's logit alone: the same as lowering its similarity.
+    lowered = s.copy()
+    lowered[0, 1] -= 0.5
+    np.testing.assert_allclose(_np(pod.nca_loss(s, labels, margin=0.5, scale=3.0)),
+                               _np(pod.nca_loss(lowered, labels, scale=3.0)), rtol=1e-5)
 
 
 def test_nca_gradient_reaches_similarities_and_a_learnable_scale():
@@ -251,18 +245,34 @@ def test_nca_gradient_reaches_similarities_and_a_learnable_scale():
     scale = tf.Variable(2.0)
     labels = np.array([0, 1, 2, 3, 0, 1])
     with tf.GradientTape() as tape:
-        loss = pod.nca_loss(s, labels, scale=scale, hinge=False)
+        loss = pod.nca_loss(s, labels, margin=0.3, scale=scale)
     g_s, g_scale = tape.gradient(loss, [s, scale])
     assert np.all(np.isfinite(_np(g_s))) and np.isfinite(_np(g_scale))
     assert _np(g_scale) != 0.0
     # Raising the target's similarity lowers the loss: negative gradient at the targets.
     assert np.all(_np(g_s)[np.arange(6), labels] < 0)
-    # d loss / d scale is that of the margin-free loss: the margin's term does not
-    # train the scale (numeric check with margin 0).
+    # The margin's term does not train the scale: d loss / d scale holds the margin's
+    # offset `scale * margin` fixed (numeric check).
     eps = 1e-3
-    up = _np(pod.nca_loss(s, labels, margin=0.0, scale=2.0 + eps, hinge=False))
-    down = _np(pod.nca_loss(s, labels, margin=0.0, scale=2.0 - eps, hinge=False))
-    np.testing.assert_allclose(_np(g_scale), (up - down) / (2 * eps), rtol=1e-2)
+    up, down = (_np_nca(_np(s), labels, 0.3, 2.0 + d, margin_scale=2.0).mean() for d in (eps, -eps))
+    np.testing.assert_allclose(_np(g_scale), (up - down) / (2 * eps), rtol=1e-3)
+
+
+def test_nca_scale_gradient_fades_once_the_targets_win():
+    # Every target ahead of the other classes: a growing scale lowers the loss less and
+    # less, so a learnt scale levels off (the paper's form pushes it up at a constant rate).
+    s = np.array([[0.8, 0.1, 0.2], [0.0, 0.7, 0.3], [0.1, 0.2, 0.9]], np.float32)
+    labels = np.array([0, 1, 2])
+
+    def scale_gradient(value):
+        scale = tf.Variable(value)
+        with tf.GradientTape() as tape:
+            loss = pod.nca_loss(s, labels, scale=scale)
+        return float(_np(tape.gradient(loss, scale)))
+
+    gradients = [scale_gradient(v) for v in (1.0, 5.0, 20.0)]
+    assert gradients[0] < gradients[1] < gradients[2] < 0
+    assert abs(gradients[2]) < 1e-3
 
 
 def test_nca_margin_does_not_drive_the_scale_through_zero():
@@ -272,16 +282,16 @@ def test_nca_margin_does_not_drive_the_scale_through_zero():
     scale = tf.Variable(1.0)
     with tf.GradientTape() as tape:
         loss = pod.nca_loss(s, labels, margin=0.6, scale=scale)
-    # With the margin's term trained too, d loss / d scale would be +0.6 (eta shrinks
+    # With the margin's term trained too, d loss / d scale would be positive (eta shrinks
     # towards 0 and below); here it is the margin-free gradient, 0 for equal similarities.
     np.testing.assert_allclose(_np(tape.gradient(loss, scale)), 0.0, atol=1e-6)
 
 
 def test_nca_extreme_similarities_stay_finite():
     s = np.array([[1.0, -1.0, 1.0]], np.float32)
-    out = _np(pod.nca_per_example(s, np.array([0]), scale=1000.0, hinge=False))
-    assert np.all(np.isfinite(out))
-    np.testing.assert_allclose(out, [600.0], rtol=1e-5)  # -1000 * 0.4 + 1000 * 1 (+ log(1 + e^-2000))
+    out = _np(pod.nca_per_example(s, np.array([0]), scale=1000.0))
+    # A tie with the largest other class: log(e^1000 + e^-1000 + e^1000) - 1000 = log 2.
+    np.testing.assert_allclose(out, [math.log(2.0)], atol=1e-4)  # float32 near 1000
 
 
 def test_nca_needs_two_classes():
@@ -305,4 +315,4 @@ def test_losses_run_inside_a_compiled_step():
     np.testing.assert_allclose(_np(spatial), _np(pod.pod_spatial(old, new)), rtol=1e-5)
     np.testing.assert_allclose(_np(flat), _np(pod.pod_flat(old[-1][:, 0, 0], new[-1][:, 0, 0])),
                                rtol=1e-5)
-    np.testing.assert_allclose(_np(nca), _np_nca(s, labels, 0.6, 3.0).mean(), rtol=1e-5)
+    np.testing.assert_allclose(_np(nca), _np_nca(s, labels, 0.0, 3.0).mean(), rtol=1e-5)

@@ -81,7 +81,8 @@ HELP = {
                         "CIFAR-100, 8 on ImageNet.",
     "pod_flat_base": "PODNet: base weight of POD-flat (x sqrt(seen/new)); 1 on CIFAR-100, 10 on "
                      "ImageNet.",
-    "nca_margin": "PODNet: margin of the NCA loss.",
+    "nca_margin": "PODNet: margin subtracted from the target's similarity in the NCA loss. 0 "
+                  "is PODNet's code, where its configured 0.6 cancels; > 0 the paper's margin.",
     "proxies_per_class": "PODNet: proxies per class of the local similarity classifier.",
     "finetune_epochs": "PODNet: epochs of class-balanced fine-tuning of the head after each "
                        "incremental phase (0 = none).",

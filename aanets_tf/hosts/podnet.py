@@ -7,7 +7,7 @@ the previous model POD-spatial on every level's output and POD-flat on the
 pooled features, weighted by `base * sqrt(seen / new)`
 (`aanets_tf.hosts.podnet_losses`). Level 2 minimises NCA. After herding, the
 head is fine-tuned on the class-balanced memory (`finetune_epochs`, all
-proxies and the scale trained, the backbone fixed). Headline: CNN (the
+proxies trained; the NCA scale and the backbone fixed). Headline: CNN (the
 paper's "PODNet-CNN" rows); NME beside it.
 
 Choices where PODNet's paper and code differ are listed in
@@ -82,10 +82,11 @@ class Podnet(Host):
         return PodnetObjective(spatial, flat, self.config.nca_margin)
 
     def after_exemplars(self, network, memory, phase, log):
+        head = network.get_layer("classifier")
         if not phase or not self.config.finetune_epochs:
-            return None
-        features, targets = memory()
-        losses = finetune_head(network.get_layer("classifier"), features, targets,
+            return {"nca_scale": float(head.scale.numpy())}
+        features = np.concatenate([memory.features, memory.flipped])
+        losses = finetune_head(head, features, np.tile(memory.targets, 2),
                                epochs=self.config.finetune_epochs,
                                learning_rate=self.config.finetune_lr,
                                batch_size=self.config.batch_size,
@@ -93,19 +94,25 @@ class Podnet(Host):
                                weight_decay=self.config.weight_decay,
                                nca_margin=self.config.nca_margin,
                                seed=self.config.seed + phase)
+        scale = float(head.scale.numpy())
         log(f"Class-balanced fine-tuning of the head: NCA {losses[0]:.3f} -> {losses[-1]:.3f} "
-            f"over {len(losses)} epochs.")
-        return {"finetune_losses": losses}
-
+            f"over {len(losses)} epochs (NCA scale {scale:.2f}).")
+        return {"finetune_losses": losses, "nca_scale": scale}
 
 def finetune_head(head: LocalSimilarityClassifier, features: np.ndarray, targets: np.ndarray,
                   *, epochs: int, learning_rate: float, batch_size: int, momentum: float = 0.9,
                   weight_decay: float = 0.0,
                   nca_margin: float = podnet_losses.DEFAULT_NCA_MARGIN,
                   seed: int = 0) -> list[float]:
-    """PODNet's class-balanced fine-tuning: NCA on fixed features, every proxy and the
-    scale trained (old proxies included), SGD with momentum and coupled weight decay,
-    the learning rate decayed to 0 by a cosine over the steps.
+    """PODNet's class-balanced fine-tuning: NCA on fixed features, every proxy trained
+    (old proxies included), SGD with momentum and coupled weight decay, the learning
+    rate decayed to 0 by a cosine over the steps.
+
+    The NCA scale stays as Level 1 left it, as in PODNet's code, whose fine-tuning
+    optimises the classifier's parameters and not the scale (a separate module). A
+    memory of a few exemplars per class is separable, so trained here the scale only
+    grows (4.5 -> 13 -> 29 over three phases of the CPU protocol), and the next
+    phase's Level 1 starts with logits and gradients scaled up by as much.
 
     Args:
         head: the phase's local similarity classifier (updated in place).
@@ -123,7 +130,7 @@ def finetune_head(head: LocalSimilarityClassifier, features: np.ndarray, targets
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"`epochs` and `batch_size` must be >= 1. Received: epochs={epochs}, "
                          f"batch_size={batch_size}")
-    variables = [v.value for v in (head.old_proxies, head.new_proxies, head.scale)]
+    variables = [v.value for v in (head.old_proxies, head.new_proxies)]
     velocity = [tf.Variable(tf.zeros_like(v)) for v in variables]
     steps_per_epoch = math.ceil(len(features) / batch_size)
     total_steps = epochs * steps_per_epoch

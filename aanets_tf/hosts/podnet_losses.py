@@ -28,7 +28,9 @@ Where the PODNet paper and its released code differ, the choice made here:
   denominator, hinged at zero). In the released function the margin is
   subtracted from every class (so it cancels), the target's term in the
   denominator becomes `exp(0)` after the row-maximum shift rather than being
-  removed, and the hinge is off by default. Followed: the paper.
+  removed, and the hinge is off by default. Followed: the code, by
+  measurement (`nca_per_example`); a positive `margin` gives the paper's
+  margin on the target.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from aanets_tf.losses import less_forget_per_example
 # PODNet's released CIFAR-100 configuration.
 DEFAULT_SPATIAL_BASE = 3.0
 DEFAULT_FLAT_BASE = 1.0
-DEFAULT_NCA_MARGIN = 0.6
+DEFAULT_NCA_MARGIN = 0.0  # PODNet's code: its configured 0.6 cancels
 FLAT_DISTANCES = ("cosine", "l2")
 
 
@@ -149,23 +151,33 @@ def pod_flat(old_features: tf.Tensor, new_features: tf.Tensor,
 
 
 def nca_per_example(similarities: tf.Tensor, labels: tf.Tensor,
-                    margin: float = DEFAULT_NCA_MARGIN, scale: float | tf.Tensor = 1.0,
-                    hinge: bool = True) -> tf.Tensor:
-    """PODNet's NCA loss of each sample, `(b,)`, float32:
+                    margin: float = DEFAULT_NCA_MARGIN,
+                    scale: float | tf.Tensor = 1.0) -> tf.Tensor:
+    """PODNet's NCA loss of each sample, `(b,)`, float32, as PODNet's released code
+    computes it:
 
-        max(0, -eta * (s_y - delta) + log sum_{i != y} exp(eta * s_i))
+        z_i = eta * s_i - [i = y] * eta * delta
+        L   = -z_y + log(exp(max_j z_j) + sum_{i != y} exp(z_i))
+
+    The code shifts every logit by the row maximum, then drops the target from the
+    denominator by zeroing its entry, which leaves `exp(0)`, i.e. `exp(max_j z_j)`,
+    in its place. While the target has the largest logit this is softmax
+    cross-entropy; otherwise the largest other class counts twice. `L >= 0`, and its
+    gradient fades as the target wins by more, so a learnt `eta` stops growing once
+    the classes are apart. The paper's form, `[-z_y + log sum_{i != y} exp(z_i)]_+`,
+    keeps a gradient of `eta` on every sample it does not zero: on the CPU protocol
+    `eta` grew 4.5 -> 13 -> 29 over the phases and accuracy collapsed
+    (docs/hosts.md).
 
     Args:
         similarities: `(b, num_classes)` class similarities `s` from the local
             similarity classifier (unscaled, in `[-1, 1]`).
         labels: `(b,)` target classes `y`.
-        margin: `delta`, subtracted from the target's similarity only
-            (0.6 in PODNet's configurations).
+        margin: `delta`, subtracted from the target's similarity. 0 is PODNet's
+            code, which subtracts its configured 0.6 from every class, where it
+            cancels; a positive value is the paper's margin on the target.
         scale: `eta`, a float or the classifier's learnable scale variable
             (gradients flow into it, except through the margin's term).
-        hinge: clamp at zero as the paper writes it. Without the target in the
-            denominator the loss can go negative; the hinge stops pushing
-            samples that already beat every other class by the margin.
     """
     similarities = tf.cast(similarities, tf.float32)
     num_classes = similarities.shape[-1]
@@ -175,24 +187,19 @@ def nca_per_example(similarities: tf.Tensor, labels: tf.Tensor,
     is_target = tf.one_hot(tf.cast(labels, tf.int32), num_classes, on_value=True,
                            off_value=False)
     scale = tf.cast(scale, tf.float32)
-    target = tf.reduce_sum(tf.where(is_target, similarities, 0.0), axis=-1)
-    # -inf removes the target from the log-sum-exp; its gradient there is
-    # exp(-inf) = 0, so nothing undefined flows back through tf.where.
-    others = tf.reduce_logsumexp(
-        tf.where(is_target, tf.constant(-math.inf, tf.float32), scale * similarities), axis=-1)
-    # The margin's term does not train the scale. At the start every similarity
-    # is near 0 and below the margin, so `-eta * (s_y - delta)` alone would
-    # push eta down through zero, after which the loss rewards the wrong class
-    # (measured: phase-0 accuracy at chance on the CPU protocol). Without it,
-    # eta's gradient is that of the margin-free NCA, as in PODNet's code.
-    loss = others - scale * target + tf.stop_gradient(scale) * margin
-    return tf.nn.relu(loss) if hinge else loss
+    # The margin's term does not train the scale: at the start every similarity is
+    # near 0, below the margin, and `eta * delta` alone would push eta down through
+    # zero, after which the loss rewards the wrong class.
+    logits = scale * similarities - tf.where(is_target, tf.stop_gradient(scale) * margin, 0.0)
+    target = tf.reduce_sum(tf.where(is_target, logits, 0.0), axis=-1)
+    row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
+    return tf.reduce_logsumexp(tf.where(is_target, row_max, logits), axis=-1) - target
 
 
 def nca_loss(similarities: tf.Tensor, labels: tf.Tensor, margin: float = DEFAULT_NCA_MARGIN,
-             scale: float | tf.Tensor = 1.0, hinge: bool = True) -> tf.Tensor:
+             scale: float | tf.Tensor = 1.0) -> tf.Tensor:
     """Batch mean of `nca_per_example`: a scalar."""
-    return tf.reduce_mean(nca_per_example(similarities, labels, margin, scale, hinge))
+    return tf.reduce_mean(nca_per_example(similarities, labels, margin, scale))
 
 
 def _safe_l2_norm(x: tf.Tensor) -> tf.Tensor:
