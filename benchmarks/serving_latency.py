@@ -20,8 +20,9 @@ headers), reloads both with `tf.saved_model.load`, and times, in one process:
 - `keras_call`: `model(images, training=False)`, eager, as a script calls it
   (`--nokeras` leaves both Keras variants out).
 
-Batch-1 calls are interleaved call by call, in an order rotating every call,
-so that load from other work falls on every variant alike; the checks' cost
+Batch-1 calls are interleaved call by call, in a new random order every turn,
+so that load from other work, and each call's effect on the next, fall on
+every variant alike; the checks' cost
 is the ratio of medians of `checked` to `unchecked` (beside it: the median of
 per-call ratios, the ratio of 10th percentiles, and the ratio of median process
 CPU time, which leaves out the waits for a core on a shared machine). Batch-`--batch_size` throughput is images per second per round
@@ -185,16 +186,18 @@ def main(argv):
     latency = {name: [] for name in calls}
     cpu = {name: [] for name in calls}  # process CPU time: what waiting for a core leaves out
     throughput = {name: [] for name in calls}
-    turn = 0
+    # A new random order every turn: with a rotating order each variant would always
+    # follow the same neighbour (e.g. `checked` the eager Keras call), whose effect on
+    # caches and threads would then fall on one variant only.
+    shuffle = np.random.RandomState(0)
     for r in range(FLAGS.rounds):
         for _ in range(FLAGS.latency_calls):
-            turn += 1
-            for name in variants[turn % len(variants):] + variants[:turn % len(variants)]:
+            for name in shuffle.permutation(variants):
                 t, c = time.perf_counter(), time.process_time()
                 calls[name](one)
                 latency[name].append(time.perf_counter() - t)
                 cpu[name].append(time.process_time() - c)
-        for name in variants[r % len(variants):] + variants[:r % len(variants)]:
+        for name in shuffle.permutation(variants):
             t = time.perf_counter()
             for _ in range(FLAGS.throughput_batches):
                 calls[name](many)
