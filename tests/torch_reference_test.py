@@ -1,5 +1,6 @@
 """The PyTorch comparison of benchmarks/throughput.py: its error without torch, its ratios,
-and (only where torch is installed) that the reference is the same network as ours."""
+and (only where torch is installed) that the reference is the same network as ours, and
+that the PyTorch loop of the whole protocol (benchmarks/torch_protocol.py) runs."""
 
 import sys
 
@@ -8,6 +9,7 @@ import pytest
 from absl import app
 
 from benchmarks import throughput, throughput_report
+from conftest import SHARED_DATA_DIR
 
 
 def test_missing_torch_names_the_requirements_file(monkeypatch):
@@ -112,3 +114,42 @@ def test_reference_steps_train_what_each_level_trains(torch_reference):
     changed = {n for n, p in snapshot().items() if not torch.equal(after[n], p)}
     assert changed and all("alphas" in n for n in changed)
     assert all(0.0 <= a.item() <= 1.0 for a in steps.alphas)
+
+
+def test_protocol_loop_runs_every_phase(torch_reference):
+    import math
+
+    from aanets_tf.config import TrainConfig
+    from benchmarks import torch_protocol
+
+    # The CPU protocol's phases (4 base classes, then 3 phases of 2) on ResNet-8, tiny.
+    config = TrainConfig(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8",
+                         num_base_classes=4, classes_per_phase=2, train_images_per_class=10,
+                         test_images_per_class=10, epochs=2, batch_size=16,
+                         exemplars_per_class=3)
+    data = torch_protocol.load_data(config)
+    assert len(data.train_labels) == 100 and len(data.test_labels) == 100
+    report = torch_protocol.run(config, data, threads=1, test_every_epoch=True,
+                                test_batch_size=32, feature_batch_size=32, log=lambda _: None)
+    phases = report["phases"]
+    assert [p["phase"] for p in phases] == [0, 1, 2, 3]
+    assert [p["num_seen_classes"] for p in phases] == [4, 6, 8, 10]
+    # Level 1: the new classes' images and 3 exemplars of each old class; Level 2: 3
+    # images of each new class and the same exemplars.
+    assert [p["num_train_images"] for p in phases] == [40, 32, 38, 44]
+    assert [p["num_level2_images"] for p in phases] == [0, 18, 24, 30]
+    for p in phases:
+        for kind in ("cnn_accuracy", "nme_accuracy"):
+            assert math.isfinite(p[kind]) and 0.0 <= p[kind] <= 100.0
+        assert set(p["timings"]) == {"setup", "level1", "level2", "epoch_tests", "herding",
+                                     "evaluation"}
+        assert all(s >= 0.0 for s in p["timings"].values()) and p["timings"]["level1"] > 0
+        assert [t["epoch"] for t in p["epoch_tests"]] == [1, 2]
+        assert all(0.0 <= t["accuracy"] <= 100.0 for t in p["epoch_tests"])
+        assert p["wall_seconds"] >= p["phase_seconds"] > 0
+    assert phases[0]["aggregation_weights"] is None
+    assert all(0.0 <= a <= 1.0 for p in phases[1:] for a in p["aggregation_weights"])
+    assert report["average_incremental_accuracy"]["cnn"] == pytest.approx(
+        np.mean([p["cnn_accuracy"] for p in phases]))
+    with pytest.raises(ValueError, match=r"--stem must be 'shared'.*per_branch"):
+        torch_protocol.check_supported(config.replace(stem="per_branch"))

@@ -1,0 +1,287 @@
+r"""The whole CPU protocol, ours against the PyTorch loop, timed in one run (issue 18).
+
+    python benchmarks/protocol_time.py --flagfile=flags/cifar10_cpu.flags \
+        --out=benchmarks/results/protocol_time
+
+    # a quick check of the machinery: 1 epoch a phase, 20 images per class
+    python benchmarks/protocol_time.py --flagfile=flags/cifar10_cpu.flags \
+        --epochs=1 --train_images_per_class=20 --out=/tmp/protocol_time
+
+Issue 18 asks for the whole CPU protocol in at most half the wall time of a
+PyTorch loop run as the authors' code runs it, whose loop also tests after
+every epoch: compared with and without that test. This runs, one after
+another (never side by side: they would share the cores), each as a
+subprocess whose wall clock is timed from launch to exit:
+(a) `ours`: `tools/train.py` with the flags and `--noexport`, in a temporary
+    workdir (its `metrics.json` gives per-phase seconds and accuracies);
+(b) `torch`: `benchmarks/torch_protocol.py` with the same flags;
+(c) `torch_test_every_epoch`: the same with `--test_every_epoch`, the test
+    pass the authors' loop runs after every epoch.
+Every run setting (`--epochs`, `--train_images_per_class`, `--seed`, ...)
+reaches all three through one generated flagfile; `--runs` picks which run.
+
+For (b) and (c), the report gives theirs / ours of
+- the process wall time (the claim): everything each process does, imports,
+  reading the data, every phase, writing its results;
+- the phases' time: each run's own clock of its phases' training (with the
+  per-epoch tests), herding and evaluation; startup, data reading and the
+  building of each phase's network (imprinting) excluded;
+and whether theirs / ours reaches `--target` (2: "at most half the wall
+time"), judged on the process wall time. Per phase: seconds, CNN and NME
+accuracy; their averages over the phases (average incremental accuracy).
+
+Writes `protocol_time.json` and `protocol_time.md` into `--out`, with the
+runs' output in `logs/<run>.log`, ours' `metrics.json` as
+`ours_metrics.json`, and the PyTorch loop's reports (`torch_protocol*.json`).
+The machine is shared: the load average before and after each run is
+recorded, and a claim wants a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from tools import train_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+OURS, TORCH, TORCH_TESTED = "ours", "torch", "torch_test_every_epoch"
+RUNS = (OURS, TORCH, TORCH_TESTED)
+DESCRIPTIONS = {
+    OURS: "ours (tools/train.py)",
+    TORCH: "PyTorch loop, no per-epoch test",
+    TORCH_TESTED: "PyTorch loop + per-epoch test (the authors' loop)",
+}
+TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
+TORCH_PROTOCOL = os.path.join(REPO_ROOT, "benchmarks", "torch_protocol.py")
+
+
+def define_flags() -> None:
+    train_flags.define_flags()
+    flags.DEFINE_string("out", "benchmarks/results/protocol_time", "Output directory.")
+    flags.DEFINE_list("runs", list(RUNS), f"Runs, in this order, from {', '.join(RUNS)}.")
+    flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads of the PyTorch loop "
+                                             "(0: the machine's cores).")
+    flags.DEFINE_float("target", 2.0, "The target of theirs / ours wall time.")
+
+
+def command(name: str, flagfile: str, workdir: str, out_dir: str, threads: int) -> list[str]:
+    """The subprocess of run `name`."""
+    if name == OURS:
+        return [sys.executable, TRAIN, f"--flagfile={flagfile}", f"--workdir={workdir}",
+                "--overwrite", "--noexport"]
+    if name not in (TORCH, TORCH_TESTED):
+        raise ValueError(f"Unknown run. Expected one of {RUNS}. Received: {name!r}")
+    result = [sys.executable, TORCH_PROTOCOL, f"--flagfile={flagfile}", f"--out={out_dir}",
+              f"--threads={threads}"]
+    return result + (["--test_every_epoch"] if name == TORCH_TESTED else [])
+
+
+def ours_summary(metrics: dict) -> dict:
+    """Per-phase seconds and accuracies of our run's `metrics.json`."""
+    phases = []
+    for p in metrics["phases"]:
+        timings = p.get("timings") or {}
+        herding = float(timings.get("herding", 0.0))
+        phases.append({
+            "phase": p["phase"],
+            # The phase's training (Level 1 and 2), herding and evaluation; the export
+            # is off (--noexport).
+            "seconds": float(p["train_seconds"]) + float(p["eval_seconds"])
+            + float(timings.get("export", 0.0)),
+            "train": float(p["train_seconds"]), "epoch_tests": 0.0, "herding": herding,
+            "evaluation": float(p["eval_seconds"]) - herding,
+            "cnn": p["cnn_accuracy"], "nme": p["nme_accuracy"]})
+    return {"phases": phases, "average": metrics["average_incremental_accuracy"]}
+
+
+def torch_summary(report: dict) -> dict:
+    """Per-phase seconds and accuracies of a `benchmarks/torch_protocol.py` report."""
+    phases = []
+    for p in report["phases"]:
+        t = p["timings"]
+        phases.append({
+            "phase": p["phase"], "seconds": float(p["phase_seconds"]),
+            "train": t["level1"] + t["level2"], "epoch_tests": t["epoch_tests"],
+            "herding": t["herding"], "evaluation": t["evaluation"],
+            "cnn": p["cnn_accuracy"], "nme": p["nme_accuracy"]})
+    return {"phases": phases, "average": report["average_incremental_accuracy"],
+            "torch": report["torch"], "data_seconds": report.get("data_seconds")}
+
+
+def run_one(name: str, argv: list[str], log_path: str, log=print) -> dict:
+    """Run one subprocess to its end, its output into `log_path`; its wall time and status."""
+    log(f"run {name}: {' '.join(argv)}")
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    with open(log_path, "w") as out:
+        code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    wall = time.perf_counter() - start
+    record = {"name": name, "description": DESCRIPTIONS[name], "command": argv,
+              "returncode": code, "wall_seconds": wall, "log": log_path,
+              "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}}
+    if code:
+        with open(log_path) as f:
+            tail = f.read()[-3000:]
+        log(f"run {name} failed (exit code {code}); the end of {log_path}:\n{tail}")
+    else:
+        log(f"run {name}: {wall:.1f}s")
+    return record
+
+
+def compare(runs: dict, target: float) -> dict:
+    """theirs / ours of the process wall time and of the phases' time, for each PyTorch run
+    that finished beside ours; `met` judged on the wall time."""
+    ours = runs.get(OURS)
+    if not ours or ours["returncode"]:
+        return {}
+    out = {}
+    for name in (TORCH, TORCH_TESTED):
+        theirs = runs.get(name)
+        if not theirs or theirs["returncode"]:
+            continue
+        wall = theirs["wall_seconds"] / ours["wall_seconds"]
+        phases = theirs["phases_seconds"] / ours["phases_seconds"]
+        out[name] = {"description": DESCRIPTIONS[name], "wall_ratio": wall,
+                     "phases_ratio": phases, "target": target, "met": wall >= target,
+                     "short_by": max(1.0, target / wall)}
+    return out
+
+
+def table(report: dict) -> str:
+    """The markdown report."""
+    runs = [r for r in report["runs"].values() if not r["returncode"]]
+    num_phases = max((len(r["phases"]) for r in runs), default=0)
+    config = report["config"]
+    lines = ["# The CPU protocol: ours against a PyTorch loop (issue 18)", "",
+             f"Machine: {report['machine_summary']}."]
+    if report.get("torch"):
+        lines.append(f"PyTorch {report['torch']['version']} with "
+                     f"{report['torch']['threads']} threads.")
+    settings = (f"Settings: {config['dataset']}, {config['num_base_classes']} base classes "
+                f"then phases of {config['classes_per_phase']}, {config['epochs']} epoch(s) a "
+                f"phase, {config['train_images_per_class'] or 'all'} training images per "
+                f"class, batch {config['batch_size']}, {config['exemplars_per_class']} "
+                f"exemplars per class, {config['arch']}, {config['branch_mode']} branches, "
+                f"{config['mixed_precision']} (ours; the PyTorch loop is float32). The runs "
+                "ran one after another.")
+    lines += ["", settings, "",
+              "| run | wall s | phases s | " + " | ".join(
+                  f"phase {k} s" for k in range(num_phases))
+              + " | of which per-epoch tests s | CNN avg % | NME avg % | load before |",
+              "|---" * (num_phases + 7) + "|"]
+    for r in runs:
+        cells = [f"{p['seconds']:.1f}" for p in r["phases"]]
+        cells += ["-"] * (num_phases - len(cells))
+        tests = sum(p["epoch_tests"] for p in r["phases"])
+        lines.append(f"| {r['description']} | {r['wall_seconds']:.1f} | "
+                     f"{r['phases_seconds']:.1f} | " + " | ".join(cells)
+                     + f" | {tests:.1f} | {r['average']['cnn']:.2f} | "
+                     f"{r['average']['nme']:.2f} | "
+                     f"{r['load_average_1_5_15_min']['before'][0]:.2f} |")
+    failed = [r for r in report["runs"].values() if r["returncode"]]
+    for r in failed:
+        lines.append(f"| {r['description']} | failed (exit code {r['returncode']}; "
+                     f"{r['log']}) |" + " |" * (num_phases + 6))
+    lines += ["", ("Wall: the process from launch to exit. Phases: each run's own clock of "
+                   "its phases' training, per-epoch tests, herding and evaluation (startup, "
+                   "data reading and building each phase's network excluded)."), ""]
+    if report["comparisons"]:
+        lines += ["| comparison | theirs / ours, wall | theirs / ours, phases | target | |",
+                  "|---|---|---|---|---|"]
+        for c in report["comparisons"].values():
+            verdict = ("met" if c["met"]
+                       else f"missed (needs {c['short_by']:.2f}x more)")
+            lines.append(f"| {c['description']} | {c['wall_ratio']:.2f} | "
+                         f"{c['phases_ratio']:.2f} | >= {c['target']:g} | {verdict} |")
+        lines.append("")
+    lines += ["| run | CNN % per phase | NME % per phase |", "|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['description']} | "
+                     + ", ".join(f"{p['cnn']:.2f}" for p in r["phases"]) + " | "
+                     + ", ".join(f"{p['nme']:.2f}" for p in r["phases"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    config = train_flags.config_for_main(argv)
+    unknown = [r for r in FLAGS.runs if r not in RUNS]
+    if unknown or not FLAGS.runs or len(set(FLAGS.runs)) != len(FLAGS.runs):
+        raise app.UsageError(f"--runs must name distinct runs from {list(RUNS)}. "
+                             f"Received: --runs={','.join(FLAGS.runs)}")
+    if FLAGS.torch_threads < 0:
+        raise app.UsageError(f"--torch_threads must be >= 0. "
+                             f"Received: --torch_threads={FLAGS.torch_threads}")
+    if FLAGS.target <= 0:
+        raise app.UsageError(f"--target must be positive. Received: --target={FLAGS.target}")
+    if any(r != OURS for r in FLAGS.runs):
+        from benchmarks import torch_protocol
+
+        try:
+            torch_protocol.check_supported(config)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+    if config.data_dir and config.dataset != "folder":
+        # The subprocesses run from the repository's root.
+        config = config.replace(data_dir=os.path.abspath(config.data_dir))
+    from aanets_tf import atomic_io
+
+    out_dir = os.path.abspath(FLAGS.out)
+    logs = os.path.join(out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="protocol_time_") as tmp:
+        flagfile = os.path.join(tmp, "protocol.flags")
+        with open(flagfile, "w") as f:
+            f.write(train_flags.config_to_flagfile(
+                config, "The timed configuration (benchmarks/protocol_time.py)."))
+        workdir = os.path.join(tmp, "ours")
+        for name in FLAGS.runs:
+            record = run_one(name, command(name, flagfile, workdir, out_dir,
+                                           FLAGS.torch_threads),
+                             os.path.join(logs, f"{name}.log"))
+            if not record["returncode"]:
+                if name == OURS:
+                    metrics_path = os.path.join(out_dir, "ours_metrics.json")
+                    shutil.copyfile(os.path.join(workdir, "metrics.json"), metrics_path)
+                    with open(metrics_path) as f:
+                        record.update(ours_summary(json.load(f)))
+                else:
+                    from benchmarks import torch_protocol
+
+                    with open(os.path.join(out_dir, torch_protocol.output_name(
+                            name == TORCH_TESTED))) as f:
+                        record.update(torch_summary(json.load(f)))
+                record["phases_seconds"] = sum(p["seconds"] for p in record["phases"])
+            runs[name] = record
+
+    from benchmarks import machine
+
+    described = machine.describe()
+    torch_versions = next((r["torch"] for r in runs.values() if "torch" in r), None)
+    report = {"config": config.to_dict(), "runs": runs, "target": FLAGS.target,
+              "comparisons": compare(runs, FLAGS.target), "machine": described,
+              "machine_summary": machine.summary_line(described), "torch": torch_versions}
+    markdown = table(report)
+    atomic_io.write_json(os.path.join(out_dir, "protocol_time.json"), report)
+    atomic_io.write_text(os.path.join(out_dir, "protocol_time.md"), markdown)
+    print()
+    print(markdown)
+    print(f"Report: {os.path.join(out_dir, 'protocol_time.md')}")
+    return 1 if any(r["returncode"] for r in runs.values()) else 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
