@@ -116,6 +116,9 @@ def _head(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return head, tf.reshape(tf.io.decode_raw(head, tf.uint8), [_HEAD_LEN])
 
 
+_SEGMENT, _STANDALONE, _FILL, _FRAME, _END = range(5)  # the walk goes on below _FRAME
+
+
 def _jpeg_marker_kinds() -> list[int]:
     """What each JPEG marker byte (after 0xFF) means for the walk, by value."""
     kinds = [_SEGMENT] * 256
@@ -130,7 +133,6 @@ def _jpeg_marker_kinds() -> list[int]:
     return kinds
 
 
-_SEGMENT, _STANDALONE, _FILL, _FRAME, _END = range(5)  # the walk goes on below _FRAME
 _JPEG_MARKER_KINDS = _jpeg_marker_kinds()
 
 

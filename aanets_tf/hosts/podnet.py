@@ -99,6 +99,7 @@ class Podnet(Host):
             f"over {len(losses)} epochs (NCA scale {scale:.2f}).")
         return {"finetune_losses": losses, "nca_scale": scale}
 
+
 def finetune_head(head: LocalSimilarityClassifier, features: np.ndarray, targets: np.ndarray,
                   *, epochs: int, learning_rate: float, batch_size: int, momentum: float = 0.9,
                   weight_decay: float = 0.0,
@@ -109,10 +110,7 @@ def finetune_head(head: LocalSimilarityClassifier, features: np.ndarray, targets
     rate decayed to 0 by a cosine over the steps.
 
     The NCA scale stays as Level 1 left it, as in PODNet's code, whose fine-tuning
-    optimises the classifier's parameters and not the scale (a separate module). A
-    memory of a few exemplars per class is separable, so trained here the scale only
-    grows (4.5 -> 13 -> 29 over three phases of the CPU protocol), and the next
-    phase's Level 1 starts with logits and gradients scaled up by as much.
+    optimises the classifier's parameters and not the scale (a separate module).
 
     Args:
         head: the phase's local similarity classifier (updated in place).
