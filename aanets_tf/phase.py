@@ -128,15 +128,22 @@ def phase_data(config: TrainConfig, train: datasets.Split, plan: PhasePlan, phas
                      new_labels, parts, old_per_class)
 
 
+def balanced_draw(labels: np.ndarray, classes, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices into `labels`: `per_class` of each of `classes` (all of a class
+    with fewer), drawn without replacement by `RandomState(seed)` class by class."""
+    rng = np.random.RandomState(seed)
+    chosen = [np.zeros((0,), np.int64)]
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        chosen.append(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
 def level2_data(config: TrainConfig, data: PhaseData) -> list[pipeline.Part]:
     """Level 2's class-balanced subset: each new class downsampled to the old classes'
     exemplar count, plus the exemplars (SPEC section 3)."""
-    rng = np.random.RandomState(config.seed + data.phase)
-    chosen = [np.zeros((0,), np.int64)]
-    for c in data.new_classes:
-        idx = np.flatnonzero(data.new_labels == c)
-        chosen.append(rng.choice(idx, size=min(data.old_per_class, len(idx)), replace=False))
-    keep = np.sort(np.concatenate(chosen))
+    keep = balanced_draw(data.new_labels, data.new_classes, data.old_per_class,
+                         config.seed + data.phase)
     new = data.new
     return [pipeline.Part(new.source, new.positions[keep], new.targets[keep])] + data.parts[1:]
 

@@ -30,7 +30,10 @@ PyTorch, with the networks and loss pieces of `benchmarks/torch_reference.py`
 - herding of `--exemplars_per_class` exemplars per new class (running mean of
   L2-normalised features closest to the class mean), CNN and NME accuracy
   (class means of the exemplars and their mirror images) on the test images
-  of every seen class at the end of each phase.
+  of every seen class at the end of each phase. These NumPy steps, and Level
+  2's draw, are the project's own (`aanets_tf.herding`, `aanets_tf.metrics`,
+  `aanets_tf.phase.balanced_draw`): the loop differs from ours only where
+  the framework does.
 `--test_every_epoch` adds what the authors' loop does after every epoch: a
 test pass (cross-entropy and CNN accuracy) over the seen classes' test images.
 
@@ -71,7 +74,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from aanets_tf import metrics  # noqa: E402
 from aanets_tf.class_order import PhasePlan, class_order  # noqa: E402
+from aanets_tf.herding import herding_ranking  # noqa: E402
+from aanets_tf.metrics import l2_normalize  # noqa: E402
+from aanets_tf.phase import balanced_draw  # noqa: E402
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -193,19 +200,6 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
         yield order[start:start + batch_size]
 
 
-def balanced_subset(new_labels: np.ndarray, new_classes: list[int], per_class: int,
-                    seed: int) -> np.ndarray:
-    """Sorted indices into the new classes' images: `per_class` of each new class, drawn
-    without replacement by `RandomState(seed)` class by class, as our Level 2 draws them
-    (`aanets_tf.phase.level2_data`); the exemplars join them."""
-    chooser = np.random.RandomState(seed)
-    chosen = [np.zeros((0,), np.int64)]
-    for c in new_classes:
-        idx = np.flatnonzero(new_labels == c)
-        chosen.append(chooser.choice(idx, size=min(per_class, len(idx)), replace=False))
-    return np.sort(np.concatenate(chosen))
-
-
 # === Networks ===
 
 def _reference():
@@ -273,10 +267,6 @@ def features_of(backbone, images: np.ndarray, batch_size: int, flip: bool = Fals
     return np.concatenate(out).astype(np.float64)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def grown_network(previous, backbone, num_new: int, new_features: np.ndarray,
                   new_targets: np.ndarray):
     """The next phase's network: the previous head's rows copied (frozen) and its sigma,
@@ -290,13 +280,13 @@ def grown_network(previous, backbone, num_new: int, new_features: np.ndarray,
                      if w is not None]).clone()
     network = ref.Network(backbone, old.shape[0], num_new)
     scale = float(old.norm(dim=1).mean())
-    unit = _unit(new_features)
+    unit = l2_normalize(new_features)
     rows = []
     for c in range(num_new):
         members = unit[new_targets == c]
         if not len(members):
             raise ValueError(f"No features for new class {c} to imprint from.")
-        rows.append(scale * _unit(members.mean(axis=0)))
+        rows.append(scale * l2_normalize(members.mean(axis=0)))
     with torch.no_grad():
         network.head.old = nn.Parameter(old, requires_grad=False)
         network.head.new.copy_(torch.as_tensor(np.stack(rows), dtype=torch.float32))
@@ -305,31 +295,6 @@ def grown_network(previous, backbone, num_new: int, new_features: np.ndarray,
 
 
 # === Exemplars and evaluation ===
-
-def herding(features: np.ndarray, count: int) -> np.ndarray:
-    """Indices of `count` rows picked greedily so that the running mean of the picked
-    L2-normalised features stays closest to the class mean (iCaRL herding)."""
-    unit = _unit(np.asarray(features, np.float64))
-    target = unit.mean(axis=0)
-    picked = np.zeros(len(unit), bool)
-    total = np.zeros_like(target)
-    order = []
-    for k in range(1, min(count, len(unit)) + 1):
-        distances = np.linalg.norm((total + unit) / k - target, axis=1)
-        distances[picked] = np.inf
-        best = int(np.argmin(distances))
-        order.append(best)
-        picked[best] = True
-        total += unit[best]
-    return np.asarray(order, np.int64)
-
-
-def class_means(features: np.ndarray, flipped: np.ndarray, targets: np.ndarray,
-                num_classes: int) -> np.ndarray:
-    """`(c, d)` unit means of the averaged normalised features of images and mirror images."""
-    both = 0.5 * (_unit(features) + _unit(flipped))
-    return _unit(np.stack([both[targets == c].mean(axis=0) for c in range(num_classes)]))
-
 
 def test_pass(network, images: np.ndarray, targets: np.ndarray, batch_size: int
               ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -348,10 +313,6 @@ def test_pass(network, images: np.ndarray, targets: np.ndarray, batch_size: int
             logits.append(out.numpy())
             features.append(feats.numpy())
     return np.concatenate(logits), np.concatenate(features), loss / len(images)
-
-
-def _accuracy(predictions: np.ndarray, targets: np.ndarray) -> float:
-    return float(100.0 * np.mean(predictions == targets))
 
 
 # === Training ===
@@ -502,8 +463,8 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
         images = np.concatenate([new_images, *kept_images])
         targets = np.concatenate([new_targets, *kept_targets])
         if level2:
-            keep = balanced_subset(data.train_labels[is_new], new_classes, per_class,
-                                   config.seed + phase)
+            keep = balanced_draw(data.train_labels[is_new], new_classes, per_class,
+                                 config.seed + phase)
             balanced_images = np.concatenate([new_images[keep], *kept_images])
             balanced_targets = np.concatenate([new_targets[keep], *kept_targets])
 
@@ -548,7 +509,7 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
             if test_every_epoch:
                 start = time.perf_counter()
                 logits, _, loss = test_pass(network, test_images, test_labels, test_batch_size)
-                epoch_tests.append({"epoch": epoch + 1, "loss": loss, "accuracy": _accuracy(
+                epoch_tests.append({"epoch": epoch + 1, "loss": loss, "accuracy": metrics.accuracy(
                     logits.argmax(axis=1), test_labels)})
                 seconds["epoch_tests"] += time.perf_counter() - start
                 log(f"phase {phase} epoch {epoch + 1}: loss {last_loss:.4f}, test accuracy "
@@ -561,7 +522,8 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
         new_features = features_of(network.backbone, new_images, feature_batch_size)
         for c in range(num_old, num_seen):
             members = np.flatnonzero(new_targets == c)
-            exemplars[c] = new_images[members[herding(new_features[members], per_class)]]
+            exemplars[c] = new_images[members[herding_ranking(new_features[members],
+                                                              per_class)]]
         herding_seconds = time.perf_counter() - start
 
         # === Evaluation: CNN and NME on every seen class ===
@@ -569,14 +531,13 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
         memory = np.concatenate([exemplars[c][:per_class] for c in range(num_seen)])
         memory_targets = np.concatenate([np.full(len(exemplars[c][:per_class]), c)
                                          for c in range(num_seen)])
-        means = class_means(features_of(network.backbone, memory, feature_batch_size),
-                            features_of(network.backbone, memory, feature_batch_size,
-                                        flip=True),
-                            memory_targets, num_seen)
+        means = metrics.class_means(
+            features_of(network.backbone, memory, feature_batch_size), memory_targets,
+            num_seen, flipped_features=features_of(network.backbone, memory,
+                                                   feature_batch_size, flip=True))
         logits, features, _ = test_pass(network, test_images, test_labels, test_batch_size)
-        nme = (((_unit(features)[:, None, :] - means[None]) ** 2).sum(-1)).argmin(axis=1)
-        cnn_accuracy = _accuracy(logits.argmax(axis=1), test_labels)
-        nme_accuracy = _accuracy(nme, test_labels)
+        cnn_accuracy = metrics.accuracy(logits.argmax(axis=1), test_labels)
+        nme_accuracy = metrics.accuracy(metrics.nme_predict(features, means), test_labels)
         evaluation_seconds = time.perf_counter() - start
 
         timings = {"setup": setup_seconds, **seconds, "herding": herding_seconds,
