@@ -43,6 +43,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = False
     seed: int = 1993
+    class_order_seed: int = -1  # -1 = `seed`; else the class order's own seed
     num_base_classes: int = 50
     classes_per_phase: int = 10
     num_phases: int = 0  # 0 = every phase the class split allows
@@ -116,6 +117,7 @@ class TrainConfig:
         need(bool(self.dataset), "dataset", "must name a TFDS dataset, or be 'folder'")
         need(self.num_base_classes >= 1, "num_base_classes", "must be >= 1")
         need(self.classes_per_phase >= 1, "classes_per_phase", "must be >= 1")
+        need(self.class_order_seed >= -1, "class_order_seed", "must be >= 0, or -1 (= seed)")
         need(self.num_phases >= 0, "num_phases", "must be >= 0 (0 = all)")
         need(self.num_classes >= 0, "num_classes", "must be >= 0 (0 = all)")
         need(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {LR_SCHEDULES}")
@@ -183,6 +185,13 @@ class TrainConfig:
              "must be a non-empty name without '/'")
         if problems:
             raise ValueError("Invalid configuration:\n  " + "\n  ".join(problems))
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the class order (and of a class subset): `class_order_seed`, or
+        `seed` when that is -1. `seed` alone seeds the initial weights, batches,
+        augmentation and draws, so one class order can be trained over several draws."""
+        return self.seed if self.class_order_seed < 0 else self.class_order_seed
 
     @property
     def aggregation_learnable(self) -> bool:

@@ -34,8 +34,8 @@ FOLDER_DATASET = "folder"  # `dataset` of image-folder runs (`aanets_tf.folders`
 
 
 def protocol_plan(config: TrainConfig, num_classes: int) -> PhasePlan:
-    """The configured phases over `num_classes` classes in the `config.seed` order."""
-    return PhasePlan(tuple(class_order(num_classes, config.seed)), config.num_base_classes,
+    """The configured phases over `num_classes` classes in the `config.order_seed` order."""
+    return PhasePlan(tuple(class_order(num_classes, config.order_seed)), config.num_base_classes,
                      config.classes_per_phase)
 
 
@@ -130,7 +130,7 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
     if data is None:
         data = _load_data(config, log)
     if config.num_classes:
-        data = datasets.class_subset(data, config.num_classes, config.seed)
+        data = datasets.class_subset(data, config.num_classes, config.order_seed)
     plan = plan or protocol_plan(config, data.num_classes)
     num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
     if num_phases > plan.num_phases:

@@ -7,6 +7,9 @@ explicit float32 policy, and the losses cast their inputs), so logits,
 herding features and NME means keep full precision. With `mixed_float16` the
 Level-1 and Level-2 optimizers are wrapped in `keras.optimizers.LossScaleOptimizer`
 (dynamic loss scaling); bfloat16 has float32's exponent range and needs none.
+
+`resolve("auto")` picks the precision for the machine (tools resolve it
+before the run's configuration is built, so a run records what it ran in).
 """
 
 from __future__ import annotations
@@ -15,7 +18,41 @@ import contextlib
 
 import keras
 
+from aanets_tf import cpu
 from aanets_tf.config import PRECISIONS
+
+AUTO = "auto"
+
+
+def resolve(name: str, *, cpu_flags=None, accelerators: int | None = None) -> tuple[str, str]:
+    """The precision `name` stands for on this machine, and why.
+
+    A named precision stands for itself. `"auto"` is `mixed_bfloat16` on a
+    machine without accelerators whose CPU computes bfloat16 natively
+    (AVX-512-BF16 or AMX), where it is the fastest setting, and `float32`
+    elsewhere (accelerators included: their 16-bit speed and accuracy were
+    not measured here). `cpu_flags` (default: this CPU's) and `accelerators`
+    (default: TensorFlow's GPUs and TPUs) are for tests.
+
+    Returns:
+        `(precision, reason)`: a name of `PRECISIONS` and a sentence for the log.
+    """
+    if name != AUTO:
+        if name not in PRECISIONS:
+            raise ValueError(f"Unknown precision. Expected one of {PRECISIONS + (AUTO,)}. "
+                             f"Received: mixed_precision={name!r}")
+        return name, "as set"
+    if accelerators is None:
+        import tensorflow as tf
+
+        accelerators = sum(len(tf.config.list_physical_devices(kind)) for kind in ("GPU", "TPU"))
+    if accelerators:
+        return "float32", f"{accelerators} accelerator(s) attached"
+    flags = cpu.cpu_info()["flags"] if cpu_flags is None else list(cpu_flags)
+    native = [f for f in cpu.NATIVE_BFLOAT16_FEATURES if f in flags]
+    if native:
+        return "mixed_bfloat16", f"the CPU computes bfloat16 natively: {', '.join(native)}"
+    return "float32", "the CPU has no native bfloat16 (AVX-512-BF16 or AMX)"
 
 
 @contextlib.contextmanager

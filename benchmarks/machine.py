@@ -9,26 +9,12 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 
-# Flags that change which oneDNN kernels TensorFlow picks.
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
-                     "amx_tile", "amx_int8")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def cpu_info() -> dict:
-    """`{"model": ..., "flags": [...]}` from /proc/cpuinfo (empty where it is missing)."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "flags": [f for f in FLAGS_OF_INTEREST if f in flags]}
+from aanets_tf.cpu import FEATURES_OF_INTEREST as FLAGS_OF_INTEREST  # noqa: E402
+from aanets_tf.cpu import cpu_info  # noqa: E402
 
 
 def describe() -> dict:

@@ -16,11 +16,14 @@ subprocess whose wall clock is timed from launch to exit:
     workdir (its `metrics.json` gives per-phase seconds and accuracies);
 (b) `torch`: `benchmarks/torch_protocol.py` with the same flags;
 (c) `torch_test_every_epoch`: the same with `--test_every_epoch`, the test
-    pass the authors' loop runs after every epoch.
+    pass the authors' loop runs after every epoch;
+(d) `ours_auto`: (a) with `--mixed_precision=auto`, the precision the machine
+    picks (`aanets_tf.precision.resolve`: mixed_bfloat16 on a CPU with
+    AVX-512-BF16 or AMX); skipped where that is the precision (a) ran in.
 Every run setting (`--epochs`, `--train_images_per_class`, `--seed`, ...)
 reaches all three through one generated flagfile; `--runs` picks which run.
 
-For (b) and (c), the report gives theirs / ours of
+For (b) and (c), against (a) and (d), the report gives theirs / ours of
 - the process wall time (the claim): everything each process does, imports,
   reading the data, every phase, writing its results;
 - the phases' time: each run's own clock of its phases' training (with the
@@ -56,10 +59,12 @@ from absl import app, flags  # noqa: E402
 from tools import train_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-OURS, TORCH, TORCH_TESTED = "ours", "torch", "torch_test_every_epoch"
-RUNS = (OURS, TORCH, TORCH_TESTED)
+OURS, OURS_AUTO = "ours", "ours_auto"
+TORCH, TORCH_TESTED = "torch", "torch_test_every_epoch"
+RUNS = (OURS, OURS_AUTO, TORCH, TORCH_TESTED)
 DESCRIPTIONS = {
     OURS: "ours (tools/train.py)",
+    OURS_AUTO: "ours, --mixed_precision=auto",
     TORCH: "PyTorch loop, no per-epoch test",
     TORCH_TESTED: "PyTorch loop + per-epoch test (the authors' loop)",
 }
@@ -78,9 +83,10 @@ def define_flags() -> None:
 
 def command(name: str, flagfile: str, workdir: str, out_dir: str, threads: int) -> list[str]:
     """The subprocess of run `name`."""
-    if name == OURS:
+    if name in (OURS, OURS_AUTO):
         return [sys.executable, TRAIN, f"--flagfile={flagfile}", f"--workdir={workdir}",
-                "--overwrite", "--noexport"]
+                "--overwrite", "--noexport"] + (
+                    ["--mixed_precision=auto"] if name == OURS_AUTO else [])
     if name not in (TORCH, TORCH_TESTED):
         raise ValueError(f"Unknown run. Expected one of {RUNS}. Received: {name!r}")
     result = [sys.executable, TORCH_PROTOCOL, f"--flagfile={flagfile}", f"--out={out_dir}",
@@ -120,7 +126,8 @@ def torch_summary(report: dict) -> dict:
             "torch": report["torch"], "data_seconds": report.get("data_seconds")}
 
 
-def run_one(name: str, argv: list[str], log_path: str, log=print) -> dict:
+def run_one(name: str, argv: list[str], log_path: str, log=print,
+            description: str | None = None) -> dict:
     """Run one subprocess to its end, its output into `log_path`; its wall time and status."""
     log(f"run {name}: {' '.join(argv)}")
     load_before = os.getloadavg()
@@ -128,7 +135,7 @@ def run_one(name: str, argv: list[str], log_path: str, log=print) -> dict:
     with open(log_path, "w") as out:
         code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     wall = time.perf_counter() - start
-    record = {"name": name, "description": DESCRIPTIONS[name], "command": argv,
+    record = {"name": name, "description": description or DESCRIPTIONS[name], "command": argv,
               "returncode": code, "wall_seconds": wall, "log": log_path,
               "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}}
     if code:
@@ -142,20 +149,25 @@ def run_one(name: str, argv: list[str], log_path: str, log=print) -> dict:
 
 def compare(runs: dict, target: float) -> dict:
     """theirs / ours of the process wall time and of the phases' time, for each PyTorch run
-    that finished beside ours; `met` judged on the wall time."""
-    ours = runs.get(OURS)
-    if not ours or ours["returncode"]:
-        return {}
+    and each of our runs that finished (keyed `<theirs>/<ours>`); `met` judged on the
+    wall time."""
+    def finished(name):
+        run = runs.get(name)
+        return run if run and not run["returncode"] else None
+
     out = {}
-    for name in (TORCH, TORCH_TESTED):
-        theirs = runs.get(name)
-        if not theirs or theirs["returncode"]:
-            continue
-        wall = theirs["wall_seconds"] / ours["wall_seconds"]
-        phases = theirs["phases_seconds"] / ours["phases_seconds"]
-        out[name] = {"description": DESCRIPTIONS[name], "wall_ratio": wall,
-                     "phases_ratio": phases, "target": target, "met": wall >= target,
-                     "short_by": max(1.0, target / wall)}
+    for ours_name in (OURS, OURS_AUTO):
+        ours = finished(ours_name)
+        for name in (TORCH, TORCH_TESTED):
+            theirs = finished(name)
+            if not ours or not theirs:
+                continue
+            wall = theirs["wall_seconds"] / ours["wall_seconds"]
+            phases = theirs["phases_seconds"] / ours["phases_seconds"]
+            out[f"{name}/{ours_name}"] = {
+                "description": f"{theirs['description']} / {ours['description']}",
+                "wall_ratio": wall, "phases_ratio": phases, "target": target,
+                "met": wall >= target, "short_by": max(1.0, target / wall)}
     return out
 
 
@@ -174,7 +186,8 @@ def table(report: dict) -> str:
                 f"phase, {config['train_images_per_class'] or 'all'} training images per "
                 f"class, batch {config['batch_size']}, {config['exemplars_per_class']} "
                 f"exemplars per class, {config['arch']}, {config['branch_mode']} branches, "
-                f"{config['mixed_precision']} (ours; the PyTorch loop is float32). The runs "
+                f"{config['mixed_precision']} (ours unless the run names another; the PyTorch "
+                "loop is float32). The runs "
                 "ran one after another.")
     lines += ["", settings, "",
               "| run | wall s | phases s | " + " | ".join(
@@ -246,14 +259,24 @@ def main(argv):
         with open(flagfile, "w") as f:
             f.write(train_flags.config_to_flagfile(
                 config, "The timed configuration (benchmarks/protocol_time.py)."))
-        workdir = os.path.join(tmp, "ours")
         for name in FLAGS.runs:
+            description = None
+            if name == OURS_AUTO:
+                from aanets_tf import precision
+
+                resolved, reason = precision.resolve(precision.AUTO)
+                if resolved == config.mixed_precision:
+                    print(f"run {name}: skipped: auto picks {resolved} here ({reason}), "
+                          f"what run {OURS} runs in")
+                    continue
+                description = f"{DESCRIPTIONS[name]} ({resolved})"
+            workdir = os.path.join(tmp, name)
             record = run_one(name, command(name, flagfile, workdir, out_dir,
                                            FLAGS.torch_threads),
-                             os.path.join(logs, f"{name}.log"))
+                             os.path.join(logs, f"{name}.log"), description=description)
             if not record["returncode"]:
-                if name == OURS:
-                    metrics_path = os.path.join(out_dir, "ours_metrics.json")
+                if name in (OURS, OURS_AUTO):
+                    metrics_path = os.path.join(out_dir, f"{name}_metrics.json")
                     shutil.copyfile(os.path.join(workdir, "metrics.json"), metrics_path)
                     with open(metrics_path) as f:
                         record.update(ours_summary(json.load(f)))

@@ -10,7 +10,8 @@ PyTorch, with the networks and loss pieces of `benchmarks/torch_reference.py`
 - data: the TFDS dataset of `--dataset` / `--data_dir` (`download=False`),
   read into NumPy (the first `--train_images_per_class` training images of
   each class in the split's order, the first `--test_images_per_class` test
-  images, 0: all); the class order of `--seed` (`aanets_tf.class_order`);
+  images, 0: all); the class order of `--class_order_seed`, else `--seed`
+  (`aanets_tf.class_order`);
 - phase 0: a plain ResNet (resnet32: 5 blocks a level, resnet8: 1) with the
   cosine head, cross-entropy;
 - later phases: the AANet built from the phase-0 ResNet (stable stem and
@@ -408,7 +409,7 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     blocks = BLOCKS[config.arch]
-    plan = PhasePlan(tuple(class_order(data.num_classes, config.seed)),
+    plan = PhasePlan(tuple(class_order(data.num_classes, config.order_seed)),
                      config.num_base_classes, config.classes_per_phase)
     num_phases = plan.num_phases if config.num_phases == 0 else config.num_phases
     if num_phases > plan.num_phases:

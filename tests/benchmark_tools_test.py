@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import levers, phase_cost, profile_steps
+from benchmarks import fixed_costs, levers, phase_cost, profile_steps, protocol_time
 
 
 def test_self_times_subtract_nested_events_on_a_thread():
@@ -63,3 +63,33 @@ def test_phase_cost_writes_table_and_plot(tmp_path):
     assert (out / "phase_cost.png").stat().st_size > 0
     with pytest.raises(Exception, match="metrics.json"):
         phase_cost.report([str(tmp_path / "missing")], str(out))
+
+
+def test_protocol_time_compares_each_of_our_runs_with_each_pytorch_run():
+    def run(name, wall, phases, returncode=0):
+        return {"name": name, "description": name, "returncode": returncode,
+                "wall_seconds": wall, "phases_seconds": phases}
+
+    runs = {"ours": run("ours", 400.0, 380.0), "ours_auto": run("ours_auto", 250.0, 230.0),
+            "torch": run("torch", 500.0, 475.0),
+            "torch_test_every_epoch": run("torch_test_every_epoch", 1000.0, 950.0, 1)}
+    out = protocol_time.compare(runs, target=2.0)
+    # The failed PyTorch run is left out; each finished pair is compared.
+    assert sorted(out) == ["torch/ours", "torch/ours_auto"]
+    assert out["torch/ours"]["wall_ratio"] == pytest.approx(1.25)
+    assert out["torch/ours"]["phases_ratio"] == pytest.approx(1.25)
+    assert not out["torch/ours"]["met"] and out["torch/ours"]["short_by"] == pytest.approx(1.6)
+    assert out["torch/ours_auto"]["wall_ratio"] == pytest.approx(2.0)
+    assert out["torch/ours_auto"]["met"] and out["torch/ours_auto"]["short_by"] == 1.0
+    assert protocol_time.compare({"torch": runs["torch"]}, target=2.0) == {}
+
+
+def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
+    from aanets_tf.config import TrainConfig
+
+    costs = {"level1_step": 0.5, "level1_epoch": 4.5, "phase1_steps_per_epoch": 9,
+             "epoch_checkpoint": 0.45, "trace_level1": 9.0, "trace_level2": 1.0,
+             "trace_predict": 1.5, "predict_call_setup": 0.3}
+    markdown = fixed_costs.table(costs, TrainConfig(epochs=20))
+    assert "| epoch checkpoint (every epoch) | 0.450 | 10.0% of an epoch |" in markdown
+    assert "| tracing the Level-1 step (once a phase) | 9.000 | 10.0% of 20 epochs |" in markdown

@@ -66,6 +66,7 @@ INVALID = [
     ("model_name", "a/b"),
     ("mixed_precision", "float16"),
     ("strategy", "horovod"),
+    ("class_order_seed", -2),
 ]
 
 
@@ -85,7 +86,8 @@ def test_invalid_value_names_flag_and_value(name, value):
     ("lr_decay_factor", 1.0), ("lr_decay_epochs", ()), ("lr_decay_epochs", (0.3,)),
     ("lambda_base", 0.0), ("margin", 0.0), ("weight_decay", 0.0), ("num_phases", 0),
     ("arch", "resnet8"), ("arch", "resnet18"), ("branch_mode", "single"),
-    ("memory_budget", 2000), ("data_dir", "/some/dir"),
+    ("memory_budget", 2000), ("data_dir", "/some/dir"), ("class_order_seed", 0),
+    ("class_order_seed", -1),
 ])
 def test_boundary_values_are_valid(name, value):
     assert getattr(TrainConfig(**{name: value}), name) == value
@@ -170,3 +172,15 @@ def test_lr_boundaries_drop_epoch_zero():
 def test_repeated_decay_fraction_is_refused():
     with pytest.raises(ValueError, match="lr_decay_epochs"):
         TrainConfig(lr_decay_epochs=(0.5, 0.5))
+
+
+def test_class_order_seed_decouples_the_order_from_the_draws():
+    from aanets_tf import incremental
+    from aanets_tf.class_order import class_order
+
+    assert TrainConfig(seed=7).order_seed == 7  # -1: the order follows --seed
+    config = TrainConfig(seed=1, class_order_seed=1993, num_base_classes=4,
+                         classes_per_phase=2)
+    assert config.order_seed == 1993
+    plan = incremental.protocol_plan(config, 10)
+    assert list(plan.class_order) == class_order(10, 1993) != class_order(10, 1)

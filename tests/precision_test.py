@@ -91,3 +91,26 @@ def test_float16_weight_decay_is_applied_at_the_unscaled_rate():
         learner.train_step((images, labels))
     np.testing.assert_allclose(float(_np(sigma)), before - 0.1 * (grad + decay * before),
                                rtol=1e-3)
+
+
+@pytest.mark.parametrize("flags, accelerators, expected", [
+    (["avx2", "fma", "avx512f", "avx512_bf16"], 0, "mixed_bfloat16"),
+    (["avx2", "amx_bf16", "amx_tile"], 0, "mixed_bfloat16"),
+    (["avx2", "fma", "avx512f", "avx512_vnni"], 0, "float32"),  # AVX-512 without BF16
+    ([], 0, "float32"),
+    (["avx512_bf16", "amx_bf16"], 1, "float32"),  # an accelerator: not measured, float32
+])
+def test_auto_follows_the_cpu_and_accelerators(flags, accelerators, expected):
+    resolved, reason = precision.resolve("auto", cpu_flags=flags, accelerators=accelerators)
+    assert resolved == expected
+    assert ("accelerator" in reason) == bool(accelerators)
+    assert ("natively" in reason) == (expected == "mixed_bfloat16")
+
+
+def test_named_precisions_stand_for_themselves_and_unknown_ones_are_refused():
+    for name in ("float32", "mixed_float16", "mixed_bfloat16"):
+        assert precision.resolve(name, cpu_flags=["amx_bf16"], accelerators=0)[0] == name
+    with pytest.raises(ValueError, match="mixed_precision='bfloat16'"):
+        precision.resolve("bfloat16")
+    # This machine's own answer is one of the named precisions.
+    assert precision.resolve("auto")[0] in ("float32", "mixed_bfloat16")

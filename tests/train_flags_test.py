@@ -65,6 +65,20 @@ def test_flag_defaults_are_the_config_defaults():
     assert train_flags.config_from_flags(_parse([])) == defaults
 
 
+def test_auto_precision_is_resolved_before_the_config(monkeypatch):
+    """`--mixed_precision=auto` becomes the machine's precision: the config (and the
+    run's config.json) holds the resolved name, never `auto`."""
+    from aanets_tf import precision
+    for flags_of_cpu, expected in ((["avx2", "avx512_bf16"], "mixed_bfloat16"),
+                                   (["avx2"], "float32")):
+        monkeypatch.setattr(precision.cpu, "cpu_info",
+                            lambda flags_of_cpu=flags_of_cpu: {"model": "x", "flags": flags_of_cpu})
+        config = train_flags.config_from_flags(_parse(["--mixed_precision=auto"]))
+        assert config.mixed_precision == expected
+    with pytest.raises(flags.IllegalFlagValueError, match="mixed_precision"):
+        _parse(["--mixed_precision=bf16"])
+
+
 def test_define_flags_is_idempotent():
     before = {name: flags.FLAGS[name] for name in FIELDS}
     train_flags.define_flags()

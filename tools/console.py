@@ -72,7 +72,7 @@ def setting_summary(config) -> str:
         f"data      {config.dataset}"
         + (f" from {config.data_dir}" if config.data_dir else ""),
         f"protocol  {config.num_base_classes} base classes + {config.classes_per_phase} per "
-        f"phase, {phases} phases, {memory}, class order seed {config.seed}",
+        f"phase, {phases} phases, {memory}, class order seed {config.order_seed}",
         f"model     {config.arch}, {method}; headline accuracy {host.headline.upper()}",
         f"training  {config.epochs} epochs per phase, batch {config.batch_size}, "
         f"learning rate {config.learning_rate:g}, {config.mixed_precision}",

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from absl import app, flags
+from absl import app, flags, logging
 
+from aanets_tf import precision
 from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, HOSTS, LR_SCHEDULES,
                               PRECISIONS, STABLE_BLOCKS, STEMS, STRATEGIES, TrainConfig)
 
@@ -21,7 +22,10 @@ HELP = {
     "data_dir": "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets), or the "
                 "image folder tree with --dataset=folder.",
     "download": "Let TFDS download and prepare the dataset if it is missing.",
-    "seed": "Seed of the class order (1993 = the paper's) and of all randomness.",
+    "seed": "Seed of the class order (1993 = the paper's; see --class_order_seed) and of all "
+            "randomness: initial weights, batch order, augmentation, draws.",
+    "class_order_seed": "Seed of the class order alone (-1: --seed). With it fixed, runs of "
+                        "several --seed values train one class order over several draws.",
     "num_base_classes": "Classes of phase 0 (B).",
     "classes_per_phase": "Classes added by each later phase (C).",
     "num_phases": "Run only the first N phases, phase 0 included (0 = all).",
@@ -96,7 +100,9 @@ HELP = {
                    "--deterministic).",
     "mixed_precision": "float32, or mixed_float16 / mixed_bfloat16: 16-bit convolutions with "
                        "float32 variables, classifier and losses (float16 adds dynamic "
-                       "loss scaling).",
+                       "loss scaling); auto: mixed_bfloat16 where the CPU computes "
+                       "bfloat16 natively (AVX-512-BF16 or AMX) and no accelerator is "
+                       "attached, else float32. The run records the resolved one.",
     "strategy": "tf.distribute strategy: default (one device), mirrored (all local GPUs, "
                 "else all logical CPUs), multi_worker (hosts from TF_CONFIG) or tpu. "
                 "--batch_size is the global batch.",
@@ -111,7 +117,7 @@ HELP = {
 # Fields that take one of a few names.
 _ENUM_FIELDS = {"host": HOSTS, "arch": ARCHS, "branch_mode": BRANCH_MODES,
                 "aggregation": AGGREGATION_MODES, "stable_block": STABLE_BLOCKS, "stem": STEMS,
-                "mixed_precision": PRECISIONS, "strategy": STRATEGIES,
+                "mixed_precision": PRECISIONS + (precision.AUTO,), "strategy": STRATEGIES,
                 "lr_schedule": LR_SCHEDULES}
 
 
@@ -151,6 +157,10 @@ def config_from_flags(flag_values=None) -> TrainConfig:
                 value = tuple(float(v) for v in value)
             except ValueError as e:
                 raise ValueError(f"--lr_decay_epochs must be numbers. Received: {value}") from e
+        if field.name == "mixed_precision" and value == precision.AUTO:
+            # The machine's choice: the run's config holds (and records) it.
+            value, reason = precision.resolve(value)
+            logging.info("--mixed_precision=auto: %s (%s).", value, reason)
         values[field.name] = value
     try:
         return TrainConfig(**values)

@@ -1,0 +1,154 @@
+r"""The costs of a phase that a step benchmark leaves out: tracing, checkpoints, call setup.
+
+    python benchmarks/fixed_costs.py --flagfile=flags/cifar10_cpu.flags \
+        --out=benchmarks/results/fixed_costs
+
+`benchmarks/throughput.py` times steps once they run; a phase also pays, once
+per phase, for tracing each of its compiled steps (every phase builds a new
+network), and once per epoch for saving the epoch checkpoint. On the phase-1
+AANet of the flagfile (stable and plastic blocks, the phase-0 ResNet as the
+teacher; the networks and learners of `throughput.StepBench`) this measures:
+- `trace_level1`, `trace_level2`, `trace_predict`: the first call of the
+  Level-1 train function, the Level-2 pass (one step) and the network's
+  predict step, less the median of `--repeats` later calls: the tracing
+  (and graph optimisation) of that step;
+- `epoch_checkpoint`: one `checkpointing.save_epoch` of the Level-1 learner
+  (network, teacher, both optimizers' state; median of `--repeats`);
+- `predict_call_setup`: `phase.predict` on one batch of test images (the
+  streamed split read, decoded and batched, Keras' predict loop) less the
+  predict step alone on one cached batch (median of `--repeats`);
+- `level1_epoch`: the steady Level-1 step times the steps of a phase-1 epoch
+  of the flagfile (new classes and exemplars), for scale.
+Writes `fixed_costs.json` and `fixed_costs.md` (with the CPU model and flags).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from benchmarks import machine, throughput  # noqa: E402
+from tools import train_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    train_flags.define_flags()
+    flags.DEFINE_string("out", "benchmarks/results/fixed_costs", "Output directory.")
+    flags.DEFINE_integer("repeats", 5, "Timed later calls (the median is reported).")
+
+
+def first_and_steady(call, repeats: int) -> tuple[float, float]:
+    """Seconds of the first call of `call` and the median of `repeats` later ones."""
+    def timed():
+        start = time.perf_counter()
+        call()
+        return time.perf_counter() - start
+
+    first = timed()
+    return first, statistics.median(timed() for _ in range(repeats))
+
+
+def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
+    """Seconds of each fixed cost (see the module's docstring)."""
+    from aanets_tf import checkpointing, incremental, phase, pipeline
+    from aanets_tf.checkpointing import EpochState
+
+    learner = bench.learners["level1_aanet"]
+    network = bench.networks["eval_aanet"]
+    iterator = bench.iterators["level1_aanet"]
+    out = {}
+
+    first, steady = first_and_steady(
+        lambda: float(learner.train_function(iterator)["loss"]), repeats)
+    out["trace_level1"] = first - steady
+    out["level1_step"] = steady
+    first, steady = first_and_steady(
+        lambda: float(learner.level2_pass(bench.iterators["level2_aanet"], 1)), repeats)
+    out["trace_level2"] = first - steady
+    first, steady = first_and_steady(
+        lambda: float(network.predict_function(bench.eval_batch)["logits"][0, 0]), repeats)
+    out["trace_predict"] = first - steady
+    predict_step = steady
+
+    with tempfile.TemporaryDirectory() as workdir:
+        os.makedirs(checkpointing.checkpoint_dir(workdir))
+        state = EpochState()
+
+        def save():
+            state.epochs_done += 1
+            checkpointing.save_epoch(learner, workdir, 1, state)
+
+        out["epoch_checkpoint"] = first_and_steady(save, repeats)[1]
+
+    transform = incremental.image_transform(config, data)
+    positions = data.test.positions[:config.eval_batch_size]
+    _, call = first_and_steady(
+        lambda: phase.predict(network, data.test.source, positions, config.eval_batch_size,
+                              transform), repeats)
+    # The predict step on one batch of the evaluation batch size (the cached batch is
+    # the training batch size).
+    out["predict_call_setup"] = call - predict_step * config.eval_batch_size / bench.batch
+    epoch_images = sum(bench.pipeline_batch_sizes)
+    out["level1_epoch"] = out["level1_step"] * len(bench.pipeline_batch_sizes)
+    out["phase1_epoch_images"] = int(epoch_images)
+    out["phase1_steps_per_epoch"] = pipeline.steps_per_epoch(epoch_images, bench.batch)
+    out["images_per_second_level1"] = bench.batch / out["level1_step"]
+    return out
+
+
+def table(costs: dict, config) -> str:
+    epoch = costs["level1_epoch"]
+    rows = [
+        ("Level-1 step (steady)", costs["level1_step"], "-"),
+        ("Level-1 epoch of phase 1 at that speed "
+         f"({costs['phase1_steps_per_epoch']} steps)", epoch, "-"),
+        ("epoch checkpoint (every epoch)", costs["epoch_checkpoint"],
+         f"{100 * costs['epoch_checkpoint'] / epoch:.1f}% of an epoch"),
+        ("tracing the Level-1 step (once a phase)", costs["trace_level1"],
+         f"{100 * costs['trace_level1'] / (epoch * config.epochs):.1f}% of "
+         f"{config.epochs} epochs"),
+        ("tracing the Level-2 pass (once a phase)", costs["trace_level2"], "-"),
+        ("tracing the predict step (once a network)", costs["trace_predict"], "-"),
+        ("setting up one predict call (each call)", costs["predict_call_setup"], "-"),
+    ]
+    lines = ["| cost (phase-1 AANet) | seconds | share |", "|---|---|---|"]
+    lines += [f"| {name} | {seconds:.3f} | {share} |" for name, seconds, share in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    config = train_flags.config_for_main(argv)
+    if FLAGS.repeats < 1:
+        raise app.UsageError(f"--repeats must be >= 1. Received: --repeats={FLAGS.repeats}")
+    from aanets_tf import atomic_io
+
+    data, plan = throughput.protocol_data(config)
+    bench = throughput.StepBench(config, data, plan, config.mixed_precision,
+                                 config.jit_compile)
+    costs = measure(bench, data, config, FLAGS.repeats)
+    described = machine.describe()
+    report = {"machine": described, "config": config.to_dict(), "repeats": FLAGS.repeats,
+              "seconds": costs, "load_average_1_5_15_min": os.getloadavg()}
+    markdown = (f"Machine: {machine.summary_line(described)}; "
+                f"{config.mixed_precision}.\n\n" + table(costs, config))
+    os.makedirs(FLAGS.out, exist_ok=True)
+    atomic_io.write_json(os.path.join(FLAGS.out, "fixed_costs.json"), report)
+    atomic_io.write_text(os.path.join(FLAGS.out, "fixed_costs.md"), markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
