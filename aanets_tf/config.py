@@ -18,6 +18,8 @@ ARCHS = ("resnet8", "resnet32", "resnet18")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Keras dtype policies (`aanets_tf.precision.precision_policy`).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# What the tools accept besides: the machine's choice (`aanets_tf.precision.resolve`).
+AUTO_PRECISION = "auto"
 LR_SCHEDULES = ("step", "cosine")
 # Class-incremental methods (`aanets_tf.hosts`), in the paper's table order, and
 # the settings only each reads: a run of one host refuses another's settings

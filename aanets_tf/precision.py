@@ -19,9 +19,8 @@ import contextlib
 import keras
 
 from aanets_tf import cpu
+from aanets_tf.config import AUTO_PRECISION as AUTO
 from aanets_tf.config import PRECISIONS
-
-AUTO = "auto"
 
 
 def resolve(name: str, *, cpu_flags=None, accelerators: int | None = None) -> tuple[str, str]:

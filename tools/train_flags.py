@@ -11,9 +11,9 @@ import re
 
 from absl import app, flags, logging
 
-from aanets_tf import precision
-from aanets_tf.config import (AGGREGATION_MODES, ARCHS, BRANCH_MODES, HOSTS, LR_SCHEDULES,
-                              PRECISIONS, STABLE_BLOCKS, STEMS, STRATEGIES, TrainConfig)
+from aanets_tf.config import (AGGREGATION_MODES, ARCHS, AUTO_PRECISION, BRANCH_MODES, HOSTS,
+                              LR_SCHEDULES, PRECISIONS, STABLE_BLOCKS, STEMS, STRATEGIES,
+                              TrainConfig)
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, imagenet2012, ...), or "
@@ -117,7 +117,7 @@ HELP = {
 # Fields that take one of a few names.
 _ENUM_FIELDS = {"host": HOSTS, "arch": ARCHS, "branch_mode": BRANCH_MODES,
                 "aggregation": AGGREGATION_MODES, "stable_block": STABLE_BLOCKS, "stem": STEMS,
-                "mixed_precision": PRECISIONS + (precision.AUTO,), "strategy": STRATEGIES,
+                "mixed_precision": PRECISIONS + (AUTO_PRECISION,), "strategy": STRATEGIES,
                 "lr_schedule": LR_SCHEDULES}
 
 
@@ -157,8 +157,10 @@ def config_from_flags(flag_values=None) -> TrainConfig:
                 value = tuple(float(v) for v in value)
             except ValueError as e:
                 raise ValueError(f"--lr_decay_epochs must be numbers. Received: {value}") from e
-        if field.name == "mixed_precision" and value == precision.AUTO:
+        if field.name == "mixed_precision" and value == AUTO_PRECISION:
             # The machine's choice: the run's config holds (and records) it.
+            from aanets_tf import precision
+
             value, reason = precision.resolve(value)
             logging.info("--mixed_precision=auto: %s (%s).", value, reason)
         values[field.name] = value
