@@ -61,7 +61,7 @@ def first_and_steady(call, repeats: int) -> tuple[float, float]:
 
 def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
     """Seconds of each fixed cost (see the module's docstring)."""
-    from aanets_tf import checkpointing, incremental, phase, pipeline
+    from aanets_tf import checkpointing, incremental, phase
     from aanets_tf.checkpointing import EpochState
 
     learner = bench.learners["level1_aanet"]
@@ -99,10 +99,11 @@ def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
     # The predict step on one batch of the evaluation batch size (the cached batch is
     # the training batch size).
     out["predict_call_setup"] = call - predict_step * config.eval_batch_size / bench.batch
-    epoch_images = sum(bench.pipeline_batch_sizes)
-    out["level1_epoch"] = out["level1_step"] * len(bench.pipeline_batch_sizes)
-    out["phase1_epoch_images"] = int(epoch_images)
-    out["phase1_steps_per_epoch"] = pipeline.steps_per_epoch(epoch_images, bench.batch)
+    # The pipeline's batches of one phase-1 epoch: its steps and images.
+    steps = len(bench.pipeline_batch_sizes)
+    out["level1_epoch"] = out["level1_step"] * steps
+    out["phase1_epoch_images"] = int(sum(bench.pipeline_batch_sizes))
+    out["phase1_steps_per_epoch"] = steps
     out["images_per_second_level1"] = bench.batch / out["level1_step"]
     return out
 

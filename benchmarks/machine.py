@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from aanets_tf.cpu import FEATURES_OF_INTEREST as FLAGS_OF_INTEREST  # noqa: E402
-from aanets_tf.cpu import cpu_info  # noqa: E402
+from aanets_tf.cpu import FEATURES_OF_INTEREST as FLAGS_OF_INTEREST
+from aanets_tf.cpu import cpu_info
 
 
 def describe() -> dict:
