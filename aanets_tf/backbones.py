@@ -113,6 +113,9 @@ class Backbone(keras.Model):
         image_shape: `(H, W, 3)`; the architecture's own size when None.
         learnable_aggregation: dual only; False freezes the aggregation weights.
         initial_aggregation: dual only; the aggregation weights' start value in [0, 1].
+        aggregation_bound: dual only; 0: a learnable aggregation weight is its own
+            variable, clipped to [0, 1]; `b > 0`: it is learned as a logit and
+            stays inside `[b, 1 - b]` (`aanets_tf.aggregation.Aggregation`).
         stable_block: dual only; `"scaled"` (the stable blocks and the stable stem
             are frozen kernels times scales) or `"plastic"` (the paper's ablation:
             both branches and the stems are fully trainable).
@@ -125,6 +128,7 @@ class Backbone(keras.Model):
     def __init__(self, arch: str, *, branches: str = "single",
                  image_shape: tuple[int, int, int] | None = None,
                  learnable_aggregation: bool = True, initial_aggregation: float = 0.5,
+                 aggregation_bound: float = 0.0,
                  stable_block: str = "scaled", stem: str = "shared", **kwargs):
         architecture = get_architecture(arch)
         if branches not in BRANCH_LAYOUTS:
@@ -170,7 +174,7 @@ class Backbone(keras.Model):
                 stable = pool(name="stable_pool", dtype="float32")(stable)
                 plastic = pool(name="plastic_pool", dtype="float32")(plastic)
             x = Aggregation(initial_aggregation, learnable=learnable_aggregation,
-                            name=f"aggregation{k + 1}",
+                            bound=aggregation_bound, name=f"aggregation{k + 1}",
                             dtype="float32" if last else None)([stable, plastic])
         if not dual:
             x = pool(name="pool", dtype="float32")(x)
@@ -182,6 +186,7 @@ class Backbone(keras.Model):
         self.image_shape = shape
         self.learnable_aggregation = bool(learnable_aggregation)
         self.initial_aggregation = float(initial_aggregation)
+        self.aggregation_bound = float(aggregation_bound)
         self.stable_block = stable_block
         self.stem = stem
 
@@ -202,6 +207,7 @@ class Backbone(keras.Model):
             "image_shape": list(self.image_shape),
             "learnable_aggregation": self.learnable_aggregation,
             "initial_aggregation": self.initial_aggregation,
+            "aggregation_bound": self.aggregation_bound,
             "stable_block": self.stable_block,
             "stem": self.stem,
         }
@@ -217,12 +223,14 @@ def build_resnet(arch: str, input_shape=None, name: str = "resnet") -> Backbone:
 
 
 def build_aanet(arch: str, input_shape=None, *, learnable_aggregation: bool = True,
-                initial_aggregation: float = 0.5, stable_block: str = "scaled",
+                initial_aggregation: float = 0.5, aggregation_bound: float = 0.0,
+                stable_block: str = "scaled",
                 stem: str = "shared", name: str = "aanet") -> Backbone:
     """An AANet backbone (see `Backbone`, `branches="dual"`)."""
     return Backbone(arch, branches="dual", image_shape=input_shape,
                     learnable_aggregation=learnable_aggregation,
-                    initial_aggregation=initial_aggregation, stable_block=stable_block,
+                    initial_aggregation=initial_aggregation,
+                    aggregation_bound=aggregation_bound, stable_block=stable_block,
                     stem=stem, name=name)
 
 
@@ -238,7 +246,8 @@ def _copy_to_stable(plain_layer, stable_layer) -> None:
 
 
 def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
-                      initial_aggregation: float = 0.5, stable_block: str = "scaled",
+                      initial_aggregation: float = 0.5, aggregation_bound: float = 0.0,
+                      stable_block: str = "scaled",
                       stem: str = "shared", name: str = "aanet") -> keras.Model:
     """Build an AANet whose stable and plastic blocks both start from a trained ResNet.
 
@@ -254,7 +263,8 @@ def aanet_from_resnet(resnet: Backbone, *, learnable_aggregation: bool = True,
     arch = resnet.architecture
     aanet = build_aanet(arch.name, resnet.image_shape,
                         learnable_aggregation=learnable_aggregation,
-                        initial_aggregation=initial_aggregation, stable_block=stable_block,
+                        initial_aggregation=initial_aggregation,
+                        aggregation_bound=aggregation_bound, stable_block=stable_block,
                         stem=stem, name=name)
     aanet.get_layer("normalization").set_weights(
         resnet.get_layer("normalization").get_weights())

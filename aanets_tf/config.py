@@ -12,8 +12,14 @@ AGGREGATION_MODES = ("learned", "fixed")
 # plastic (the ablation); its stem shared by both branches, or one per branch.
 STABLE_BLOCKS = ("scaled", "plastic")
 STEMS = ("shared", "per_branch")
+# Where Level 2's new-class images come from: drawn from those Level 1 trains on
+# (the authors' code), or held out of Level 1 (`aanets_tf.phase.phase_data`).
+LEVEL2_IMAGES = ("seen", "held_out")
 # Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
 ARCHS = ("resnet8", "resnet32", "resnet18")
+# Input sides (pixels) each architecture takes: the CIFAR ResNets halve the input twice
+# (at least a 2x2 map at the last level), ResNet-18 five times (at least 1x1).
+IMAGE_SIZE_RANGE = {"resnet8": (8, 1024), "resnet32": (8, 1024), "resnet18": (32, 1024)}
 # Names of the `tf.distribute` strategies (`aanets_tf.distribute.build_strategy`).
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Keras dtype policies (`aanets_tf.precision.precision_policy`).
@@ -26,12 +32,19 @@ LR_SCHEDULES = ("step", "cosine")
 # unless they keep their defaults.
 HOSTS = ("icarl", "lucir", "podnet")
 HOST_NAMES = {"icarl": "iCaRL", "lucir": "LUCIR", "podnet": "PODNet"}
+# The accuracy each host reports (its `Host.headline`), readable without a framework.
+HOST_HEADLINES = {"icarl": "nme", "lucir": "cnn", "podnet": "cnn"}
 HOST_OPTIONS = {
     "lucir": ("lambda_base", "margin", "top_k"),
     "icarl": (),
     "podnet": ("pod_spatial_base", "pod_flat_base", "nca_margin", "proxies_per_class",
                "finetune_epochs", "finetune_lr"),
 }
+
+
+# What a run whose config.json predates a setting computed with, where that differs
+# from the setting's default today.
+PREDATING_VALUES = {"aggregation_bound": 0.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +84,9 @@ class TrainConfig:
     branch_mode: str = "dual"
     aggregation: str = "learned"
     initial_aggregation: float = 0.5
+    # 0: a learned alpha is its own variable, clipped to [0, 1] (the authors' code);
+    # b > 0: learned as a logit, inside [b, 1 - b] (`aanets_tf.aggregation`).
+    aggregation_bound: float = 0.05
     stable_block: str = "scaled"  # plastic: two plastic branches (the paper's ablation)
     stem: str = "shared"  # per_branch: a trainable stem of the plastic branch's own
     # Level 1 (network parameters).
@@ -95,6 +111,7 @@ class TrainConfig:
     # Level 2 (aggregation weights).
     aggregation_lr: float = 0.003  # chosen by benchmarks/aggregation_lr.py (README)
     aggregation_momentum: float = 0.9
+    level2_images: str = "seen"
     # Exemplar memory.
     exemplars_per_class: int = 20
     memory_budget: int = 0  # fixed total; 0 = growing memory of exemplars_per_class
@@ -105,6 +122,9 @@ class TrainConfig:
     strategy: str = "default"
     deterministic: bool = False
     workdir: str = "runs/aanets"
+    # A finished run's workdir whose phase 0 this run takes instead of training its own
+    # (`aanets_tf.run_state.adopt_phase0`); None: train phase 0.
+    phase0_from: str | None = None
     export: bool = True  # a SavedModel per phase
     export_dir: str | None = None
     model_name: str = "aanets"
@@ -127,7 +147,9 @@ class TrainConfig:
         need(self.validation_images_per_class >= 0, "validation_images_per_class",
              "must be >= 0")
         need(self.test_images_per_class >= 0, "test_images_per_class", "must be >= 0")
-        need(self.image_size >= 0, "image_size", "must be >= 0 (0 = the default)")
+        low, high = IMAGE_SIZE_RANGE.get(self.arch, (1, 1024))
+        need(self.image_size == 0 or low <= self.image_size <= high, "image_size",
+             f"must be 0 (the default) or in [{low}, {high}] for arch={self.arch}")
         need(0 <= self.test_fraction < 1, "test_fraction", "must lie in [0, 1)")
         need(self.dataset != "folder" or bool(self.data_dir), "data_dir",
              "must name the image folder tree with dataset=folder")
@@ -143,6 +165,16 @@ class TrainConfig:
         need(self.stem in STEMS, "stem", f"must be one of {STEMS}")
         need(0.0 <= self.initial_aggregation <= 1.0, "initial_aggregation",
              "must lie in [0, 1]")
+        need(0.0 <= self.aggregation_bound < 0.5, "aggregation_bound", "must lie in [0, 0.5)")
+        need(not (self.aggregation == "learned" and 0 < self.aggregation_bound < 0.5
+                  and 0 <= self.initial_aggregation <= 1)
+             or self.aggregation_bound < self.initial_aggregation < 1 - self.aggregation_bound,
+             "initial_aggregation",
+             f"must lie inside (aggregation_bound, 1 - aggregation_bound) = "
+             f"({self.aggregation_bound}, {1 - self.aggregation_bound}) for a learned "
+             "aggregation weight")
+        need(self.level2_images in LEVEL2_IMAGES, "level2_images",
+             f"must be one of {LEVEL2_IMAGES}")
         need(self.epochs >= 1, "epochs", "must be >= 1")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
         need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")

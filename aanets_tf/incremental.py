@@ -127,6 +127,8 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
         tf.config.experimental.enable_op_determinism()
     # Checked before the data is read: indexing writes its cache into the workdir.
     run_state.check_workdir(config, overwrite)
+    if config.phase0_from and (overwrite or not checkpointing.completed_phases(config.workdir)):
+        run_state.phase0_files(config)
     if data is None:
         data = _load_data(config, log)
     if config.num_classes:
@@ -151,7 +153,11 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
         return ExemplarSource([exemplar_path(config.workdir, p) for p in range(phases)])
 
     base = run_state.export_base_dir(config)
+    adopted = bool(config.phase0_from) and run_state.adopt_phase0(config, log)
     state, previous = run_state.resume(config.workdir, log)
+    if adopted and config.export and num_phases:
+        phase_steps.export_phase_model(config, previous, 0, plan, data.label_names, base,
+                                       overwrite, log)
     train_sizes = [int(np.isin(data.train.labels, plan.new_classes(p)).sum())
                    for p in range(num_phases)]
 

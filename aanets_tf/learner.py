@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from aanets_tf import distribute, precision
-from aanets_tf.backbones import level_taps
+from aanets_tf.backbones import aggregation_weights, level_taps
 from aanets_tf.hosts.host import CrossEntropy, Objective, Outputs
 from aanets_tf.network import backbone_of, variable_groups
 
@@ -261,7 +261,7 @@ class AggregationCallback(keras.callbacks.Callback):
             start = time.perf_counter()
             loss = float(self.model.level2_pass(self._iterator, self.steps_per_epoch))
             self.seconds += time.perf_counter() - start
-        alphas = [float(keras.ops.convert_to_numpy(v)) for v in self.model.level2_variables()]
+        alphas = aggregation_weights(backbone_of(self.model.network))
         self.trajectory.append(alphas)
         if logs is not None:
             logs["level2_loss"] = loss

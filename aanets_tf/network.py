@@ -17,6 +17,9 @@ from aanets_tf.aggregation import Aggregation
 from aanets_tf.backbones import ARCHITECTURES, Backbone
 from aanets_tf.cosine_classifier import CosineClassifier
 
+# Names of an `Aggregation` layer's variable: the weight itself, or its logit.
+AGGREGATION_VARIABLES = ("alpha", "alpha_logit")
+
 
 def cosine_head(num_old_classes: int, num_new_classes: int) -> CosineClassifier:
     """The cosine classifier head (LUCIR's; iCaRL's too in the AANets code), float32
@@ -139,8 +142,8 @@ def _variable_name(variable) -> str:
 def variable_groups(network: keras.Model) -> VariableGroups:
     """Split a network's (or backbone's) variables into `VariableGroups`.
 
-    Roles are read from variable paths: `alpha` belongs to an `Aggregation`
-    layer, `moving_mean`/`moving_variance` to a BatchNorm.
+    Roles are read from variable paths: `alpha` and `alpha_logit` belong to an
+    `Aggregation` layer, `moving_mean`/`moving_variance` to a BatchNorm.
     """
     groups = VariableGroups([], [], [], [])
     for v in network.weights:
@@ -149,7 +152,7 @@ def variable_groups(network: keras.Model) -> VariableGroups:
             groups.statistics.append(v)
         elif not v.trainable:
             groups.frozen.append(v)
-        elif name == "alpha":
+        elif name in AGGREGATION_VARIABLES:
             groups.level2.append(v)
         else:
             groups.level1.append(v)
@@ -170,5 +173,6 @@ def parameter_counts(model: keras.Model) -> dict[str, int]:
         "level2_aggregation": size(groups.level2),
         "statistics": size(groups.statistics),
         "scaling_weights": size(v for v in model.weights if _variable_name(v) == "scale"),
-        "aggregation_weights": size(v for v in model.weights if _variable_name(v) == "alpha"),
+        "aggregation_weights": size(v for v in model.weights
+                                    if _variable_name(v) in AGGREGATION_VARIABLES),
     }

@@ -91,8 +91,11 @@ class PhaseData:
 
     new: the new classes' training images, targets = class positions.
     new_labels: their dataset labels.
-    parts: `new`, then the kept exemplars of the old classes (Level 1's data).
+    parts: Level 1's data: the new images (less those held out for Level 2),
+        then the kept exemplars of the old classes.
     old_per_class: exemplars kept per old class (0 in phase 0).
+    level2_new: the new-class images of Level 2's class-balanced subset (empty in
+        phase 0): `old_per_class` of each new class, drawn from `new`.
     """
     phase: int
     new_classes: list[int]
@@ -102,15 +105,21 @@ class PhaseData:
     new_labels: np.ndarray
     parts: list[pipeline.Part]
     old_per_class: int
+    level2_new: pipeline.Part | None = None
 
     @property
     def num_train(self) -> int:
         return sum(len(p) for p in self.parts)
 
 
+def _subset(part: pipeline.Part, index: np.ndarray) -> pipeline.Part:
+    return pipeline.Part(part.source, part.positions[index], part.targets[index])
+
+
 def phase_data(config: TrainConfig, train: datasets.Split, plan: PhasePlan, phase: int,
                exemplars: ExemplarSource | None) -> PhaseData:
-    """The phase's new-class images and the exemplars it keeps of the old classes."""
+    """The phase's new-class images, the exemplars it keeps of the old classes, and Level
+    2's draw of the new images (kept out of Level 1 with `level2_images="held_out"`)."""
     position = np.asarray(plan.position_of)
     new_classes = list(plan.new_classes(phase))
     num_old = plan.num_old_classes(phase)
@@ -119,13 +128,19 @@ def phase_data(config: TrainConfig, train: datasets.Split, plan: PhasePlan, phas
     new = pipeline.Part(train.source, train.positions[new_mask], position[new_labels])
     parts = [new]
     old_per_class = 0
+    level2_new = None
     if phase:
         old_per_class = ExemplarMemory.per_class_budget(
             num_old, config.exemplars_per_class, config.memory_budget)
         kept = exemplars.positions(old_per_class)
         parts.append(pipeline.Part(exemplars, kept, exemplars.class_positions[kept]))
+        # Drawn whether or not Level 2 runs, so every run of a seed draws alike.
+        drawn = balanced_draw(new_labels, new_classes, old_per_class, config.seed + phase)
+        level2_new = _subset(new, drawn)
+        if config.level2_images == "held_out" and trains_level2(config):
+            parts[0] = _subset(new, np.setdiff1d(np.arange(len(new_labels)), drawn))
     return PhaseData(phase, new_classes, num_old, plan.num_seen_classes(phase), new,
-                     new_labels, parts, old_per_class)
+                     new_labels, parts, old_per_class, level2_new)
 
 
 def balanced_draw(labels: np.ndarray, classes, per_class: int, seed: int) -> np.ndarray:
@@ -139,13 +154,10 @@ def balanced_draw(labels: np.ndarray, classes, per_class: int, seed: int) -> np.
     return np.sort(np.concatenate(chosen))
 
 
-def level2_data(config: TrainConfig, data: PhaseData) -> list[pipeline.Part]:
+def level2_data(data: PhaseData) -> list[pipeline.Part]:
     """Level 2's class-balanced subset: each new class downsampled to the old classes'
     exemplar count, plus the exemplars (SPEC section 3)."""
-    keep = balanced_draw(data.new_labels, data.new_classes, data.old_per_class,
-                         config.seed + data.phase)
-    new = data.new
-    return [pipeline.Part(new.source, new.positions[keep], new.targets[keep])] + data.parts[1:]
+    return [data.level2_new] + data.parts[1:]
 
 
 # === 2. The phase's network ===
@@ -157,6 +169,7 @@ def next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> Bac
     if config.branch_mode == "dual" and not backbone.is_aanet:
         return aanet_from_resnet(backbone, learnable_aggregation=config.aggregation_learnable,
                                  initial_aggregation=config.initial_aggregation,
+                                 aggregation_bound=config.aggregation_bound,
                                  stable_block=config.stable_block, stem=config.stem,
                                  name=f"aanet_phase{phase}")
     return clone_backbone(backbone, name=f"{backbone.name.split('_phase')[0]}_phase{phase}")
@@ -190,6 +203,11 @@ def _schedule(config: TrainConfig, learning_rate: float, steps_per_epoch: int):
                                                       config.epochs * steps_per_epoch)
     return step_schedule(learning_rate, config.lr_boundaries(), config.lr_decay_factor,
                          steps_per_epoch)
+
+
+def trains_level2(config: TrainConfig) -> bool:
+    """Whether a later phase of the run trains its aggregation weights (Level 2)."""
+    return config.branch_mode == "dual" and config.aggregation_learnable
 
 
 def trains_aggregation(config: TrainConfig, network: keras.Model, phase: int) -> bool:
@@ -231,7 +249,7 @@ def train_phase(config: TrainConfig, network: keras.Model, previous: keras.Model
     steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
     balanced, level2_steps = None, 0
     if trains_aggregation(config, network, phase):
-        balanced = level2_data(config, data)
+        balanced = level2_data(data)
         level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
                                                 config.batch_size)
     learner = make_learner(config, network, previous, data, level2_steps=level2_steps)

@@ -19,24 +19,27 @@ import os
 import numpy as np
 
 from aanets_tf.config import (AGGREGATION_MODES, BRANCH_MODES, HOST_NAMES, HOSTS,
-                              STABLE_BLOCKS, TrainConfig)
+                              LEVEL2_IMAGES, PREDATING_VALUES, STABLE_BLOCKS, TrainConfig)
 
 # config.json written before the host and stable-block settings existed ran
 # LUCIR with the scaled (phase-0) stable block.
 DEFAULT_HOST = "lucir"
 DEFAULT_STABLE_BLOCK = "scaled"
+# How a learned alpha is learned by default; other values are labelled ablations.
+DEFAULT_BOUND = TrainConfig.aggregation_bound
+DEFAULT_LEVEL2_IMAGES = TrainConfig.level2_images
 MISSING = "—"
 
 # Settings that say where a run lives or how fast it ran, not what it computed;
 # they never split runs into separate groups (as in `run_state.RELOCATABLE_KEYS`).
 LOCATION_KEYS = frozenset({
     "workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size", "jit_compile",
-    "strategy", "manual_dir", "cache_mib", "model_name"})
+    "strategy", "manual_dir", "cache_mib", "model_name", "phase0_from"})
 # Settings without effect in a single-branch run (it has no aggregation weights
 # and no stable block), as in `run_state.AGGREGATION_KEYS`.
 DUAL_ONLY_KEYS = frozenset({
     "aggregation", "aggregation_lr", "aggregation_momentum", "initial_aggregation",
-    "stable_block", "stem"})
+    "aggregation_bound", "level2_images", "stable_block", "stem"})
 # Settings that the setting or the method of a group already name, and the seed,
 # which is what varies inside a group.
 GROUPING_KEYS = frozenset({
@@ -74,6 +77,9 @@ class Method:
     aanets: bool
     aggregation: str | None = None  # dual only: 'learned' or 'fixed'
     stable_block: str | None = None  # dual only: 'scaled' or 'plastic'
+    # Learned aggregation only: how alpha is learned (`TrainConfig` fields).
+    aggregation_bound: float | None = None
+    level2_images: str | None = None
 
     @property
     def is_paper_method(self) -> bool:
@@ -91,12 +97,20 @@ class Method:
             ablation.append("two plastic blocks")
         if self.aggregation == "fixed":
             ablation.append("fixed aggregation")
+        if self.aggregation_bound is not None and self.aggregation_bound != DEFAULT_BOUND:
+            ablation.append("alpha clipped to [0, 1]" if self.aggregation_bound == 0
+                            else f"alpha in [{self.aggregation_bound:g}, "
+                                 f"{1 - self.aggregation_bound:g}]")
+        if self.level2_images is not None and self.level2_images != DEFAULT_LEVEL2_IMAGES:
+            ablation.append(f"Level 2 on {self.level2_images.replace('_', '-')} images")
         return f"{name} w/ AANets" + (f" ({', '.join(ablation)})" if ablation else "")
 
     @property
     def sort_key(self) -> tuple:
         return (HOSTS.index(self.host) if self.host in HOSTS else len(HOSTS), self.host,
-                self.aanets, self.stable_block != "scaled", self.aggregation != "learned")
+                self.aanets, self.stable_block != "scaled", self.aggregation != "learned",
+                self.aggregation_bound != DEFAULT_BOUND,
+                self.level2_images != DEFAULT_LEVEL2_IMAGES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +251,8 @@ def _config_defaults() -> dict:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
                 if f.default is not dataclasses.MISSING}
     defaults["lr_decay_epochs"] = list(defaults["lr_decay_epochs"])
-    return {"host": DEFAULT_HOST, "stable_block": DEFAULT_STABLE_BLOCK, **defaults}
+    return {"host": DEFAULT_HOST, "stable_block": DEFAULT_STABLE_BLOCK, **defaults,
+            **PREDATING_VALUES}
 
 
 _INTEGER_KEYS = ("seed", "num_classes", "num_base_classes", "classes_per_phase", "num_phases",
@@ -290,7 +305,16 @@ def _method(workdir: str, config: dict) -> Method:
     aggregation = _known(workdir, "aggregation", config.get("aggregation"), AGGREGATION_MODES)
     stable_block = _known(workdir, "stable_block",
                           config.get("stable_block") or DEFAULT_STABLE_BLOCK, STABLE_BLOCKS)
-    return Method(host, aanets=True, aggregation=aggregation, stable_block=stable_block)
+    if aggregation != "learned":
+        return Method(host, aanets=True, aggregation=aggregation, stable_block=stable_block)
+    bound = config.get("aggregation_bound")
+    if not isinstance(bound, (int, float)) or isinstance(bound, bool) or not 0 <= bound < 0.5:
+        raise ReportInputError(f"{workdir}: aggregation_bound in config.json must be a number "
+                               f"in [0, 0.5). Received: aggregation_bound={bound!r}")
+    return Method(host, aanets=True, aggregation=aggregation, stable_block=stable_block,
+                  aggregation_bound=float(bound),
+                  level2_images=_known(workdir, "level2_images", config.get("level2_images"),
+                                       LEVEL2_IMAGES))
 
 
 def _planned_phases(workdir: str, config: dict, metrics: dict, done: int) -> tuple[int, int]:

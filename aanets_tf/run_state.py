@@ -20,23 +20,104 @@ import numpy as np
 from aanets_tf import atomic_io, checkpointing, metrics as metrics_lib, reporting
 from aanets_tf.checkpointing import CorruptCheckpointError
 from aanets_tf.class_order import PhasePlan
-from aanets_tf.config import TrainConfig
+from aanets_tf.config import PREDATING_VALUES, TrainConfig
 from aanets_tf.exemplar_store import CorruptExemplarsError, ExemplarSource, exemplar_path
 from aanets_tf.herding import ExemplarMemory
 from aanets_tf.hosts import host_for
 
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
-                    "jit_compile", "strategy", "manual_dir", "cache_mib")
+                    "jit_compile", "strategy", "manual_dir", "cache_mib", "phase0_from")
 
 
 # Settings without effect in the single-branch baseline (it has no aggregation weights).
 AGGREGATION_KEYS = ("aggregation", "aggregation_lr", "aggregation_momentum",
-                    "initial_aggregation", "stable_block", "stem")
+                    "initial_aggregation", "aggregation_bound", "level2_images",
+                    "stable_block", "stem")
 
 
 class WorkdirConflictError(RuntimeError):
     """The workdir holds a run with a different configuration."""
+
+
+class Phase0SourceError(ValueError):
+    """`phase0_from` names a workdir whose phase 0 this run cannot take."""
+
+
+# Settings phase 0 does not read: how later phases train (the second branch, Level 2,
+# LUCIR's distillation and ranking terms, PODNet's fine-tuning) and how many there are.
+LATER_PHASE_KEYS = AGGREGATION_KEYS + (
+    "branch_mode", "num_phases", "lambda_base", "margin", "top_k", "finetune_epochs",
+    "finetune_lr", "model_name")
+
+
+def phase0_differences(source: TrainConfig, config: TrainConfig) -> list[str]:
+    """The settings in which `source`'s phase 0 differs from the one `config` would train.
+
+    Hosts may differ where their phase 0 is the same (`Host.phase0`: LUCIR and
+    iCaRL train the same cosine head by cross-entropy).
+    """
+    old, new = source.to_dict(), config.to_dict()
+    ignored = set(RELOCATABLE_KEYS) | set(LATER_PHASE_KEYS)
+    if host_for(source).phase0 == host_for(config).phase0:
+        ignored.add("host")
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(new)
+            if k not in ignored and old.get(k) != new[k]]
+
+
+def phase0_files(config: TrainConfig) -> list[tuple[str, str]]:
+    """The `(source, destination)` files of `config.phase0_from`'s phase 0, checked
+    (reads only): exemplars, run state, and last the network.
+
+    Raises:
+        Phase0SourceError: the source has no readable phase 0, or its phase 0 was
+            trained with other settings (the message names each).
+    """
+    source_dir = config.phase0_from
+    if os.path.abspath(source_dir) == os.path.abspath(config.workdir):
+        raise Phase0SourceError(f"phase0_from={source_dir} is this run's own workdir.")
+    files = [(exemplar_path(source_dir, 0), exemplar_path(config.workdir, 0)),
+             (checkpointing.phase_state_path(source_dir, 0),
+              checkpointing.phase_state_path(config.workdir, 0)),
+             # Last: a phase counts as finished once its network is there.
+             (checkpointing.phase_checkpoint_path(source_dir, 0),
+              checkpointing.phase_checkpoint_path(config.workdir, 0))]
+    config_path = os.path.join(source_dir, "config.json")
+    missing = [src for src in [config_path] + [s for s, _ in files] if not os.path.isfile(src)]
+    if missing:
+        raise Phase0SourceError(f"phase0_from={source_dir} holds no finished phase 0 "
+                                f"(missing {', '.join(missing)}).")
+    try:
+        with open(config_path) as f:
+            source = TrainConfig.from_dict({**field_defaults(), **json.load(f)})
+    except (OSError, ValueError, TypeError) as e:
+        raise Phase0SourceError(f"phase0_from={source_dir}: its config.json is unreadable "
+                                f"({type(e).__name__}: {e}).") from e
+    diff = phase0_differences(source, config)
+    if diff:
+        raise Phase0SourceError(f"phase0_from={source_dir} trained phase 0 with other "
+                                f"settings ({', '.join(diff)}).")
+    try:
+        state = RunState.load(checkpointing.phase_state_path(source_dir, 0))
+    except CorruptCheckpointError as e:
+        raise Phase0SourceError(f"phase0_from={source_dir}: {e}") from e
+    if len(state.phases) != 1:
+        raise Phase0SourceError(f"phase0_from={source_dir}: its phase-0 state lists "
+                                f"{len(state.phases)} phases.")
+    return files
+
+
+def adopt_phase0(config: TrainConfig, log: Callable[[str], None]) -> bool:
+    """Copy phase 0 (network, run state, exemplars) of `config.phase0_from` into the
+    workdir, so the run resumes after it. Returns False when the workdir already has a
+    finished phase (nothing is copied). Raises `Phase0SourceError` as `phase0_files`."""
+    if checkpointing.completed_phases(config.workdir):
+        return False
+    for src, dst in phase0_files(config):
+        with atomic_io.staged_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+    log(f"Phase 0 taken from {config.phase0_from}.")
+    return True
 
 
 class RunState:
@@ -99,8 +180,11 @@ def resume(workdir: str, log: Callable[[str], None]) -> tuple[RunState, keras.Mo
 
 
 def field_defaults() -> dict:
-    return {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
-            if f.default is not dataclasses.MISSING}
+    """What a run's config.json means by a setting it lacks: the behaviour before the
+    setting existed (`PREDATING_VALUES`), else the setting's default."""
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    return {**defaults, **PREDATING_VALUES}
 
 
 def check_workdir(config: TrainConfig, overwrite: bool) -> None:

@@ -81,7 +81,7 @@ def test_aanet_shapes_and_layer_names():
 def test_aggregation_weights_and_fixed_mode():
     aanet = build_aanet("resnet8", INPUT_SHAPE, initial_aggregation=0.25)
     assert aggregation_weights(aanet) == [0.25, 0.25, 0.25]
-    aanet.get_layer("aggregation2").alpha.assign(0.75)
+    aanet.get_layer("aggregation2").set_alpha(0.75)
     assert aggregation_weights(aanet) == [0.25, 0.75, 0.25]
     alphas = [layer.alpha for layer in aanet.layers if isinstance(layer, Aggregation)]
     assert all(a.trainable for a in alphas)
@@ -94,7 +94,8 @@ def test_aggregation_weights_and_fixed_mode():
 def test_aanet_from_resnet_reproduces_features(resnet):
     x = _images(4, seed=3)
     expected = _np(resnet(x, training=False))
-    aanet = aanet_from_resnet(resnet, initial_aggregation=0.3, name="aanet_phase1")
+    aanet = aanet_from_resnet(resnet, initial_aggregation=0.3, aggregation_bound=0.1,
+                              name="aanet_phase1")
     assert aanet.name == "aanet_phase1"
     assert aggregation_weights(aanet) == pytest.approx([0.3, 0.3, 0.3])
     features = _np(aanet(x, training=False))
@@ -102,7 +103,7 @@ def test_aanet_from_resnet_reproduces_features(resnet):
     # Stable and plastic branches agree, so any alpha gives the same features.
     for layer in aanet.layers:
         if isinstance(layer, Aggregation):
-            layer.alpha.assign(0.9)
+            layer.set_alpha(0.85)
     np.testing.assert_allclose(_np(aanet(x, training=False)), expected, atol=1e-4)
 
 
@@ -211,17 +212,19 @@ def test_bad_input_shape_raises():
 def test_backbone_describes_itself_and_clones(resnet, tmp_path):
     assert (resnet.arch, resnet.branches, resnet.architecture.name) == (
         "resnet8", "single", "resnet8")
-    aanet = aanet_from_resnet(resnet, initial_aggregation=0.3, name="aanet_phase1")
+    aanet = aanet_from_resnet(resnet, initial_aggregation=0.3, aggregation_bound=0.1,
+                              name="aanet_phase1")
     assert (aanet.arch, aanet.branches, aanet.image_shape) == ("resnet8", "dual", INPUT_SHAPE)
     assert aanet.get_config() == {
         "name": "aanet_phase1", "trainable": True, "arch": "resnet8", "branches": "dual",
         "image_shape": list(INPUT_SHAPE), "learnable_aggregation": True,
-        "initial_aggregation": 0.3, "stable_block": "scaled", "stem": "shared"}
+        "initial_aggregation": 0.3, "aggregation_bound": 0.1, "stable_block": "scaled",
+        "stem": "shared"}
     assert get_architecture("resnet32").feature_dim == 64
     assert get_architecture("resnet18").num_levels == 4
     assert set(backbones.ARCHITECTURES) >= {"resnet8", "resnet32", "resnet18"}
 
-    aanet.get_layer("aggregation1").alpha.assign(0.2)
+    aanet.get_layer("aggregation1").set_alpha(0.2)
     clone = clone_backbone(aanet, name="aanet_phase2")
     assert clone.name == "aanet_phase2"
     assert isinstance(clone, Backbone) and clone.is_aanet
@@ -229,7 +232,7 @@ def test_backbone_describes_itself_and_clones(resnet, tmp_path):
     x = _images(2, seed=5)
     np.testing.assert_array_equal(_np(clone(x, training=False)), _np(aanet(x, training=False)))
     # The clone owns its variables.
-    clone.get_layer("aggregation1").alpha.assign(0.9)
+    clone.get_layer("aggregation1").set_alpha(0.8)
     assert aggregation_weights(aanet)[0] == pytest.approx(0.2)
 
     # A `.keras` archive brings the layout back from the config, not from guessing.
@@ -274,7 +277,7 @@ def test_per_branch_stem_as_in_the_authors_code(resnet):
     # and with alpha = 1 (the stable branch alone at level 1) it no longer matters.
     plastic_stem.set_weights([w * 1.5 for w in plastic_stem.get_weights()])
     assert np.max(np.abs(_np(aanet(x, training=False)) - expected)) > 1e-3
-    aanet.get_layer("aggregation1").alpha.assign(1.0)
+    aanet.get_layer("aggregation1").set_alpha(1.0)
     np.testing.assert_allclose(_np(aanet(x, training=False)), expected, atol=1e-4)
     assert clone_backbone(aanet).get_config()["stem"] == "per_branch"
     assert "plastic_stem" not in [l.name for l in aanet_from_resnet(resnet).layers]

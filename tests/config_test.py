@@ -39,6 +39,10 @@ INVALID = [
     ("aggregation", "adaptive"),
     ("initial_aggregation", 1.5),
     ("initial_aggregation", -0.1),
+    ("initial_aggregation", 0.02),
+    ("aggregation_bound", 0.5),
+    ("aggregation_bound", -0.1),
+    ("level2_images", "all"),
     ("epochs", 0),
     ("batch_size", 0),
     ("eval_batch_size", 0),
@@ -82,7 +86,7 @@ def test_invalid_value_names_flag_and_value(name, value):
 
 
 @pytest.mark.parametrize("name, value", [
-    ("initial_aggregation", 0.0), ("initial_aggregation", 1.0), ("momentum", 0.0),
+    ("initial_aggregation", 0.06), ("aggregation_bound", 0.0), ("momentum", 0.0),
     ("lr_decay_factor", 1.0), ("lr_decay_epochs", ()), ("lr_decay_epochs", (0.3,)),
     ("lambda_base", 0.0), ("margin", 0.0), ("weight_decay", 0.0), ("num_phases", 0),
     ("arch", "resnet8"), ("arch", "resnet18"), ("branch_mode", "single"),
@@ -91,6 +95,16 @@ def test_invalid_value_names_flag_and_value(name, value):
 ])
 def test_boundary_values_are_valid(name, value):
     assert getattr(TrainConfig(**{name: value}), name) == value
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_aggregation_weight_may_start_at_an_end_when_not_a_bounded_logit(value):
+    # A fixed weight, or a learned one clipped to [0, 1], may start at either end;
+    # a learned logit cannot (its range is open).
+    assert TrainConfig(initial_aggregation=value, aggregation="fixed").initial_aggregation == value
+    assert TrainConfig(initial_aggregation=value, aggregation_bound=0.0).initial_aggregation == value
+    with pytest.raises(ValueError, match=r"\(0.05, 0.95\)"):
+        TrainConfig(initial_aggregation=value)
 
 
 def test_several_problems_reported_together():

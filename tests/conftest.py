@@ -116,8 +116,9 @@ def write_run_workdir(workdir, cnn, nme=None, /, *, forgetting=None, num_classes
 
     settings = {"dataset": "cifar10", "seed": 1993, "num_base_classes": 4,
                 "classes_per_phase": 2, "num_phases": 0, "branch_mode": "dual",
-                "aggregation": "learned", "epochs": 20, "exemplars_per_class": 20,
-                "memory_budget": 0, "workdir": str(workdir), **config}
+                "aggregation": "learned", "aggregation_bound": 0.05, "level2_images": "seen",
+                "epochs": 20, "exemplars_per_class": 20, "memory_budget": 0,
+                "workdir": str(workdir), **config}
     nme = list(cnn) if nme is None else list(nme)
     base, step = settings["num_base_classes"], settings["classes_per_phase"]
     phases = [{"phase": i, "num_seen_classes": base + i * step, "cnn_accuracy": c,

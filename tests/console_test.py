@@ -43,3 +43,28 @@ def test_native_start_up_lines_are_hidden_unless_verbose():
     assert loud.returncode == 0, loud.stderr
     # What TensorFlow prints when nothing hides it (its absl start-up notice).
     assert "InitializeLog" in loud.stderr or "I0000" in loud.stderr
+
+
+@pytest.mark.slow
+def test_train_tool_shows_the_setting_first_from_a_fresh_process(tmp_path):
+    # As a user starts it: a new process, a clean environment, output to a file. A
+    # missing dataset ends the run after TensorFlow has started and read the data dir.
+    result = subprocess.run(
+        [sys.executable, "tools/train.py", "--flagfile=flags/smoke.flags",
+         f"--data_dir={tmp_path / 'no_data'}", f"--workdir={tmp_path / 'run'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("data      cifar10"), result.stdout
+    assert lines[4].startswith("workdir"), result.stdout
+    assert lines[5].startswith("error: ") and len(lines) == 6, result.stdout
+    assert result.returncode == 2
+
+
+def test_every_host_headline_is_known_without_a_framework():
+    from aanets_tf.config import HOST_HEADLINES, HOSTS
+    from aanets_tf.hosts import host_for
+
+    assert set(HOST_HEADLINES) == set(HOSTS)
+    for host in HOSTS:
+        assert host_for(TrainConfig(host=host)).headline == HOST_HEADLINES[host]

@@ -112,7 +112,7 @@ def test_level_maps_follow_the_aggregation_weights():
     plastic.set_weights([w * 0.5 for w in plastic.get_weights()])
     images, _ = random_batch(2, INPUT_SHAPE, 2, seed=6)
     for alpha in (0.5, 0.1):
-        aanet.get_layer("aggregation3").alpha.assign(alpha)
+        aanet.get_layer("aggregation3").set_alpha(alpha)
         out = taps(images)
         np.testing.assert_allclose(to_numpy(out["maps"][-1]).mean(axis=(1, 2)),
                                    to_numpy(aanet(images)), rtol=1e-4, atol=1e-5)

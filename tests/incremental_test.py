@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -165,6 +166,51 @@ def test_run_from_before_a_setting_existed_resumes_with_its_default(finished_run
                        match=r"mixed_precision: 'float32' -> 'mixed_bfloat16'"):
         incremental.run(config.replace(mixed_precision="mixed_bfloat16"), data=data, verbose=0,
                         log=lambda _: None)
+
+
+def test_phase0_from_matches_a_run_that_trained_phase0(finished_run, data, tmp_path):
+    config, results = finished_run
+    lines = []
+    taken = incremental.run(config.replace(workdir=str(tmp_path / "taken"),
+                                           phase0_from=config.workdir),
+                            data=data, verbose=0, log=lines.append)
+    assert any("Phase 0 taken from" in line for line in lines)
+    assert sum("=== Phase" in line for line in lines) == 1  # phase 1 alone trained
+    # Under `deterministic`, phase 1 trained after the taken phase 0 is bit-identical.
+    assert without_timings(taken) == without_timings(results)
+
+
+def test_phase0_from_shared_by_hosts_of_one_phase0(finished_run, data, tmp_path):
+    config, results = finished_run
+    icarl = incremental.run(
+        config.replace(host="icarl", branch_mode="single", workdir=str(tmp_path / "icarl"),
+                       phase0_from=config.workdir),
+        data=data, verbose=0, log=lambda _: None)
+    for key in ("cnn_accuracy", "nme_accuracy", "accuracy_by_phase_classes"):
+        assert icarl["phases"][0][key] == results["phases"][0][key]
+    assert icarl["headline"] == "nme" and len(icarl["phases"]) == 2
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(epochs=3), "epochs: 2 -> 3"),
+    (dict(host="podnet"), "host: 'lucir' -> 'podnet'"),
+    (dict(seed=7), "seed: 1993 -> 7"),
+])
+def test_phase0_from_refuses_another_phase0_by_name(finished_run, data, tmp_path, change,
+                                                    named):
+    config, _ = finished_run
+    workdir = str(tmp_path / "refused")
+    with pytest.raises(run_state.Phase0SourceError, match=re.escape(named)):
+        incremental.run(config.replace(workdir=workdir, phase0_from=config.workdir, **change),
+                        data=data, verbose=0, log=lambda _: None)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_phase0_from_without_a_finished_phase0_is_refused(data, tmp_path):
+    config = TrainConfig(**TINY, workdir=str(tmp_path / "run"),
+                         phase0_from=str(tmp_path / "empty"))
+    with pytest.raises(run_state.Phase0SourceError, match="holds no finished phase 0"):
+        incremental.run(config, data=data, verbose=0, log=lambda _: None)
 
 
 def test_corrupt_checkpoint_falls_back_to_last_good(finished_run, data, tmp_path):

@@ -43,7 +43,7 @@ def grown_aanet(phase0):
     network = grow_network(phase0, backbone, 2, features, np.array([0, 1, 0, 1, 0, 1]),
                            name="network_phase1")
     for k, alpha in enumerate((0.2, 0.6, 0.9), start=1):
-        backbone.get_layer(f"aggregation{k}").alpha.assign(alpha)
+        backbone.get_layer(f"aggregation{k}").set_alpha(alpha)
     return network
 
 

@@ -47,11 +47,37 @@ def _snapshot(*workdirs):
 
 # === Reading a run ===
 
+@pytest.mark.parametrize("config, label", [
+    ({}, "LUCIR w/ AANets"),
+    ({"aggregation_bound": None}, "LUCIR w/ AANets (alpha clipped to [0, 1])"),
+    ({"aggregation_bound": 0.1}, "LUCIR w/ AANets (alpha in [0.1, 0.9])"),
+    ({"level2_images": "held_out"}, "LUCIR w/ AANets (Level 2 on held-out images)"),
+    ({"aggregation": "fixed", "aggregation_bound": 0.0}, "LUCIR w/ AANets (fixed aggregation)"),
+])
+def test_how_alpha_is_learned_labels_the_method(tmp_path, config, label):
+    written = write_run_workdir(tmp_path / "run", [80, 60, 50, 40], **config)
+    if config.get("aggregation_bound", 0) is None:  # a run from before the setting existed
+        path = os.path.join(written, "config.json")
+        with open(path) as f:
+            older = {k: v for k, v in json.load(f).items() if k != "aggregation_bound"}
+        with open(path, "w") as f:
+            json.dump(older, f)
+    method = run_records.read_run(written).method
+    assert method.label == label
+    assert method.is_paper_method == (config.get("aggregation") != "fixed")
+
+
+def test_bad_aggregation_bound_is_named(tmp_path):
+    written = write_run_workdir(tmp_path / "run", [80, 60, 50, 40], aggregation_bound="wide")
+    with pytest.raises(run_records.ReportInputError, match="aggregation_bound='wide'"):
+        run_records.read_run(written)
+
+
 def test_read_run_places_setting_method_and_phases(tmp_path):
     run = run_records.read_run(_cpu(tmp_path, "a", [80, 60, 50, 40], [81, 62, 52, 44],
                            forgetting={"cnn": 30.0, "nme": None}))
     assert run.setting == Setting("CIFAR-10", 10, 4, 3, "20 per class")
-    assert run.method == Method("lucir", True, "learned", "scaled")  # no host: LUCIR
+    assert run.method == Method("lucir", True, "learned", "scaled", 0.05, "seen")  # no host
     assert not run.partial and run.planned_phases == 4
     assert run.average("cnn") == pytest.approx(57.5)
     assert run.average("nme") == pytest.approx(59.75)

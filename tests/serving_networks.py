@@ -36,7 +36,7 @@ def two_phases(seed: int = 0) -> tuple[keras.Model, keras.Model]:
 
     aanet = aanet_from_resnet(backbone_of(phase0), name="aanet_phase1")
     for k, alpha in enumerate((0.3, 0.6, 0.8), start=1):
-        aanet.get_layer(f"aggregation{k}").alpha.assign(alpha)
+        aanet.get_layer(f"aggregation{k}").set_alpha(alpha)
         plastic = aanet.get_layer(f"plastic_level{k}")
         plastic.set_weights([w + rng.normal(scale=0.05, size=w.shape).astype(w.dtype)
                              for w in plastic.get_weights()])

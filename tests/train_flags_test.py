@@ -122,6 +122,29 @@ def test_config_for_main_turns_bad_input_into_usage_errors():
             train_flags.config_for_main(["train.py"])
 
 
+@pytest.mark.parametrize("name", ["workdir", "export_dir", "data_dir", "phase0_from"])
+def test_directory_flag_naming_a_file_is_refused_before_anything_runs(tmp_path, name):
+    from absl import app
+
+    path = tmp_path / "a_file"
+    path.write_text("not a directory")
+    with flagsaver.flagsaver(**{name: str(path)}):
+        with pytest.raises(app.UsageError, match=f"--{name}=.*a_file is a file; it must "
+                                                 "name a directory"):
+            train_flags.config_for_main(["train.py"])
+
+
+@pytest.mark.parametrize("arch, size, ok", [
+    ("resnet32", 3, False), ("resnet32", 8, True), ("resnet18", 16, False),
+    ("resnet18", 32, True), ("resnet32", 2048, False), ("resnet32", 0, True)])
+def test_image_size_bounds_follow_the_architecture(arch, size, ok):
+    if ok:
+        assert TrainConfig(arch=arch, image_size=size).image_size == size
+    else:
+        with pytest.raises(ValueError, match=f"image_size={size}"):
+            TrainConfig(arch=arch, image_size=size)
+
+
 def test_invalid_values_raise_value_error_naming_the_flag():
     with pytest.raises(ValueError, match="--lr_decay_epochs must be numbers"):
         train_flags.config_from_flags(_parse(["--lr_decay_epochs=half,0.75"]))

@@ -61,10 +61,10 @@ def setting_summary(config) -> str:
     phases = "all" if not config.num_phases else str(config.num_phases)
     memory = (f"{config.memory_budget} exemplars in all" if config.memory_budget
               else f"{config.exemplars_per_class} exemplars per class")
-    from aanets_tf.config import HOST_NAMES
-    from aanets_tf.hosts import host_for
+    # Framework-free: the summary is printed before TensorFlow starts.
+    from aanets_tf.config import HOST_HEADLINES, HOST_NAMES
 
-    name, host = HOST_NAMES[config.host], host_for(config)
+    name, headline = HOST_NAMES[config.host], HOST_HEADLINES[config.host]
     method = (f"{name} with AANets (stable + plastic blocks, "
               f"{config.aggregation} aggregation)" if config.branch_mode == "dual"
               else f"{name}, single branch")
@@ -73,7 +73,7 @@ def setting_summary(config) -> str:
         + (f" from {config.data_dir}" if config.data_dir else ""),
         f"protocol  {config.num_base_classes} base classes + {config.classes_per_phase} per "
         f"phase, {phases} phases, {memory}, class order seed {config.order_seed}",
-        f"model     {config.arch}, {method}; headline accuracy {host.headline.upper()}",
+        f"model     {config.arch}, {method}; headline accuracy {headline.upper()}",
         f"training  {config.epochs} epochs per phase, batch {config.batch_size}, "
         f"learning rate {config.learning_rate:g}, {config.mixed_precision}",
         f"workdir   {os.path.abspath(config.workdir)}",

@@ -60,7 +60,7 @@ def main(argv):
     if not verbose_logs:
         # TFDS and the SavedModel writer log every dataset read and export step
         # at INFO; --verbosity=0 brings them back.
-        logging.set_verbosity(logging.WARNING)
+        logging.set_verbosity(logging.ERROR)
     if FLAGS.add_classes_from is None and (FLAGS.classes or FLAGS.promote):
         raise app.UsageError("--classes and --promote go with --add_classes_from.")
     if FLAGS.add_classes_from is None:

@@ -7,13 +7,14 @@ flag of the same name, with the same default.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from absl import app, flags, logging
 
 from aanets_tf.config import (AGGREGATION_MODES, ARCHS, AUTO_PRECISION, BRANCH_MODES, HOSTS,
-                              LR_SCHEDULES, PRECISIONS, STABLE_BLOCKS, STEMS, STRATEGIES,
-                              TrainConfig)
+                              LEVEL2_IMAGES, LR_SCHEDULES, PRECISIONS, STABLE_BLOCKS, STEMS,
+                              STRATEGIES, TrainConfig)
 
 HELP = {
     "dataset": "TFDS image-classification dataset (cifar100, cifar10, imagenet2012, ...), or "
@@ -44,7 +45,8 @@ HELP = {
                   "(imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar); the "
                   "dataset is prepared from them into --data_dir.",
     "image_size": "Side of the network's square input in pixels (0 = the dataset's own "
-                  "square size, else 32 for resnet32/resnet8 and 224 for resnet18).",
+                  "square size, else 32 for resnet32/resnet8 and 224 for resnet18); "
+                  "8-1024 for resnet32/resnet8, 32-1024 for resnet18.",
     "max_image_pixels": "Images whose header declares more pixels are refused before "
                         "decoding (decompression bombs).",
     "strict_images": "Stop with an error naming every bad image (corrupt, truncated, empty, "
@@ -71,6 +73,12 @@ HELP = {
             "branches; per_branch = the plastic branch has its own trainable stem, as in the "
             "authors' code.",
     "initial_aggregation": "Initial aggregation weight alpha of every level.",
+    "aggregation_bound": "b > 0: a learned alpha is trained as a logit and stays inside "
+                         "[b, 1 - b], so neither branch is switched off; 0: alpha itself, "
+                         "clipped to [0, 1] (the authors' code).",
+    "level2_images": "Level 2's new-class images: seen = drawn from those Level 1 trains on "
+                     "(the authors' code); held_out = kept out of Level 1, so Level 2 "
+                     "measures how the mix generalises.",
     "epochs": "Epochs per phase.",
     "batch_size": "Global batch size.",
     "learning_rate": "Level-1 SGD learning rate.",
@@ -108,6 +116,11 @@ HELP = {
                 "--batch_size is the global batch.",
     "deterministic": "Enable TensorFlow op determinism (slower, reproducible).",
     "workdir": "Directory for config.json, metrics.json, checkpoints, logs and plots.",
+    "phase0_from": "A finished run's workdir whose phase 0 (network, exemplars, results) "
+                   "this run takes instead of training its own, as the authors' --resume_fg. "
+                   "Refused, naming each setting, unless its phase 0 was trained as this run's "
+                   "would be (branch mode, Level 2 and later-phase settings may differ; LUCIR "
+                   "and iCaRL share one phase 0).",
     "export": "Export a SavedModel for TF Serving after every phase.",
     "export_dir": "Base directory of the SavedModel exports (default: <workdir>/export).",
     "model_name": "Model name under --export_dir (TF Serving's model name).",
@@ -117,6 +130,7 @@ HELP = {
 # Fields that take one of a few names.
 _ENUM_FIELDS = {"host": HOSTS, "arch": ARCHS, "branch_mode": BRANCH_MODES,
                 "aggregation": AGGREGATION_MODES, "stable_block": STABLE_BLOCKS, "stem": STEMS,
+                "level2_images": LEVEL2_IMAGES,
                 "mixed_precision": PRECISIONS + (AUTO_PRECISION,), "strategy": STRATEGIES,
                 "lr_schedule": LR_SCHEDULES}
 
@@ -191,6 +205,10 @@ def as_flag_names(message: str, names=None) -> str:
     return _ARGUMENT.sub(rename, message)
 
 
+# Flags that name directories (a run's own, or one it reads).
+DIRECTORY_FLAGS = ("workdir", "export_dir", "data_dir", "manual_dir", "phase0_from")
+
+
 def config_for_main(argv: list[str]) -> TrainConfig:
     """The validated `TrainConfig` of an entry point's `main(argv)`.
 
@@ -201,9 +219,14 @@ def config_for_main(argv: list[str]) -> TrainConfig:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        return config_from_flags()
+        config = config_from_flags()
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    for name in DIRECTORY_FLAGS:
+        value = getattr(config, name)
+        if value and os.path.exists(value) and not os.path.isdir(value):
+            raise app.UsageError(f"--{name}={value} is a file; it must name a directory.")
+    return config
 
 
 def config_to_flagfile(config: TrainConfig, header: str = "") -> str:

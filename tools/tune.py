@@ -104,7 +104,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     config, base, dims = _settings()
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+        logging.set_verbosity(logging.ERROR)
     console.start_tensorflow(verbose=FLAGS["verbosity"].present)
 
     from aanets_tf import atomic_io, datasets, search_space, tuning

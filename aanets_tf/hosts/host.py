@@ -90,6 +90,9 @@ class Host:
     """A class-incremental method; subclasses set the class attributes and methods."""
     name: ClassVar[str] = ""
     headline: ClassVar[str] = "cnn"  # "cnn" or "nme"
+    # Hosts of one name here train the same phase 0 (head, loss, step after herding),
+    # so a run of one can take another's (`aanets_tf.run_state.adopt_phase0`).
+    phase0: ClassVar[str] = ""
 
     def __init__(self, config):
         self.config = config
