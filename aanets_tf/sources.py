@@ -29,8 +29,17 @@ import os
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import tqdm
 
 from aanets_tf import atomic_io, images
+
+
+class UnreadableRecordsError(ValueError):
+    """A record file cannot be read to its end (truncated or corrupt)."""
+
+    def __init__(self, message: str, position: int):
+        super().__init__(message)
+        self.position = position  # records read in order before the failure
 
 
 class BadImageError(ValueError):
@@ -209,8 +218,7 @@ def _index_stream(records: tf.data.Dataset, read, describe, num_classes: int, to
     and is reported as corrupt. `stop_when(counts)` ends the read early once
     the good records per class suffice.
     """
-    def check(position, record):
-        payload, label = record
+    def check(position, payload, label):
         encoded = read(payload)
         status = images.check_header(encoded, max_pixels)
         # Decoding inside `cond` runs only for a header that passed.
@@ -218,23 +226,54 @@ def _index_stream(records: tf.data.Dataset, read, describe, num_classes: int, to
                        lambda: tf.constant(1))
         return position, tf.cast(label, tf.int64), status + 0 * rows
 
-    checked = (records.enumerate()
+    # The records are read here, apart from decoding: `ignore_errors` below skips an
+    # image that fails to decode, but a reader that fails (a truncated file) would fail
+    # again at every retry, and `ignore_errors` would retry it for ever.
+    failure: list[UnreadableRecordsError] = []
+    payload_spec, label_spec = records.element_spec
+
+    def read_in_order():
+        iterator = iter(records.enumerate().batch(batch))
+        done = 0
+        while True:
+            try:
+                positions, (payloads, batch_labels) = next(iterator)
+            except StopIteration:
+                return
+            except (tf.errors.DataLossError, tf.errors.InvalidArgumentError,
+                    tf.errors.OutOfRangeError) as e:
+                failure.append(UnreadableRecordsError(
+                    f"reading stopped after record {done} of {total} "
+                    f"({_op_error_text(e)}).", done))
+                return
+            done = int(positions[-1]) + 1
+            yield positions, payloads, batch_labels
+
+    raw = tf.data.Dataset.from_generator(read_in_order, output_signature=(
+        tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], payload_spec.dtype),
+        tf.TensorSpec([None], label_spec.dtype)))
+    checked = (raw.unbatch()
                .map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .ignore_errors().batch(batch).prefetch(1))
     labels = np.full(total, -1, np.int64)
     status = np.full(total, -1, np.int32)
     counts = np.zeros(num_classes, np.int64)
     end = total
-    for positions, batch_labels, batch_status in checked:
-        positions = positions.numpy()
-        labels[positions] = batch_labels.numpy()
-        status[positions] = batch_status.numpy()
-        good = (status[positions] == images.OK) & (labels[positions] >= 0) & (
-            labels[positions] < num_classes)
-        np.add.at(counts, labels[positions][good], 1)
-        if stop_when is not None and stop_when(counts):
-            end = int(positions[-1]) + 1
-            break
+    with tqdm.tqdm(total=total, unit="image", desc=f"checking {total} images",
+                   disable=None, leave=False) as bar:
+        for positions, batch_labels, batch_status in checked:
+            positions = positions.numpy()
+            labels[positions] = batch_labels.numpy()
+            status[positions] = batch_status.numpy()
+            good = (status[positions] == images.OK) & (labels[positions] >= 0) & (
+                labels[positions] < num_classes)
+            np.add.at(counts, labels[positions][good], 1)
+            bar.update(int(positions[-1]) + 1 - bar.n)
+            if stop_when is not None and stop_when(counts):
+                end = int(positions[-1]) + 1
+                break
+    if failure and end == total:
+        raise failure[0]
     labels, status = labels[:end], status[:end]
     out_of_range = (status == images.OK) & ((labels < 0) | (labels >= num_classes))
     skipped = []
@@ -308,10 +347,38 @@ def index_tfds_split(builder: tfds.core.DatasetBuilder, split: str, num_classes:
     total = builder.info.splits[split].num_examples
     key = {"dataset": builder.name, "version": str(builder.version), "split": split,
            "num_examples": total, "max_pixels": max_pixels, "per_class": per_class}
-    return _cached(cache_dir, f"{builder.name}-{split}", key, strict,
-                   lambda: _index_stream(_tfds_records(builder, split), lambda payload: payload,
-                                         describe, num_classes, total, max_pixels, strict,
-                                         stop_when))
+
+    def compute():
+        try:
+            return _index_stream(_tfds_records(builder, split), lambda payload: payload,
+                                 describe, num_classes, total, max_pixels, strict, stop_when)
+        except UnreadableRecordsError as e:
+            raise UnreadableRecordsError(
+                f"{builder.name} {split}: {e} {_locate_bad_shard(builder, split)}",
+                e.position) from None
+
+    return _cached(cache_dir, f"{builder.name}-{split}", key, strict, compute)
+
+
+def _op_error_text(error: tf.errors.OpError) -> str:
+    """A TensorFlow error's own words, without the op and function names around them."""
+    text = error.message.split("}} ", 1)[-1].split(" [Op:", 1)[0].strip()
+    return text.replace("' failed with ", ": ").strip("'")
+
+
+def _locate_bad_shard(builder: tfds.core.DatasetBuilder, split: str) -> str:
+    """Which of a split's record files fails to read, and where: a sentence for an error."""
+    pattern = os.path.join(builder.data_dir, f"{builder.name}-{split}.*")
+    for path in sorted(tf.io.gfile.glob(pattern)):
+        count = 0
+        try:
+            for _ in tf.data.TFRecordDataset(path, buffer_size=1 << 20):
+                count += 1
+        except tf.errors.OpError:
+            return (f"The file {path} fails after its record {count} (truncated or "
+                    f"corrupt): copy it again, or prepare the dataset again with TFDS.")
+    return (f"Its files ({pattern}) read back whole one by one; check the disk they are on, "
+            "or prepare the dataset again with TFDS.")
 
 
 def index_files(paths: list[str], labels: np.ndarray, num_classes: int, *, max_pixels: int,

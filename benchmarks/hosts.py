@@ -7,7 +7,9 @@ the class orders of `--seeds`:
 - `dual`: with AANets at the default settings (learned aggregation weights);
 - `fixed`: with AANets, the aggregation weights fixed at 0.5 (the ablation, and
   what the authors' code computes: its Level-2 learning rate of 1e-8 leaves
-  alpha at 0.5000).
+  alpha at 0.5000);
+- on request, `dual_held_out` (Level 2 on held-out images) and `dual_clipped`
+  (alpha learned as itself, clipped to [0, 1]: the earlier default).
 
 Every run of one seed whose phase 0 is the same (LUCIR and iCaRL in every
 variant; PODNet's own) takes it from one phase-0 run (`--phase0_from`), trained
@@ -49,7 +51,11 @@ from benchmarks import machine  # noqa: E402
 
 VARIANTS = {"single": ["--branch_mode=single"],
             "dual": ["--branch_mode=dual"],
-            "fixed": ["--branch_mode=dual", "--aggregation=fixed"]}
+            "fixed": ["--branch_mode=dual", "--aggregation=fixed"],
+            # Design variants of the learned weights (not in the default grid).
+            "dual_held_out": ["--branch_mode=dual", "--level2_images=held_out"],
+            "dual_clipped": ["--branch_mode=dual", "--aggregation_bound=0"]}
+DEFAULT_VARIANTS = ["single", "dual", "fixed"]
 # Hosts whose phase 0 is the same (`Host.phase0`); the first names the phase-0 run.
 PHASE0_FAMILIES = {"lucir": "cosine", "icarl": "cosine", "podnet": "podnet"}
 
@@ -57,7 +63,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("flagfile_path", os.path.join(ROOT, "flags", "cifar10_cpu.flags"),
                     "Flagfile of the protocol every run shares.")
 flags.DEFINE_list("hosts", list(HOSTS), f"Hosts to run, from {list(HOSTS)}.")
-flags.DEFINE_list("variants", list(VARIANTS), f"From {list(VARIANTS)}.")
+flags.DEFINE_list("variants", DEFAULT_VARIANTS, f"From {list(VARIANTS)}.")
 flags.DEFINE_list("seeds", ["1993", "1994", "1995", "1996", "1997"], "Class orders (seeds).")
 flags.DEFINE_integer("parallel", 2, "Runs at a time.")
 flags.DEFINE_bool("reuse_phase0", True,

@@ -93,3 +93,28 @@ def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
     markdown = fixed_costs.table(costs, TrainConfig(epochs=20))
     assert "| epoch checkpoint (every epoch) | 0.450 | 10.0% of an epoch |" in markdown
     assert "| tracing the Level-1 step (once a phase) | 9.000 | 10.0% of 20 epochs |" in markdown
+
+
+def test_hosts_grid_knows_a_finished_run_from_a_partial_one(tmp_path):
+    from benchmarks import hosts
+    from conftest import write_run_workdir
+
+    # The CPU protocol plans phase 0 and three more (10 classes: 4 + 3 x 2).
+    assert hosts.finished(write_run_workdir(tmp_path / "done", [70, 50, 40, 30]))
+    assert not hosts.finished(write_run_workdir(tmp_path / "partial", [70, 50]))
+    assert not hosts.finished(str(tmp_path / "missing"))
+    # A run set to fewer phases (a phase-0 run) is finished when it has them.
+    assert hosts.finished(write_run_workdir(tmp_path / "phase0", [70], num_phases=1))
+
+
+def test_hosts_grid_shares_phase0_within_a_family():
+    from benchmarks import hosts
+
+    assert hosts.PHASE0_FAMILIES["lucir"] == hosts.PHASE0_FAMILIES["icarl"]
+    assert hosts.PHASE0_FAMILIES["podnet"] != hosts.PHASE0_FAMILIES["lucir"]
+    # The grid's families agree with the hosts' own (`Host.phase0`).
+    from aanets_tf.config import TrainConfig
+    from aanets_tf.hosts import host_for
+
+    for host, family in hosts.PHASE0_FAMILIES.items():
+        assert host_for(TrainConfig(host=host)).phase0 == family

@@ -202,6 +202,29 @@ def test_strict_run_on_bad_records_stops_before_writing(bad_records_dir, tmp_pat
     assert (workdir / "metrics.json").read_text() == "{\"kept\": true}\n"
 
 
+def test_truncated_record_file_ends_in_an_error_naming_it(bad_records_dir, tmp_path):
+    import glob
+    import shutil
+    import time
+
+    from aanets_tf.sources import UnreadableRecordsError
+
+    copy = str(tmp_path / "tfds")
+    shutil.copytree(bad_records_dir, copy)
+    (shard,) = glob.glob(os.path.join(copy, "bad_image_records", "*", "*-train.tfrecord*"))
+    os.chmod(shard, 0o644)
+    with open(shard, "r+b") as f:  # a partial copy: the file stops inside a record
+        f.truncate(os.path.getsize(shard) * 2 // 3)
+    start = time.monotonic()
+    with pytest.raises(UnreadableRecordsError) as info:
+        datasets.load_dataset("bad_image_records", copy, strict_images=False)
+    assert time.monotonic() - start < 60  # it used to retry the failing read for ever
+    message = str(info.value)
+    assert message.startswith("bad_image_records train: reading stopped after record ")
+    assert f"The file {shard} fails after its record" in message
+    assert "{{" not in message and "[Op:" not in message
+
+
 def test_class_subset_keeps_the_first_classes_of_the_order_relabelled():
     labels = np.arange(30) % 10
     data = datasets.from_arrays(np.zeros((30, 2, 2, 3), np.uint8), labels,
