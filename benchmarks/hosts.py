@@ -60,20 +60,25 @@ DEFAULT_VARIANTS = ["single", "dual", "fixed"]
 PHASE0_FAMILIES = {"lucir": "cosine", "icarl": "cosine", "podnet": "podnet"}
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("flagfile_path", os.path.join(ROOT, "flags", "cifar10_cpu.flags"),
-                    "Flagfile of the protocol every run shares.")
-flags.DEFINE_list("hosts", list(HOSTS), f"Hosts to run, from {list(HOSTS)}.")
-flags.DEFINE_list("variants", DEFAULT_VARIANTS, f"From {list(VARIANTS)}.")
-flags.DEFINE_list("seeds", ["1993", "1994", "1995", "1996", "1997"], "Class orders (seeds).")
-flags.DEFINE_integer("parallel", 2, "Runs at a time.")
-flags.DEFINE_bool("reuse_phase0", True,
-                  "Train phase 0 once per seed and phase-0 family, and let every run take it.")
-flags.DEFINE_string("runs", None, "Parent of the run workdirs (default: "
-                    "runs/hosts/<flagfile name>).")
-flags.DEFINE_string("output_dir", None, "Where finished runs, the table and the plot go "
-                    "(default: benchmarks/results/hosts/<flagfile name>).")
-flags.DEFINE_bool("report_only", False, "Write the table from the finished runs only.")
-flags.DEFINE_list("extra", [], "More train.py flags for every run, e.g. --extra=--epochs=2.")
+
+
+def define_flags() -> None:
+    """The command line (under `__main__` only, so tests can import this module)."""
+    flags.DEFINE_string("flagfile_path", os.path.join(ROOT, "flags", "cifar10_cpu.flags"),
+                        "Flagfile of the protocol every run shares.")
+    flags.DEFINE_list("hosts", list(HOSTS), f"Hosts to run, from {list(HOSTS)}.")
+    flags.DEFINE_list("variants", DEFAULT_VARIANTS, f"From {list(VARIANTS)}.")
+    flags.DEFINE_list("seeds", ["1993", "1994", "1995", "1996", "1997"], "Class orders (seeds).")
+    flags.DEFINE_integer("parallel", 2, "Runs at a time.")
+    flags.DEFINE_bool("reuse_phase0", True,
+                      "Train phase 0 once per seed and phase-0 family, and let every run take it.")
+    flags.DEFINE_string("runs", None, "Parent of the run workdirs (default: "
+                        "runs/hosts/<flagfile name>).")
+    flags.DEFINE_string("output_dir", None, "Where finished runs, the table and the plot go "
+                        "(default: benchmarks/results/hosts/<flagfile name>).")
+    flags.DEFINE_bool("report_only", False, "Write the table from the finished runs only.")
+    flags.DEFINE_list("extra", [], "More train.py flags for every run, e.g. --extra=--epochs=2.")
+
 
 _report_lock = threading.Lock()
 
@@ -197,4 +202,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -15,7 +15,9 @@ points models.config's `canary` label at the new version.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,6 +56,26 @@ def _grow(verbose) -> int:
                        promote=FLAGS.promote, overrides=overrides, verbose=verbose)
 
 
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` (an OSError, or a framework's own error around one) is a full disk."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    text = str(error)
+    return "No space left on device" in text or "errno = 28" in text
+
+
+def disk_full_message(error: BaseException, workdir: str) -> str:
+    """One line: which directory's disk is full, its free space, and what to do."""
+    path = os.path.abspath(getattr(error, "filename", None) or workdir)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    while directory and not os.path.isdir(directory):
+        directory = os.path.dirname(directory)
+    free = shutil.disk_usage(directory or "/").free / 2 ** 20
+    return (f"error: the disk holding {directory} is full ({free:.1f} MiB free). Free space "
+            "there, then run the same command again: the run resumes after its last "
+            "complete epoch, and what it wrote before is intact.")
+
+
 def main(argv):
     config = train_flags.config_for_main(argv)
     verbose_logs = FLAGS["verbosity"].present
@@ -82,6 +104,15 @@ def main(argv):
             StrategyUnavailableError, ValueError) as e:
         print(f"error: {train_flags.as_flag_names(str(e))}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a full disk surfaces as many error types
+        if not disk_full(e):
+            raise
+        print(disk_full_message(e, FLAGS.workdir), file=sys.stderr)
+        # Out at once: a half-written HDF5 file's finaliser would fail again on the full
+        # disk at exit, with tracebacks after this line (and a crash in h5py).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(2)
     print()
     print(reporting.summary_table(results))
     print(f"\nResults in {os.path.abspath(FLAGS.workdir)}")
