@@ -128,6 +128,8 @@ def checkpoint_exists(workdir: str) -> bool:
 def _run(host: str, variant: str, seed: str, phase0: Future | None) -> tuple[str, int]:
     name = f"{host}_{variant}_{seed}"
     workdir = os.path.join(FLAGS.runs, name)
+    if finished(os.path.join(FLAGS.output_dir, "runs", name)):
+        return name, 0  # finished since the grid started (another process)
     args = [f"--host={host}", f"--seed={seed}", *VARIANTS[variant]]
     if phase0 is not None:
         source = phase0.result()
