@@ -186,13 +186,14 @@ def main(argv):
     print(f"{len(jobs)} runs to go on {machine.summary_line(machine.describe())}", flush=True)
     failed = []
     with ThreadPoolExecutor(FLAGS.parallel) as pool:
-        # Phase-0 runs first: a run waits only on phase-0 runs already started.
-        phase0 = {}
-        if FLAGS.reuse_phase0:
-            for family, seed in dict.fromkeys((PHASE0_FAMILIES[h], s) for h, _, s in jobs):
-                phase0[family, seed] = pool.submit(_phase0_run, family, seed)
-        runs = [pool.submit(_run, h, v, s, phase0.get((PHASE0_FAMILIES[h], s)))
-                for h, v, s in jobs]
+        # Seed by seed, each seed's phase-0 runs first: a run waits only on phase-0 runs
+        # submitted before it (so already started), and the table fills seed by seed.
+        phase0, runs = {}, []
+        for h, v, s in jobs:
+            family = PHASE0_FAMILIES[h]
+            if FLAGS.reuse_phase0 and (family, s) not in phase0:
+                phase0[family, s] = pool.submit(_phase0_run, family, s)
+            runs.append(pool.submit(_run, h, v, s, phase0.get((family, s))))
         for future in runs:
             name, code = future.result()
             if code:
