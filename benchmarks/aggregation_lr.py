@@ -9,13 +9,18 @@ Writes `results.json` (per candidate: alpha trajectory, CNN/NME/old/new
 validation accuracy) and `trajectories.png` into `--out`.
 
     python benchmarks/aggregation_lr.py --out=runs/aggregation_lr
+    python benchmarks/aggregation_lr.py --host=icarl --learning_rates=0.003,0.01,0.03 \
+        --out=runs/aggregation_lr_icarl
+
+The rule (README, "Aggregation weights"): the largest learning rate whose validation
+headline accuracy (iCaRL: NME; LUCIR, PODNet: CNN) stays within one point of fixed
+weights, so alpha moves without costing accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 
@@ -23,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from aanets_tf import atomic_io, datasets, incremental, reporting
-from aanets_tf.config import TrainConfig  # noqa: E402
+from aanets_tf.config import HOST_HEADLINES, HOSTS, TrainConfig  # noqa: E402
 
 # The CPU protocol of SPEC section 7 (flags/cifar10_cpu.flags).
 CPU_PROTOCOL = dict(dataset="cifar10", seed=1993, arch="resnet32", num_base_classes=4,
@@ -44,12 +49,15 @@ def main() -> int:
     parser.add_argument("--train_images_per_class", type=int,
                         default=CPU_PROTOCOL["train_images_per_class"])
     parser.add_argument("--arch", default=CPU_PROTOCOL["arch"])
+    parser.add_argument("--host", default="lucir", choices=HOSTS)
+    parser.add_argument("--seed", type=int, default=CPU_PROTOCOL["seed"])
     args = parser.parse_args()
     candidates = [float(v) for v in args.learning_rates.split(",")]
 
     base = TrainConfig(**{**CPU_PROTOCOL, "epochs": args.epochs, "arch": args.arch,
-                          "train_images_per_class": args.train_images_per_class},
-                       data_dir=args.data_dir,
+                          "train_images_per_class": args.train_images_per_class,
+                          "seed": args.seed},
+                       data_dir=args.data_dir, host=args.host,
                        validation_images_per_class=args.validation_images_per_class,
                        num_phases=2, export=False)
     data = datasets.load_dataset(
@@ -63,14 +71,11 @@ def main() -> int:
 
     runs = [("fixed", base.replace(aggregation="fixed"))]
     runs += [(f"lr={lr:g}", base.replace(aggregation_lr=lr)) for lr in candidates]
-    results = {"protocol": base.to_dict(), "candidates": {}}
+    results = {"protocol": base.to_dict(), "headline": HOST_HEADLINES[args.host],
+               "candidates": {}}
     for name, config in runs:
         workdir = os.path.join(args.out, name.replace("=", "_"))
-        config = config.replace(workdir=workdir)
-        if not os.path.exists(os.path.join(workdir, "metrics.json")):
-            shutil.rmtree(workdir, ignore_errors=True)
-            for part in ("checkpoints", "exemplars"):
-                shutil.copytree(os.path.join(phase0_dir, part), os.path.join(workdir, part))
+        config = config.replace(workdir=workdir, phase0_from=phase0_dir)
         start = time.perf_counter()
         metrics = incremental.run(config, data=data, eval_split="validation", verbose=2)
         phase1 = metrics["phases"][1]

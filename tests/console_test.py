@@ -61,6 +61,26 @@ def test_train_tool_shows_the_setting_first_from_a_fresh_process(tmp_path):
     assert result.returncode == 2
 
 
+@pytest.mark.slow
+def test_tune_tool_starts_quietly_from_a_fresh_process(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "tools/tune.py", "--flagfile=flags/smoke.flags",
+         f"--data_dir={tmp_path / 'no_data'}", f"--workdir={tmp_path / 'run'}",
+         f"--directory={tmp_path / 'tuning'}", "--max_trials=1",
+         "--validation_images_per_class=2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, timeout=300)
+    assert "InitializeLog" not in result.stdout and "I0000" not in result.stdout, result.stdout
+    assert "cuInit" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("error: "), result.stdout
+
+
+def test_verbosity_is_seen_before_flags_are_parsed():
+    assert console.verbosity_requested(["tune.py", "--verbosity=1"])
+    assert console.verbosity_requested(["tune.py", "-v", "1"])
+    assert not console.verbosity_requested(["tune.py", "--flagfile=x.flags"])
+
+
 def test_every_host_headline_is_known_without_a_framework():
     from aanets_tf.config import HOST_HEADLINES, HOSTS
     from aanets_tf.hosts import host_for

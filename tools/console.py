@@ -35,6 +35,11 @@ def _stderr_into(file):
         os.close(saved)
 
 
+def verbosity_requested(argv: list[str]) -> bool:
+    """Whether a command line asks for absl's verbosity (before its flags are parsed)."""
+    return any(a == "-v" or a.startswith(("--verbosity", "-v=")) for a in argv[1:])
+
+
 def start_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow and find its devices; quietly unless `verbose`."""
     if verbose:

@@ -31,6 +31,9 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The training flags of `tools/train.py` plus the search's own (idempotent)."""
+    # The search's flags name KerasTuner's choices, and KerasTuner imports TensorFlow:
+    # start it quietly first, unless the command line asks for its logs.
+    console.start_tensorflow(verbose=console.verbosity_requested(sys.argv))
     from aanets_tf.search_space import DEFAULT_SEARCH, SEARCHABLE
     from aanets_tf.tuning import OBJECTIVE_KINDS, TUNERS
 
