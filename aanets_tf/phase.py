@@ -94,7 +94,7 @@ class PhaseData:
     parts: Level 1's data: the new images (less those held out for Level 2),
         then the kept exemplars of the old classes.
     old_per_class: exemplars kept per old class (0 in phase 0).
-    level2_new: the new-class images of Level 2's class-balanced subset (empty in
+    level2_new: the new-class images of Level 2's class-balanced subset (None in
         phase 0): `old_per_class` of each new class, drawn from `new`.
     """
     phase: int
