@@ -1,6 +1,6 @@
 """Checkpoints of a run: one network per finished phase, and the last finished epoch.
 
-Layout under `<workdir>/checkpoints/`:
+Layout under `<workdir>/checkpoints/` (paths: `aanets_tf.workdir.Workdir`):
 - `phase_{p}.keras`: the network after phase `p` (a `.keras` archive);
 - `phase_{p}.state.json`: exemplar memory and metrics after phase `p`;
 - `phase_{p}.epoch_{e}.weights.h5`: the learner after epoch `e` of the phase
@@ -15,7 +15,6 @@ a consistent set: a resumed run continues after the last complete epoch.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import zipfile
@@ -27,43 +26,15 @@ import keras
 # fresh process.
 from aanets_tf import atomic_io, backbones, network  # noqa: F401
 from aanets_tf.hosts import local_similarity  # noqa: F401
+from aanets_tf.workdir import Workdir
 
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint exists but could not be read."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
-
-
-def phase_checkpoint_path(workdir: str, phase: int) -> str:
-    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.keras")
-
-
-def phase_state_path(workdir: str, phase: int) -> str:
-    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.state.json")
-
-
-def epoch_state_path(workdir: str, phase: int) -> str:
-    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch.json")
-
-
-def epoch_weights_path(workdir: str, phase: int, epoch: int) -> str:
-    return os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch_{epoch}.weights.h5")
-
-
-def completed_phases(workdir: str) -> list[int]:
-    """Phases with a network checkpoint, ascending."""
-    directory = checkpoint_dir(workdir)
-    names = os.listdir(directory) if os.path.isdir(directory) else []
-    return sorted(int(n[len("phase_"):-len(".keras")]) for n in names
-                  if n.startswith("phase_") and n.endswith(".keras")
-                  and n[len("phase_"):-len(".keras")].isdigit())
-
-
 def save_network(network: keras.Model, workdir: str, phase: int) -> None:
-    with atomic_io.staged_path(phase_checkpoint_path(workdir, phase), ".keras") as tmp:
+    with atomic_io.staged_path(Workdir(workdir).phase_network(phase), ".keras") as tmp:
         network.save(tmp)
 
 
@@ -181,10 +152,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState) -> None:
-    weights = epoch_weights_path(workdir, phase, state.epochs_done)
+    weights = Workdir(workdir).epoch_weights(phase, state.epochs_done)
     with atomic_io.staged_path(weights) as tmp:
         learner.save_weights(tmp)
-    atomic_io.write_json(epoch_state_path(workdir, phase), {
+    atomic_io.write_json(Workdir(workdir).epoch_state(phase), {
         "phase": phase,
         "epochs_done": state.epochs_done,
         "weights": os.path.basename(weights),
@@ -193,7 +164,7 @@ def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState
         "train_seconds": state.train_seconds,
         "level2_seconds": state.level2_seconds,
     })
-    for old in glob.glob(os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch_*.weights.h5")):
+    for old in Workdir(workdir).epoch_weight_files(phase):
         if os.path.basename(old) != os.path.basename(weights):
             os.remove(old)
 
@@ -205,13 +176,13 @@ def restore_epoch(learner: keras.Model, workdir: str, phase: int,
     Returns a fresh `EpochState` when there is none or it is unreadable (the
     phase then restarts from its first epoch).
     """
-    path = epoch_state_path(workdir, phase)
+    path = Workdir(workdir).epoch_state(phase)
     if not os.path.exists(path):
         return EpochState()
     try:
         with open(path) as f:
             saved = json.load(f)
-        learner.load_weights(os.path.join(checkpoint_dir(workdir), saved["weights"]))
+        learner.load_weights(os.path.join(Workdir(workdir).checkpoints, saved["weights"]))
         state = EpochState(int(saved["epochs_done"]), saved["trajectory"], saved["history"],
                            float(saved["train_seconds"]),
                            float(saved.get("level2_seconds", 0.0)))
@@ -225,6 +196,6 @@ def restore_epoch(learner: keras.Model, workdir: str, phase: int,
 
 def clear_epochs(workdir: str, phase: int) -> None:
     """Remove a finished phase's epoch checkpoints."""
-    for path in glob.glob(os.path.join(checkpoint_dir(workdir), f"phase_{phase}.epoch*")):
+    for path in Workdir(workdir).epoch_files(phase):
         os.remove(path)
 

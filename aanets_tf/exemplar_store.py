@@ -33,10 +33,6 @@ class CorruptExemplarsError(RuntimeError):
     """An exemplar file is missing or unreadable."""
 
 
-def exemplar_path(workdir: str, phase: int) -> str:
-    return os.path.join(workdir, "exemplars", f"phase_{phase}.tfrecord")
-
-
 def _int_feature(value: int) -> tf.train.Feature:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
 

@@ -18,9 +18,12 @@ the same command; another grow is refused until it is finished.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import os
+import shlex
 from typing import Callable
 
 import numpy as np
@@ -31,8 +34,8 @@ from aanets_tf import (atomic_io, datasets, folders, incremental, run_state, ser
 from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
 from aanets_tf.sources import FileSource
+from aanets_tf.workdir import Workdir
 
-GROWTH_FILE = "growth.json"
 MODELS_CONFIG = "models.config"
 
 
@@ -42,7 +45,7 @@ class GrowthError(ValueError):
 
 def stored_config(workdir: str) -> TrainConfig:
     """The configuration a run's `config.json` holds (defaults for settings it predates)."""
-    path = os.path.join(workdir, "config.json")
+    path = Workdir(workdir).config
     if not os.path.exists(path):
         raise GrowthError(f"workdir={workdir} holds no run (no config.json): train it first "
                           "with dataset=folder data_dir=<image folders>.")
@@ -51,7 +54,7 @@ def stored_config(workdir: str) -> TrainConfig:
 
 
 def read_growth(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, GROWTH_FILE)
+    path = Workdir(workdir).growth
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -59,7 +62,7 @@ def read_growth(workdir: str) -> list[dict]:
 
 
 def _metrics(workdir: str) -> dict | None:
-    path = os.path.join(workdir, "metrics.json")
+    path = Workdir(workdir).metrics
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -90,11 +93,28 @@ def _merged_test(new: datasets.Split, old: list[tuple[list[str], np.ndarray]]
 
 
 def _unlearned(add_from: str, known: list[str], classes: list[str] | None) -> list[str]:
-    """The class folders of `add_from` (or `classes`) the run has not learned."""
+    """The class folders of `add_from` (or `classes`) the run has not learned.
+
+    Without `classes`, a folder holding no image is not a class to learn (see
+    `_empty_folders`).
+    """
     if classes is not None:
         return [c for c in classes if c not in known]
     return [c.name for c in folders.class_folders(folders.train_root(add_from))
-            if c.name not in known]
+            if c.name not in known and c.images]
+
+
+def _empty_folders(add_from: str, known: list[str]) -> list[str]:
+    """The class folders of `add_from` the run has not learned that hold no image."""
+    return [c.name for c in folders.class_folders(folders.train_root(add_from))
+            if c.name not in known and not c.images]
+
+
+def flag_list(names: list[str]) -> str:
+    """`names` as one `--classes` value: a name holding a comma goes in double quotes."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="").writerow(names)
+    return out.getvalue()
 
 
 def _pending_or_new(workdir: str, grows: list[dict], done: int, add_from: str,
@@ -108,14 +128,16 @@ def _pending_or_new(workdir: str, grows: list[dict], done: int, add_from: str,
                 f"Phase {last['phase']} of {workdir} (adding {last['classes']} from "
                 f"{last['from']}) is unfinished. Finish it first: python tools/train.py "
                 f"workdir={workdir} add_classes_from={last['from']} "
-                f"classes={','.join(last['classes'])}")
+                f"classes={shlex.quote(flag_list(last['classes']))}")
         return last, True
     if classes is None:
         classes = _unlearned(add_from, known, None)
         if not classes:
             found = [c.name for c in folders.class_folders(folders.train_root(add_from))]
+            empty = _empty_folders(add_from, known)
             raise GrowthError(f"{add_from!r} has no class folder the run has not learned "
-                              f"(found {found}).")
+                              f"(found {found}"
+                              + (f"; {empty} hold no image" if empty else "") + ").")
     return {"phase": done, "from": add_from, "classes": list(classes)}, False
 
 
@@ -181,8 +203,12 @@ def grow(workdir: str, add_from: str, *, classes: list[str] | None = None,
         test_images_per_class=config.test_images_per_class,
         max_image_pixels=config.max_image_pixels, strict_images=config.strict_images, log=log)
     if not resuming:
+        empty = [] if classes is not None else _empty_folders(add_from, known)
+        if empty:
+            log(f"Skipped {len(empty)} empty class folder(s) of {add_from}: {empty} (no "
+                f"image to learn; add images and grow again to learn them).")
         grows = grows + [entry]
-        atomic_io.write_json(os.path.join(workdir, GROWTH_FILE), {"grows": grows})
+        atomic_io.write_json(Workdir(workdir).growth, {"grows": grows})
         log(f"Growing {workdir} by {entry['classes']} from {add_from} (phase {entry['phase']}).")
 
     # Old classes: every test image still found where they came from.

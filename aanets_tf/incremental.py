@@ -27,8 +27,9 @@ from aanets_tf import (checkpointing, datasets, distribute, metrics as metrics_l
 from aanets_tf.backbones import aggregation_weights, get_architecture
 from aanets_tf.class_order import PhasePlan, class_order
 from aanets_tf.config import TrainConfig
-from aanets_tf.exemplar_store import ExemplarSource, exemplar_path
+from aanets_tf.exemplar_store import ExemplarSource
 from aanets_tf.network import backbone_of
+from aanets_tf.workdir import Workdir
 
 FOLDER_DATASET = "folder"  # `dataset` of image-folder runs (`aanets_tf.folders`)
 
@@ -104,7 +105,7 @@ def _load_data(config: TrainConfig, log: Callable[[str], None]) -> datasets.Clas
             log=log)
     return datasets.load_dataset(
         config.dataset, config.data_dir, download=config.download,
-        index_dir=os.path.join(config.workdir, "data_index"),
+        index_dir=Workdir(config.workdir).data_index,
         manual_dir=config.manual_dir,
         train_images_per_class=config.train_images_per_class,
         validation_images_per_class=config.validation_images_per_class,
@@ -127,7 +128,7 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
         tf.config.experimental.enable_op_determinism()
     # Checked before the data is read: indexing writes its cache into the workdir.
     run_state.check_workdir(config, overwrite)
-    if config.phase0_from and (overwrite or not checkpointing.completed_phases(config.workdir)):
+    if config.phase0_from and (overwrite or not Workdir(config.workdir).completed_phases()):
         run_state.phase0_files(config)
     if data is None:
         data = _load_data(config, log)
@@ -150,7 +151,7 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
     infer = phase_steps.inference(config, transform)
 
     def exemplars_of(phases: int) -> ExemplarSource:
-        return ExemplarSource([exemplar_path(config.workdir, p) for p in range(phases)])
+        return ExemplarSource([Workdir(config.workdir).exemplars(p) for p in range(phases)])
 
     base = run_state.export_base_dir(config)
     adopted = bool(config.phase0_from) and run_state.adopt_phase0(config, log)
@@ -214,7 +215,7 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
                                            base, overwrite, log)
             phase_metrics["timings"]["export"] = time.perf_counter() - start
         state.phases.append(reporting.clean(phase_metrics))
-        state.save(checkpointing.phase_state_path(config.workdir, phase))
+        state.save(Workdir(config.workdir).phase_state(phase))
         checkpointing.clear_epochs(config.workdir, phase)
         run_state.write_outputs(config.workdir, run_state.assemble_metrics(
             config, data, plan, state, eval_split))

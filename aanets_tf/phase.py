@@ -36,13 +36,14 @@ from aanets_tf.backbones import Backbone, aanet_from_resnet, build_resnet, clone
 from aanets_tf.checkpointing import EpochCheckpoint, EpochState
 from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
-from aanets_tf.exemplar_store import ExemplarSource, exemplar_path, write_exemplars
+from aanets_tf.exemplar_store import ExemplarSource, write_exemplars
 from aanets_tf.herding import ExemplarMemory
 from aanets_tf.hosts import host_for
 from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                step_schedule)
 from aanets_tf.network import backbone_of, build_network, grow_network
 from aanets_tf.progress import PhaseProgress
+from aanets_tf.workdir import Workdir
 
 # Seeds of a phase's two input pipelines. Level 1 and Level 2 read different
 # records in different orders, so their streams are seeded apart; the
@@ -273,7 +274,7 @@ def train_phase(config: TrainConfig, network: keras.Model, previous: keras.Model
         config.workdir, phase, progress, clock=lambda: time.perf_counter() - start,
         level2_clock=None if aggregation is None else lambda: aggregation.seconds))
     callbacks.append(keras.callbacks.TensorBoard(
-        os.path.join(config.workdir, "tensorboard", f"phase_{phase}"),
+        Workdir(config.workdir).tensorboard(phase),
         write_graph=False, profile_batch=0))
     if verbose == 1:
         # One bar per phase instead of Keras' one per epoch.
@@ -305,7 +306,7 @@ def select_exemplars(config: TrainConfig, memory: ExemplarMemory, data: PhaseDat
         memory.add_class(int(c), data.new.positions[mask], new_features[mask],
                          max_rank=per_class)
     position = np.asarray(plan.position_of)
-    write_exemplars(exemplar_path(config.workdir, data.phase), train_source,
+    write_exemplars(Workdir(config.workdir).exemplars(data.phase), train_source,
                     {int(c): memory.exemplar_indices(int(c), per_class)
                      for c in data.new_classes},
                     {int(c): int(position[c]) for c in data.new_classes}, per_class)

@@ -22,6 +22,7 @@ import os
 import keras
 
 from aanets_tf import checkpointing, serving
+from aanets_tf.workdir import CONFIG, METRICS, Workdir
 
 
 class ForeignWorkdirError(ValueError):
@@ -94,13 +95,13 @@ def load_phase(workdir: str, phase: int | None = None) -> Phase:
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"`workdir` must be a training run's directory. "
                                 f"Received: workdir={workdir!r}")
-    config = _read_json(workdir, "config.json", "the run's configuration")
-    metrics = _read_json(workdir, "metrics.json", "the class order and label names")
+    config = _read_json(workdir, CONFIG, "the run's configuration")
+    metrics = _read_json(workdir, METRICS, "the class order and label names")
     class_order, label_names, recorded = _checked_metrics(
-        metrics, os.path.join(workdir, "metrics.json"))
-    completed = checkpointing.completed_phases(workdir)
+        metrics, Workdir(workdir).metrics)
+    completed = Workdir(workdir).completed_phases()
     if not completed:
-        raise FileNotFoundError(f"No phase checkpoint under {checkpointing.checkpoint_dir(workdir)}"
+        raise FileNotFoundError(f"No phase checkpoint under {Workdir(workdir).checkpoints}"
                                 ": the run has not finished a phase yet.")
     if phase is None:
         phase = completed[-1]
@@ -108,7 +109,7 @@ def load_phase(workdir: str, phase: int | None = None) -> Phase:
         raise ValueError(f"Phase {phase} has no checkpoint in {workdir}. Completed phases: "
                          f"{completed}. Received: phase={phase}")
 
-    checkpoint = checkpointing.phase_checkpoint_path(workdir, phase)
+    checkpoint = Workdir(workdir).phase_network(phase)
     _own_file(workdir, os.path.relpath(checkpoint, workdir), f"the checkpoint of phase {phase}")
     network = checkpointing.load_network(checkpoint)
     num_seen = serving.num_classes(network)
@@ -143,7 +144,7 @@ def export_from_workdir(workdir: str, phase: int | None = None, *,
     """
     loaded = load_phase(workdir, phase)
     config = loaded.config
-    export_root = export_dir or config.get("export_dir") or os.path.join(workdir, "export")
+    export_root = Workdir(workdir).export_root(export_dir or config.get("export_dir"))
     name = model_name or config.get("model_name") or "aanets"
     if not isinstance(name, str) or not name or os.sep in name or name.startswith("."):
         raise ValueError("The model name must be a plain directory name. "

@@ -20,6 +20,7 @@ import numpy as np
 
 from aanets_tf.config import (AGGREGATION_MODES, BRANCH_MODES, HOST_NAMES, HOSTS,
                               LEVEL2_IMAGES, PREDATING_VALUES, STABLE_BLOCKS, TrainConfig)
+from aanets_tf.workdir import Workdir
 
 # config.json written before the host and stable-block settings existed ran
 # LUCIR with the scaled (phase-0) stable block.
@@ -165,7 +166,7 @@ def expand_workdirs(patterns: list[str]) -> list[str]:
     for pattern in patterns:
         if glob.has_magic(pattern):
             matches = [p for p in sorted(glob.glob(pattern))
-                       if os.path.isfile(os.path.join(p, "config.json"))]
+                       if Workdir(p).holds_run()]
             if not matches:
                 raise ReportInputError(f"No workdir (a directory with a config.json) matches "
                                        f"the pattern {pattern!r}.")
@@ -205,8 +206,7 @@ def read_run(workdir: str) -> Run:
     """The run in `workdir` (see `read_runs`); a run still going reads as partial."""
     if not os.path.isdir(workdir):
         raise ReportInputError(f"{workdir}: no such directory.")
-    config_path = os.path.join(workdir, "config.json")
-    metrics_path = os.path.join(workdir, "metrics.json")
+    config_path, metrics_path = Workdir(workdir).config, Workdir(workdir).metrics
     if not os.path.isfile(config_path):
         raise ReportInputError(f"{workdir}: no config.json, so not the workdir of a run "
                                f"(tools/train.py writes it before anything else).")

@@ -21,9 +21,10 @@ from aanets_tf import atomic_io, checkpointing, metrics as metrics_lib, reportin
 from aanets_tf.checkpointing import CorruptCheckpointError
 from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import PREDATING_VALUES, TrainConfig
-from aanets_tf.exemplar_store import CorruptExemplarsError, ExemplarSource, exemplar_path
+from aanets_tf.exemplar_store import CorruptExemplarsError, ExemplarSource
 from aanets_tf.herding import ExemplarMemory
 from aanets_tf.hosts import host_for
+from aanets_tf.workdir import RUN_OUTPUTS, Workdir
 
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
@@ -76,13 +77,13 @@ def phase0_files(config: TrainConfig) -> list[tuple[str, str]]:
     source_dir = config.phase0_from
     if os.path.abspath(source_dir) == os.path.abspath(config.workdir):
         raise Phase0SourceError(f"phase0_from={source_dir} is this run's own workdir.")
-    files = [(exemplar_path(source_dir, 0), exemplar_path(config.workdir, 0)),
-             (checkpointing.phase_state_path(source_dir, 0),
-              checkpointing.phase_state_path(config.workdir, 0)),
+    files = [(Workdir(source_dir).exemplars(0), Workdir(config.workdir).exemplars(0)),
+             (Workdir(source_dir).phase_state(0),
+              Workdir(config.workdir).phase_state(0)),
              # Last: a phase counts as finished once its network is there.
-             (checkpointing.phase_checkpoint_path(source_dir, 0),
-              checkpointing.phase_checkpoint_path(config.workdir, 0))]
-    config_path = os.path.join(source_dir, "config.json")
+             (Workdir(source_dir).phase_network(0),
+              Workdir(config.workdir).phase_network(0))]
+    config_path = Workdir(source_dir).config
     missing = [src for src in [config_path] + [s for s, _ in files] if not os.path.isfile(src)]
     if missing:
         raise Phase0SourceError(f"phase0_from={source_dir} holds no finished phase 0 "
@@ -98,7 +99,7 @@ def phase0_files(config: TrainConfig) -> list[tuple[str, str]]:
         raise Phase0SourceError(f"phase0_from={source_dir} trained phase 0 with other "
                                 f"settings ({', '.join(diff)}).")
     try:
-        state = RunState.load(checkpointing.phase_state_path(source_dir, 0))
+        state = RunState.load(Workdir(source_dir).phase_state(0))
     except CorruptCheckpointError as e:
         raise Phase0SourceError(f"phase0_from={source_dir}: {e}") from e
     if len(state.phases) != 1:
@@ -111,7 +112,7 @@ def adopt_phase0(config: TrainConfig, log: Callable[[str], None]) -> bool:
     """Copy phase 0 (network, run state, exemplars) of `config.phase0_from` into the
     workdir, so the run resumes after it. Returns False when the workdir already has a
     finished phase (nothing is copied). Raises `Phase0SourceError` as `phase0_files`."""
-    if checkpointing.completed_phases(config.workdir):
+    if Workdir(config.workdir).completed_phases():
         return False
     for src, dst in phase0_files(config):
         with atomic_io.staged_path(dst) as tmp:
@@ -161,12 +162,12 @@ class RunState:
 
 def resume(workdir: str, log: Callable[[str], None]) -> tuple[RunState, keras.Model | None]:
     """The state and network of the last phase whose checkpoint reads back intact."""
-    for phase in reversed(checkpointing.completed_phases(workdir)):
+    for phase in reversed(Workdir(workdir).completed_phases()):
         try:
-            state = RunState.load(checkpointing.phase_state_path(workdir, phase))
+            state = RunState.load(Workdir(workdir).phase_state(phase))
             network = checkpointing.load_network(
-                checkpointing.phase_checkpoint_path(workdir, phase))
-            ExemplarSource([exemplar_path(workdir, p) for p in range(phase + 1)])
+                Workdir(workdir).phase_network(phase))
+            ExemplarSource([Workdir(workdir).exemplars(p) for p in range(phase + 1)])
         except (CorruptCheckpointError, CorruptExemplarsError) as e:
             log(f"{e} Falling back to the phase before it.")
             continue
@@ -189,7 +190,7 @@ def field_defaults() -> dict:
 
 def check_workdir(config: TrainConfig, overwrite: bool) -> None:
     """Refuse a workdir that holds a run of another configuration (reads only)."""
-    path = os.path.join(config.workdir, "config.json")
+    path = Workdir(config.workdir).config
     if os.path.exists(path) and not overwrite:
         with open(path) as f:
             old = json.load(f)
@@ -211,21 +212,20 @@ def check_workdir(config: TrainConfig, overwrite: bool) -> None:
 
 def prepare_workdir(config: TrainConfig, overwrite: bool) -> None:
     os.makedirs(config.workdir, exist_ok=True)
-    path = os.path.join(config.workdir, "config.json")
+    workdir = Workdir(config.workdir)
     if overwrite:
-        for name in ("checkpoints", "exemplars", "tensorboard", "plots", "metrics.json",
-                     "growth.json"):
-            p = os.path.join(config.workdir, name)
+        for name in RUN_OUTPUTS:
+            p = workdir.path(name)
             if os.path.isdir(p):
                 shutil.rmtree(p)
             elif os.path.exists(p):
                 os.remove(p)
-    atomic_io.write_text(path, config.to_json() + "\n")
+    atomic_io.write_text(workdir.config, config.to_json() + "\n")
 
 
 def export_base_dir(config: TrainConfig) -> str:
     """`<export_dir>/<model_name>`: TF Serving's base path of the run's model."""
-    return os.path.join(config.export_dir or os.path.join(config.workdir, "export"),
+    return os.path.join(Workdir(config.workdir).export_root(config.export_dir),
                         config.model_name)
 
 
@@ -261,7 +261,8 @@ def assemble_metrics(config: TrainConfig, data, plan: PhasePlan, state: RunState
 
 
 def write_outputs(workdir: str, results: dict) -> None:
-    reporting.write_metrics(os.path.join(workdir, "metrics.json"), results)
+    paths = Workdir(workdir)
+    reporting.write_metrics(paths.metrics, results)
     if results["phases"]:
-        reporting.plot_accuracy(results, os.path.join(workdir, "plots", "accuracy.png"))
-        reporting.plot_aggregation(results, os.path.join(workdir, "plots", "aggregation.png"))
+        reporting.plot_accuracy(results, paths.plot("accuracy.png"))
+        reporting.plot_aggregation(results, paths.plot("aggregation.png"))

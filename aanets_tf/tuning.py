@@ -33,6 +33,7 @@ from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
 from aanets_tf.search_space import Dimension, fmt, tuned_values
 from aanets_tf.tuning_chief import is_chief, is_worker, serve_oracle
+from aanets_tf.workdir import Workdir
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE_KINDS = ("cnn", "nme")
@@ -264,12 +265,12 @@ class IncrementalTuner(keras_tuner.Tuner):
 
     def load_model(self, trial) -> keras.Model:
         """The network of the trial's last phase."""
-        workdir = self.trial_workdir(trial.trial_id)
-        phases = checkpointing.completed_phases(workdir)
+        workdir = Workdir(self.trial_workdir(trial.trial_id))
+        phases = workdir.completed_phases()
         if not phases:
-            raise FileNotFoundError(f"Trial {trial.trial_id} left no checkpoint in {workdir}.")
-        return checkpointing.load_network(checkpointing.phase_checkpoint_path(workdir,
-                                                                              phases[-1]))
+            raise FileNotFoundError(f"Trial {trial.trial_id} left no checkpoint in "
+                                    f"{workdir.root}.")
+        return checkpointing.load_network(workdir.phase_network(phases[-1]))
 
 
 # === Outputs ===

@@ -63,6 +63,7 @@ def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
     """Seconds of each fixed cost (see the module's docstring)."""
     from aanets_tf import checkpointing, incremental, phase
     from aanets_tf.checkpointing import EpochState
+    from aanets_tf.workdir import Workdir
 
     learner = bench.learners["level1_aanet"]
     network = bench.networks["eval_aanet"]
@@ -82,7 +83,7 @@ def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
     predict_step = steady
 
     with tempfile.TemporaryDirectory() as workdir:
-        os.makedirs(checkpointing.checkpoint_dir(workdir))
+        os.makedirs(Workdir(workdir).checkpoints)
         state = EpochState()
 
         def save():

@@ -21,10 +21,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+from tools import console  # noqa: E402
 from tools.train_flags import as_flag_names  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -54,6 +54,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # TensorFlow's SavedModel writer logs every step at INFO.
         logging.set_verbosity(logging.WARNING)
+    console.start_tensorflow(verbose=FLAGS["verbosity"].present)
     from aanets_tf.checkpointing import CorruptCheckpointError
     from aanets_tf.run_export import export_from_workdir
     from aanets_tf.serving import ServingLimits

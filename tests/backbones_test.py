@@ -11,7 +11,7 @@ from aanets_tf.backbones import (CIFAR_MEAN, CIFAR_STD, Backbone, aanet_from_res
                                  aggregation_weights, build_aanet, build_resnet, clone_backbone,
                                  get_architecture)
 from aanets_tf.stable_conv import StableConv2D
-from conftest import random_batch, to_numpy as _np
+from support import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (16, 16, 3)
 

@@ -97,7 +97,7 @@ def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
 
 def test_hosts_grid_knows_a_finished_run_from_a_partial_one(tmp_path):
     from benchmarks import hosts
-    from conftest import write_run_workdir
+    from support import write_run_workdir
 
     # The CPU protocol plans phase 0 and three more (10 classes: 4 + 3 x 2).
     assert hosts.finished(write_run_workdir(tmp_path / "done", [70, 50, 40, 30]))

@@ -1,12 +1,13 @@
 """Tests for tools/console.py: TensorFlow's start-up lines hidden, the setting summary."""
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 from aanets_tf.config import TrainConfig
-from conftest import REPO_ROOT
+from support import REPO_ROOT
 from tools import console
 
 
@@ -88,3 +89,31 @@ def test_every_host_headline_is_known_without_a_framework():
     assert set(HOST_HEADLINES) == set(HOSTS)
     for host in HOSTS:
         assert host_for(TrainConfig(host=host)).headline == HOST_HEADLINES[host]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["predict", "export", "report"])
+def test_every_tool_starts_quietly_from_a_fresh_process(tool, tmp_path):
+    # Each command gets as far as TensorFlow (or, for report, as far as its work)
+    # before it stops; what it prints must be its own lines only.
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 8, 8, 3), np.uint8))
+    finished = os.path.join(REPO_ROOT, "benchmarks", "results", "hosts", "cifar10_cpu",
+                            "runs", "icarl_fixed_1993")
+    command = {
+        "predict": ["tools/predict.py", f"--saved_model={tmp_path / 'none'}",
+                    str(tmp_path / "x.npy")],
+        "export": ["export/export_saved_model.py", f"--workdir={tmp_path / 'none'}"],
+        "report": ["tools/report.py", f"--output_dir={tmp_path / 'report'}", finished],
+    }[tool]
+    result = subprocess.run(
+        [sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=REPO_ROOT, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=300)
+    first = result.stdout.splitlines()[0]
+    if tool == "report":
+        assert result.returncode == 0 and first == "Reported 1 run(s):", result.stdout
+    else:
+        assert first.startswith("error: ") and result.returncode == 1, result.stdout
+        assert len(result.stdout.splitlines()) == 1, result.stdout

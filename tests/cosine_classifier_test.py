@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
-from conftest import to_numpy as _np
+from support import to_numpy as _np
 
 
 def _reference_logits(features, weights, sigma):

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aanets_tf import datasets, pipeline
-from conftest import SHARED_DATA_DIR
+from support import SHARED_DATA_DIR
 
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3
 

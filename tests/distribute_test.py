@@ -35,7 +35,8 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, SHARED_DATA_DIR, TINY as CONFTEST_TINY
+from support import REPO_ROOT, SHARED_DATA_DIR, TINY as CONFTEST_TINY
+from aanets_tf.workdir import Workdir
 
 pytestmark = pytest.mark.slow
 
@@ -231,7 +232,7 @@ def test_chief_exports_each_phase_with_the_checkpoints_logits(runs, run):
         num_classes = TINY["num_base_classes"] + phase * TINY["classes_per_phase"]
         version = os.path.join(base, str(phase + 1))
         assert serving.read_classes(version)["class_ids"] == class_order[:num_classes]
-        network = checkpointing.load_network(checkpointing.phase_checkpoint_path(workdir, phase))
+        network = checkpointing.load_network(Workdir(workdir).phase_network(phase))
         served = tf.saved_model.load(version).signatures["serving_default"](
             images=tf.constant(pixels))
         assert served["logits"].shape == (5, num_classes)

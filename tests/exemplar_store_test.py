@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from aanets_tf import datasets, exemplar_store
 from aanets_tf.sources import ArraySource
+from aanets_tf.workdir import Workdir
 
 
 def _images(n, seed=0):
@@ -21,7 +22,7 @@ def written(tmp_path):
     labels = np.array([3, 1, 3, 1, 3, 1, 3, 1, 3, 1])
     source = ArraySource(images, labels)
     ranked = {3: np.array([8, 0, 4, 2, 6]), 1: np.array([5, 1, 9])}
-    path = exemplar_store.exemplar_path(str(tmp_path), 0)
+    path = Workdir(str(tmp_path)).exemplars(0)
     count = exemplar_store.write_exemplars(path, source, ranked, {3: 0, 1: 1}, per_class=2)
     return path, images, count
 
@@ -43,7 +44,7 @@ def test_written_file_holds_top_ranks_with_labels_and_exact_pixels(written):
 def test_several_phases_read_as_one_source(written, tmp_path):
     path, images, _ = written
     more = ArraySource(_images(4, seed=1), np.array([7, 7, 7, 7]))
-    second = exemplar_store.exemplar_path(str(tmp_path), 1)
+    second = Workdir(str(tmp_path)).exemplars(1)
     exemplar_store.write_exemplars(second, more, {7: np.array([2, 3, 0, 1])}, {7: 2}, 3)
     store = exemplar_store.ExemplarSource([path, second])
     np.testing.assert_array_equal(store.labels, [3, 1, 1, 3, 7, 7, 7])

@@ -21,7 +21,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from aanets_tf import checkpointing, run_export, serving
 from aanets_tf.config import TrainConfig
-from conftest import REPO_ROOT
+from support import REPO_ROOT
 from export import models_config
 from serving_networks import (CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES, images, keras_outputs,
                               two_phases)

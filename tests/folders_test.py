@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from aanets_tf import datasets, folders
-from conftest import bomb_png
+from support import bomb_png
 
 
 def _png(value, size=(9, 7), mode="RGB"):
@@ -111,3 +111,23 @@ def test_growing_labels_refuse_a_learned_class_and_unknown_names(tmp_path):
         folders.load_folder_dataset(str(root), label_names=["cat"], log=lambda _: None)
     with pytest.raises(folders.FolderError, match=r"No class folder named \['owl'\]"):
         folders.load_folder_dataset(str(root), names=["owl"], log=lambda _: None)
+
+
+def test_a_class_name_holding_a_comma_can_be_chosen(tmp_path):
+    from absl import flags
+
+    from aanets_tf import growth
+
+    root = _tree(tmp_path / "data", {"dog, small": 10, "cat": 50, "dog": 90})
+    # `--classes` is an absl list: a name holding a comma goes in double quotes.
+    values = flags.FlagValues()
+    flags.DEFINE_list("classes", None, "", flag_values=values)
+    values(["train.py", '--classes="dog, small",cat'])
+    assert values.classes == ["dog, small", "cat"]
+    data = folders.load_folder_dataset(str(root), names=values.classes, log=lambda _: None)
+    assert data.label_names == ["dog, small", "cat"]
+    np.testing.assert_array_equal(datasets.decoded_images(data.train)[:3, 0, 0, 0], [10] * 3)
+    # The form the tools print for a list of names parses back to the same names.
+    names = ["dog, small", 'say "hi"', "x"]
+    values(["train.py", "--classes=" + growth.flag_list(names)])
+    assert values.classes == names

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import checkpointing, growth, incremental, serving_config, run_state
+from aanets_tf import growth, incremental, serving_config, run_state
 from aanets_tf.config import TrainConfig
 from aanets_tf.reporting import without_timings
-from conftest import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
+from support import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
+from aanets_tf.workdir import Workdir
 from tools import make_folder_dataset
 
 pytestmark = pytest.mark.slow
 
 BASE_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog"]
 NEW_CLASSES = ["frog", "horse"]
+EMPTY_CLASS = "ship"
 TINY = dict(dataset="folder", arch="resnet8", num_base_classes=4, classes_per_phase=2,
             epochs=2, batch_size=16, exemplars_per_class=4, eval_batch_size=64,
             aggregation_lr=0.5, deterministic=True)
@@ -36,6 +38,8 @@ def trees(tmp_path_factory):
         os.remove(os.path.join(base, "train", "dog", name))
     with open(os.path.join(base, "train", "cat", "broken.png"), "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n truncated")
+    # A new class whose folder holds no image yet: the grow skips it.
+    os.makedirs(os.path.join(new, "train", EMPTY_CLASS))
     return base, new
 
 
@@ -54,8 +58,9 @@ def grown(base_run, trees, tmp_path_factory):
     workdir, _, _ = base_run
     copy = str(tmp_path_factory.mktemp("copy") / "run")
     shutil.copytree(workdir, copy)  # the state before growing, for the kill test
-    results = growth.grow(workdir, trees[1], verbose=0, log=lambda _: None)
-    return workdir, results, copy
+    lines = []
+    results = growth.grow(workdir, trees[1], verbose=0, log=lines.append)
+    return workdir, results, copy, lines
 
 
 def test_base_run_from_folders(base_run):
@@ -69,8 +74,10 @@ def test_base_run_from_folders(base_run):
 
 
 def test_grown_run_has_three_phases_and_serves_version_3(grown, trees):
-    workdir, results, _ = grown
+    workdir, results, _, lines = grown
     assert [len(p["new_classes"]) for p in results["phases"]] == [4, 2, 2]
+    assert any(f"Skipped 1 empty class folder(s) of {trees[1]}: ['{EMPTY_CLASS}']" in line
+               for line in lines), lines
     phase2 = results["phases"][2]
     assert sorted(results["label_names"][c] for c in phase2["new_classes"]) == NEW_CLASSES
     assert set(phase2["evaluated_classes"]) == set(BASE_CLASSES + NEW_CLASSES)
@@ -98,10 +105,10 @@ def test_grown_run_has_three_phases_and_serves_version_3(grown, trees):
 
 
 def test_grow_killed_mid_phase_resumes_to_the_same_metrics(grown, trees):
-    _, results, copy = grown
+    _, results, copy, _ = grown
     command = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
                f"--workdir={copy}", f"--add_classes_from={trees[1]}"]
-    kill_after_epoch(command, checkpointing.epoch_state_path(copy, 2), REPO_ROOT)
+    kill_after_epoch(command, Workdir(copy).epoch_state(2), REPO_ROOT)
     assert not os.path.exists(os.path.join(copy, "checkpoints", "phase_2.keras"))
     resumed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -112,7 +119,7 @@ def test_grow_killed_mid_phase_resumes_to_the_same_metrics(grown, trees):
 
 
 def test_bad_grows_are_refused_and_change_nothing(grown, trees, tmp_path):
-    workdir, _, _ = grown
+    workdir, _, _, _ = grown
     def contents():
         names = ("metrics.json", "growth.json", "export/models.config")
         return {n: open(os.path.join(workdir, n)).read() for n in names}
@@ -134,7 +141,7 @@ def test_bad_grows_are_refused_and_change_nothing(grown, trees, tmp_path):
         growth.grow(workdir, str(extra), overrides={"epochs": 5}, log=lambda _: None)
     assert [g["classes"] for g in growth.read_growth(workdir)] == [NEW_CLASSES]
     # A grow killed before its phase finished leaves its entry: another grow is refused.
-    path = os.path.join(workdir, growth.GROWTH_FILE)
+    path = Workdir(workdir).growth
     with open(path) as f:
         saved = f.read()
     pending = {"phase": 3, "from": str(extra), "classes": ["ship"]}

@@ -11,7 +11,8 @@ from aanets_tf.hosts.host import Outputs
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier
 from aanets_tf.hosts.podnet import finetune_head
 from aanets_tf.network import backbone_of, build_network, classifier_of, grow_network
-from conftest import random_batch, to_numpy
+from support import random_batch, to_numpy
+from aanets_tf.workdir import Workdir
 
 INPUT_SHAPE = (16, 16, 3)
 
@@ -164,12 +165,12 @@ def test_a_podnet_checkpoint_loads_in_a_fresh_process(tmp_path):
     import sys
 
     from aanets_tf import checkpointing
-    from conftest import REPO_ROOT
+    from support import REPO_ROOT
 
     _, teacher, _ = _networks("podnet")
     classifier_of(teacher).scale.assign(2.5)
     checkpointing.save_network(teacher, str(tmp_path), 0)
-    path = checkpointing.phase_checkpoint_path(str(tmp_path), 0)
+    path = Workdir(str(tmp_path)).phase_network(0)
     code = ("import sys; sys.path.insert(0, '.'); from aanets_tf import checkpointing; "
             f"head = checkpointing.load_network({path!r}).get_layer('classifier'); "
             "print(type(head).__name__, float(head.scale))")

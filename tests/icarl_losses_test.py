@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf.hosts import icarl_losses
-from conftest import to_numpy as _np
+from support import to_numpy as _np
 
 
 def _np_log_softmax(x):

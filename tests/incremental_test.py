@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from aanets_tf import checkpointing, datasets, incremental, run_state
+from aanets_tf import datasets, incremental, run_state
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
 from aanets_tf.reporting import without_timings
-from conftest import REPO_ROOT, SHARED_DATA_DIR, TINY, kill_after_epoch
+from support import REPO_ROOT, SHARED_DATA_DIR, TINY, kill_after_epoch
+from aanets_tf.workdir import Workdir
 
 pytestmark = pytest.mark.slow
 
@@ -131,9 +132,9 @@ def test_other_hosts_run_export_resume_and_own_their_workdir(host, data, tmp_pat
         path = os.path.join(workdir, "export", "aanets", str(version))
         assert len(serving.read_classes(path)["class_ids"]) == 4 + 2 * (version - 1)
     # A run that stopped after phase 0 finishes phase 1 from its checkpoint.
-    for name in os.listdir(checkpointing.checkpoint_dir(workdir)):
+    for name in os.listdir(Workdir(workdir).checkpoints):
         if name.startswith("phase_1"):
-            os.remove(os.path.join(checkpointing.checkpoint_dir(workdir), name))
+            os.remove(os.path.join(Workdir(workdir).checkpoints, name))
     lines = []
     resumed = incremental.run(config, data=data, verbose=0, log=lines.append)
     assert any("Resuming" in line and "after phase 0" in line for line in lines)
@@ -218,7 +219,7 @@ def test_corrupt_checkpoint_falls_back_to_last_good(finished_run, data, tmp_path
     workdir = str(tmp_path / "copy")
     import shutil
     shutil.copytree(config.workdir, workdir)
-    with open(checkpointing.phase_checkpoint_path(workdir, 1), "r+b") as f:
+    with open(Workdir(workdir).phase_network(1), "r+b") as f:
         f.truncate(100)
     lines = []
     again = incremental.run(config.replace(workdir=workdir), data=data, verbose=0,
@@ -256,8 +257,8 @@ def test_divergence_stops_with_phase_and_keeps_checkpoint(finished_run, data, tm
         f.write(diverging.to_json())
     with pytest.raises(TrainingDivergedError, match=r"phase 1, epoch 1"):
         incremental.run(diverging, data=data, verbose=0, log=lambda _: None)
-    assert checkpointing.completed_phases(workdir) == [0]
-    assert not os.path.exists(checkpointing.epoch_state_path(workdir, 1))
+    assert Workdir(workdir).completed_phases() == [0]
+    assert not os.path.exists(Workdir(workdir).epoch_state(1))
 
 
 def _train_command(workdir):
@@ -270,7 +271,7 @@ def test_sigkill_mid_phase_then_resume_matches_uninterrupted(finished_run, tmp_p
     """Killed after phase 1's first epoch, resumed: metrics identical (timings aside)."""
     config, results = finished_run
     workdir = str(tmp_path / "killed")
-    epoch_file = checkpointing.epoch_state_path(workdir, 1)
+    epoch_file = Workdir(workdir).epoch_state(1)
     kill_after_epoch(_train_command(workdir), epoch_file, REPO_ROOT)
     with open(epoch_file) as f:
         assert json.load(f)["epochs_done"] == 1

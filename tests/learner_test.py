@@ -11,7 +11,7 @@ from aanets_tf.backbones import build_aanet, build_resnet
 from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                TrainingDivergedError, step_schedule)
 from aanets_tf.network import backbone_of, build_network, variable_groups
-from conftest import phase1_learner, random_batch, to_numpy as _np
+from support import phase1_learner, random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_OLD = 2

@@ -10,7 +10,7 @@ import tensorflow as tf
 from aanets_tf.hosts import podnet_losses
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier, imprint_proxies
 from aanets_tf.precision import precision_policy
-from conftest import to_numpy as _np
+from support import to_numpy as _np
 
 
 def _reference(features, proxies, num_classes, k):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf import losses
-from conftest import to_numpy as _np
+from support import to_numpy as _np
 
 
 @pytest.mark.parametrize("base, old, new, expected", [

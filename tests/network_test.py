@@ -11,7 +11,7 @@ from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
 from aanets_tf.network import (backbone_of, build_network, classifier_of, grow_network,
                                parameter_counts, variable_groups)
 from aanets_tf.stable_conv import StableConv2D
-from conftest import random_batch, to_numpy as _np
+from support import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (16, 16, 3)
 

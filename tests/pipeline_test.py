@@ -5,7 +5,7 @@ import pytest
 
 from aanets_tf import datasets, pipeline
 from aanets_tf.sources import ArraySource
-from conftest import SHARED_DATA_DIR
+from support import SHARED_DATA_DIR
 
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3
 

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from aanets_tf.hosts import podnet_losses as pod
-from conftest import to_numpy as _np
+from support import to_numpy as _np
 
 
 # --- lambda adaptation ---------------------------------------------------------------------

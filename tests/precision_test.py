@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from aanets_tf import precision
 from aanets_tf.network import classifier_of
-from conftest import phase1_learner, random_batch, to_numpy as _np
+from support import phase1_learner, random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)
 NUM_OLD = 2

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from aanets_tf import serving
-from conftest import REPO_ROOT
+from support import REPO_ROOT
 from export import models_config
 from serving_networks import (CLASS_ORDER, INPUT_SHAPE, LABEL_NAMES, PHASE_CLASSES, images,
                               keras_outputs)
@@ -223,7 +223,7 @@ def test_command_line_prints_top_k_labels(server, networks, tmp_path):
 @pytest.mark.slow
 def test_client_checks_the_limits_before_sending(tmp_path):
     """Nothing listens on the port: each refusal must come from the client's own check."""
-    from conftest import bomb_image
+    from support import bomb_image
 
     limits = serving.ServingLimits(max_batch=2, max_image_bytes=3000, max_image_pixels=32 * 32)
     pixels = {"images": images(3)}

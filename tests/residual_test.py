@@ -8,7 +8,7 @@ from aanets_tf.residual import (BN_EPSILON, BN_MOMENTUM, FusedBatchNormalization
                                 ResidualBlock, ResidualLevel, Stem,
                                 make_batch_norm, make_conv)
 from aanets_tf.stable_conv import StableConv2D
-from conftest import to_numpy as _np
+from support import to_numpy as _np
 
 
 def _images(shape, seed=0):

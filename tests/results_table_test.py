@@ -13,7 +13,7 @@ from absl.testing import flagsaver
 from aanets_tf import paper_results, results_table as rt, run_records
 from aanets_tf.paper_results import PaperNumber
 from aanets_tf.run_records import Method, ReportInputError, Setting
-from conftest import write_run_workdir
+from support import write_run_workdir
 from tools import report
 
 FLAGS = flags.FLAGS

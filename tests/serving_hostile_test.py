@@ -27,7 +27,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from aanets_tf import serving_config
-from conftest import REPO_ROOT, bomb_image
+from support import REPO_ROOT, bomb_image
 from serving_networks import INPUT_SHAPE, PHASE_CLASSES, images
 
 pytestmark = pytest.mark.slow

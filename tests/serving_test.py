@@ -260,7 +260,7 @@ def _png(array):
 
 
 def test_limits_are_stored_and_hostile_requests_refused_before_work(limited):
-    from conftest import bomb_png
+    from support import bomb_png
 
     path, model, limits = limited
     assert serving.read_classes(path)["limits"] == limits.to_dict()

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from aanets_tf import datasets, pipeline, sources
-from conftest import bomb_png
+from support import bomb_png
 
 
 def _png(array) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 from absl import app
 
 from benchmarks import throughput, throughput_report
-from conftest import SHARED_DATA_DIR
+from support import SHARED_DATA_DIR
 
 
 def test_missing_torch_names_the_requirements_file(monkeypatch):

@@ -17,7 +17,7 @@ import tensorflow as tf
 from aanets_tf import phase, pipeline
 from aanets_tf.learner import AggregationCallback
 from aanets_tf.sources import ArraySource
-from conftest import phase1_learner
+from support import phase1_learner
 
 INPUT_SHAPE = (8, 8, 3)
 BATCH = 8

@@ -11,7 +11,7 @@ from absl.testing import flagsaver
 
 from aanets_tf.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
-from conftest import REPO_ROOT
+from support import REPO_ROOT
 from tools import train_flags
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]

@@ -15,7 +15,7 @@ from absl.testing import flagsaver
 
 from aanets_tf import datasets, tuning
 from aanets_tf.learner import TrainingDivergedError
-from conftest import REPO_ROOT, SHARED_DATA_DIR
+from support import REPO_ROOT, SHARED_DATA_DIR
 from tools import train_flags, tune
 
 FLAGS = flags.FLAGS

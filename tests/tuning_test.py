@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from aanets_tf import datasets, search_space, tuning
 from aanets_tf.config import TrainConfig
 from aanets_tf.learner import TrainingDivergedError
-from conftest import SHARED_DATA_DIR, TINY as CONFTEST_TINY
+from support import SHARED_DATA_DIR, TINY as CONFTEST_TINY
 
 # The end-to-end tests' run with 8 training and 4 validation images per class, 1 epoch.
 TINY = {**CONFTEST_TINY, "train_images_per_class": 8, "validation_images_per_class": 4,

@@ -24,6 +24,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from aanets_tf.reporting import without_timings  # noqa: E402
+from aanets_tf.workdir import Workdir  # noqa: E402
 
 
 def differences(a, b, path="") -> list[str]:
@@ -75,9 +76,9 @@ def main() -> int:
                                         [*extra, "--overwrite"]), log_path)
     print(f"  {duration:.0f}s", flush=True)
 
-    with open(os.path.join(reference_dir, "config.json")) as f:
+    with open(Workdir(reference_dir).config) as f:
         epochs = json.load(f)["epochs"]
-    with open(os.path.join(reference_dir, "metrics.json")) as f:
+    with open(Workdir(reference_dir).metrics) as f:
         num_phases = len(json.load(f)["phases"])
     # Kill points: after a random (phase, epochs done) checkpoint is reached,
     # plus a random delay, so kills land mid-epoch, mid-evaluation or mid-save.
@@ -110,9 +111,9 @@ def main() -> int:
     print("Resuming to the end ...", flush=True)
     run_to_end(command, log_path)
 
-    with open(os.path.join(reference_dir, "metrics.json")) as f:
+    with open(Workdir(reference_dir).metrics) as f:
         reference = without_timings(json.load(f))
-    with open(os.path.join(resumed_dir, "metrics.json")) as f:
+    with open(Workdir(resumed_dir).metrics) as f:
         resumed = without_timings(json.load(f))
     diff = differences(reference, resumed)
     report = {"flagfile": os.path.relpath(args.flagfile, REPO_ROOT), "extra_flags": extra,
@@ -130,14 +131,11 @@ def main() -> int:
 
 def _progress(workdir: str) -> tuple[int, int]:
     """(phase in progress, epochs of it done) from the checkpoints in `workdir`."""
-    checkpoints = os.path.join(workdir, "checkpoints")
-    names = os.listdir(checkpoints) if os.path.isdir(checkpoints) else []
-    done = [int(n[len("phase_"):-len(".keras")]) for n in names
-            if n.startswith("phase_") and n.endswith(".keras")]
+    done = Workdir(workdir).completed_phases()
     phase = max(done) + 1 if done else 0
     epochs = 0
     try:
-        with open(os.path.join(checkpoints, f"phase_{phase}.epoch.json")) as f:
+        with open(Workdir(workdir).epoch_state(phase)) as f:
             epochs = json.load(f)["epochs_done"]
     except (OSError, ValueError, KeyError):
         pass

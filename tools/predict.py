@@ -26,12 +26,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
 from aanets_tf import serving_client as client  # noqa: E402
 from aanets_tf.serving_client import PredictError  # noqa: E402,F401
+from tools import console  # noqa: E402
 from tools.train_flags import as_flag_names  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -79,6 +79,7 @@ def run(paths: list[str]) -> tuple[list[dict], int | None]:
     if FLAGS.saved_model and FLAGS.version_label:
         raise PredictError("Version labels live in the server's models.config; with "
                            "--saved_model use --version.")
+    console.start_tensorflow(verbose=FLAGS["verbosity"].present)
     images = client.read_images(paths)
     signature = FLAGS.signature or client.default_signature(images)
     inputs = client.request_inputs(images, signature)

@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -36,6 +36,9 @@ def define_flags() -> None:
 
 
 def main(argv) -> int:
+    if not FLAGS["verbosity"].present:
+        # Matplotlib announces, through absl, the font cache it builds on a first run.
+        logging.set_verbosity(logging.WARNING)
     from aanets_tf import results_table, run_records
 
     if not FLAGS.output_dir:

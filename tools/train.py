@@ -35,7 +35,9 @@ def define_flags() -> None:
                         "Grow the finished image-folder run in --workdir by one phase: the "
                         "class folders in this directory (<dir>/train/<class>/* with an "
                         "optional <dir>/test/<class>/*, or <dir>/<class>/*) it has not learned.")
-    flags.DEFINE_list("classes", None, "With --add_classes_from: only these class folders.")
+    flags.DEFINE_list("classes", None, "With --add_classes_from: only these class folders "
+                      "(default: every one the run has not learned that holds images). A "
+                      "name holding a comma goes in double quotes: --classes='\"dog, small\",cat'.")
     flags.DEFINE_boolean("promote", False,
                          "With --add_classes_from: serve the new version alone as 'stable' "
                          "(default: new = 'canary', previous = 'stable').")

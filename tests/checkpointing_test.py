@@ -1,0 +1,84 @@
+"""Tests for aanets_tf.checkpointing on a small model: epoch checkpoints, phase networks,
+and files that cannot be used."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from aanets_tf import checkpointing
+from aanets_tf.checkpointing import EpochState
+from aanets_tf.workdir import Workdir
+
+
+def _model(seed: int) -> keras.Model:
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed),
+                               name="dense")
+    return keras.Model(inputs, dense(inputs))
+
+
+def test_the_last_epoch_is_restored_and_earlier_ones_removed(tmp_path):
+    workdir = str(tmp_path)
+    model = _model(0)
+    for epoch in (1, 2):
+        state = EpochState(epoch, trajectory=[[0.5 + epoch / 10]], history={"lf": [1.0] * epoch},
+                           train_seconds=3.0 * epoch, level2_seconds=epoch)
+        checkpointing.save_epoch(model, workdir, 1, state)
+    assert [os.path.basename(p) for p in Workdir(workdir).epoch_weight_files(1)] == [
+        "phase_1.epoch_2.weights.h5"]
+    other = _model(1)
+    assert not np.allclose(other.get_weights()[0], model.get_weights()[0])
+    lines = []
+    restored = checkpointing.restore_epoch(other, workdir, 1, log=lines.append)
+    assert restored.epochs_done == 2 and restored.train_seconds == 6.0
+    assert restored.history == {"less_forget": [1.0, 1.0]}  # an older loss name, renamed
+    assert restored.trajectory == [[0.7]] and restored.level2_seconds == 2.0
+    np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
+    assert lines == ["Resuming phase 1 after epoch 2."]
+    # Another phase has no epoch checkpoint: it starts from its first epoch.
+    assert checkpointing.restore_epoch(other, workdir, 2).epochs_done == 0
+    checkpointing.clear_epochs(workdir, 1)
+    assert os.listdir(Workdir(workdir).checkpoints) == []
+
+
+def test_an_unreadable_epoch_checkpoint_restarts_the_phase(tmp_path):
+    workdir = str(tmp_path)
+    checkpointing.save_epoch(_model(0), workdir, 0, EpochState(1))
+    with open(Workdir(workdir).epoch_state(0)) as f:
+        saved = json.load(f)
+    with open(os.path.join(Workdir(workdir).checkpoints, saved["weights"]), "r+b") as f:
+        f.truncate(100)
+    lines = []
+    state = checkpointing.restore_epoch(_model(1), workdir, 0, log=lines.append)
+    assert state.epochs_done == 0
+    assert "Epoch checkpoint of phase 0 is unreadable" in lines[0]
+    assert "restarting the phase from its first epoch" in lines[0]
+
+
+def test_phase_networks_load_back_or_fail_clearly(tmp_path):
+    from aanets_tf.backbones import build_resnet
+    from aanets_tf.network import build_network
+
+    workdir = str(tmp_path)
+    model = build_network(build_resnet("resnet8", (8, 8, 3)), 0, 2)
+    checkpointing.save_network(model, workdir, 0)
+    assert Workdir(workdir).completed_phases() == [0]
+    loaded = checkpointing.load_network(Workdir(workdir).phase_network(0))
+    x = np.random.RandomState(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x, training=False)["logits"],
+                               model(x, training=False)["logits"], rtol=1e-5)
+
+    path = Workdir(workdir).phase_network(1)
+    with open(path, "wb") as f:
+        f.write(b"PK\x03\x04 not a zip archive")
+    with pytest.raises(checkpointing.CorruptCheckpointError, match="phase_1.keras is unreadable"):
+        checkpointing.load_network(path)
+
+    inputs = keras.Input((4,))
+    risky = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2, name="double")(inputs))
+    risky.save(str(tmp_path / "risky.keras"))
+    with pytest.raises(checkpointing.UnsafeCheckpointError, match=r"\['double'\]"):
+        checkpointing.load_network(str(tmp_path / "risky.keras"))
