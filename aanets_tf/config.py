@@ -75,7 +75,7 @@ class TrainConfig:
     # Decoded images a phase may keep in memory (0 = always stream): small data
     # (the CPU protocol, CIFAR-100's later phases) is decoded once, larger data
     # streams. A cached CIFAR pipeline delivered 4.7x the images per second of a
-    # streamed one on 2 cores (benchmarks/data_path.py); the batches are the same.
+    # streamed one on 2 cores (benchmarks.data_path); the batches are the same.
     cache_mib: int = 32
     # Method.
     host: str = "lucir"
@@ -109,7 +109,7 @@ class TrainConfig:
     finetune_epochs: int = 20
     finetune_lr: float = 0.05
     # Level 2 (aggregation weights).
-    aggregation_lr: float = 0.003  # chosen by benchmarks/aggregation_lr.py (README)
+    aggregation_lr: float = 0.003  # chosen by benchmarks.aggregation_lr (README)
     aggregation_momentum: float = 0.9
     level2_images: str = "seen"
     # Exemplar memory.

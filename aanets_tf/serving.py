@@ -245,7 +245,7 @@ def write_saved_model(network: keras.Model, path: str, class_ids: Sequence[int],
 
     Not atomic: `export_phase` is the way to publish a version. `checks=False`
     leaves out every request check (shapes, limits, image headers): it exists
-    to measure what they cost (`benchmarks/serving_latency.py`), never to serve.
+    to measure what they cost (`benchmarks.serving_latency`), never to serve.
     """
     class_ids, labels, k = _validated_classes(network, class_ids, label_names, top_k)
     # Variables are collected from the endpoints; `archive.track(network)` would

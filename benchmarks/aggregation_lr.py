@@ -6,11 +6,11 @@ public code), all from the same phase-0 checkpoint. Candidates are scored on a
 validation split carved from the training data (the last
 `--validation_images_per_class` images of each class), never the test split.
 Writes `results.json` (per candidate: alpha trajectory, CNN/NME/old/new
-validation accuracy) and `trajectories.png` into `--out`.
+validation accuracy; the machine) and `trajectories.png` into `--output_dir`.
 
-    python benchmarks/aggregation_lr.py --out=runs/aggregation_lr
-    python benchmarks/aggregation_lr.py --host=icarl --learning_rates=0.003,0.01,0.03 \
-        --out=runs/aggregation_lr_icarl
+    python -m benchmarks.aggregation_lr --output_dir=runs/aggregation_lr
+    python -m benchmarks.aggregation_lr --host=icarl --learning_rates=0.003,0.01,0.03 \
+        --output_dir=runs/aggregation_lr_icarl
 
 The rule (README, "Aggregation weights"): the largest learning rate whose validation
 headline accuracy (iCaRL: NME; LUCIR, PODNet: CNN) stays within one point of fixed
@@ -19,62 +19,72 @@ weights, so alpha moves without costing accuracy.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from aanets_tf import atomic_io, datasets, incremental, reporting
-from aanets_tf.config import HOST_HEADLINES, HOSTS, TrainConfig  # noqa: E402
+from aanets_tf.config import HOST_HEADLINES, HOSTS
+from benchmarks import harness
 
+FLAGS = flags.FLAGS
 # The CPU protocol of SPEC section 7 (flags/cifar10_cpu.flags).
 CPU_PROTOCOL = dict(dataset="cifar10", seed=1993, arch="resnet32", num_base_classes=4,
                     classes_per_phase=2, train_images_per_class=500, epochs=20,
                     batch_size=128, learning_rate=0.1, exemplars_per_class=20)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/aggregation_lr")
-    parser.add_argument("--data_dir", default=os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir, "shared",
-        "tensorflow_datasets"))
-    parser.add_argument("--learning_rates", default="0.01,0.1,1.0",
-                        help="Comma-separated candidate aggregation learning rates.")
-    parser.add_argument("--validation_images_per_class", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=CPU_PROTOCOL["epochs"])
-    parser.add_argument("--train_images_per_class", type=int,
-                        default=CPU_PROTOCOL["train_images_per_class"])
-    parser.add_argument("--arch", default=CPU_PROTOCOL["arch"])
-    parser.add_argument("--host", default="lucir", choices=HOSTS)
-    parser.add_argument("--seed", type=int, default=CPU_PROTOCOL["seed"])
-    args = parser.parse_args()
-    candidates = [float(v) for v in args.learning_rates.split(",")]
+def define_flags() -> None:
+    harness.define_output_dir("runs/aggregation_lr", "the phase-0 run, the candidates' runs "
+                              "and the report")
+    flags.DEFINE_string("data_dir", harness.SHARED_DATA_DIR, "Where TFDS keeps CIFAR-10.")
+    flags.DEFINE_list("learning_rates", ["0.01", "0.1", "1.0"],
+                      "Candidate aggregation learning rates, comma-separated.")
+    flags.DEFINE_integer("validation_images_per_class", 200,
+                         "Training images per class held out to score the candidates.",
+                         lower_bound=1)
+    flags.DEFINE_integer("epochs", CPU_PROTOCOL["epochs"], "Epochs per phase.", lower_bound=1)
+    flags.DEFINE_integer("train_images_per_class", CPU_PROTOCOL["train_images_per_class"],
+                         "Training images per class (0: all).", lower_bound=0)
+    flags.DEFINE_string("arch", CPU_PROTOCOL["arch"], "Backbone architecture.")
+    flags.DEFINE_enum("host", "lucir", list(HOSTS), "The host method.")
+    flags.DEFINE_integer("seed", CPU_PROTOCOL["seed"], "Seed and class order.")
 
-    base = TrainConfig(**{**CPU_PROTOCOL, "epochs": args.epochs, "arch": args.arch,
-                          "train_images_per_class": args.train_images_per_class,
-                          "seed": args.seed},
-                       data_dir=args.data_dir, host=args.host,
-                       validation_images_per_class=args.validation_images_per_class,
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        candidates = [float(v) for v in FLAGS.learning_rates]
+    except ValueError:
+        raise app.UsageError(f"--learning_rates must be numbers. "
+                             f"Received: --learning_rates={','.join(FLAGS.learning_rates)}"
+                             ) from None
+    from aanets_tf import datasets, incremental, reporting
+    from aanets_tf.config import TrainConfig
+
+    out = FLAGS.output_dir
+    base = TrainConfig(**{**CPU_PROTOCOL, "epochs": FLAGS.epochs, "arch": FLAGS.arch,
+                          "train_images_per_class": FLAGS.train_images_per_class,
+                          "seed": FLAGS.seed},
+                       data_dir=FLAGS.data_dir, host=FLAGS.host,
+                       validation_images_per_class=FLAGS.validation_images_per_class,
                        num_phases=2, export=False)
     data = datasets.load_dataset(
         base.dataset, base.data_dir, train_images_per_class=base.train_images_per_class,
         validation_images_per_class=base.validation_images_per_class)
 
     # Phase 0 once; every candidate resumes from its checkpoint.
-    phase0_dir = os.path.join(args.out, "phase0")
+    phase0_dir = os.path.join(out, "phase0")
     phase0 = base.replace(num_phases=1, workdir=phase0_dir)
     incremental.run(phase0, data=data, eval_split="validation", verbose=2)
 
     runs = [("fixed", base.replace(aggregation="fixed"))]
     runs += [(f"lr={lr:g}", base.replace(aggregation_lr=lr)) for lr in candidates]
-    results = {"protocol": base.to_dict(), "headline": HOST_HEADLINES[args.host],
-               "candidates": {}}
+    results = {"protocol": base.to_dict(), "headline": HOST_HEADLINES[FLAGS.host],
+               "machine": harness.describe(), "candidates": {}}
     for name, config in runs:
-        workdir = os.path.join(args.out, name.replace("=", "_"))
+        workdir = os.path.join(out, name.replace("=", "_"))
         config = config.replace(workdir=workdir, phase0_from=phase0_dir)
         start = time.perf_counter()
         metrics = incremental.run(config, data=data, eval_split="validation", verbose=2)
@@ -89,14 +99,14 @@ def main() -> int:
             "aggregation_trajectory": phase1["aggregation_trajectory"],
             "seconds": time.perf_counter() - start,
         }
-        atomic_io.write_json(os.path.join(args.out, "results.json"), reporting.clean(results))
+        harness.write_report(out, "results", reporting.clean(results))
 
     print(f"{'candidate':>10} {'CNN':>7} {'NME':>7} {'old':>7} {'new':>7}  final alphas")
     for name, r in results["candidates"].items():
         alphas = " ".join(f"{a:.3f}" for a in (r["aggregation_weights"] or []))
         print(f"{name:>10} {r['cnn_accuracy']:7.2f} {r['nme_accuracy']:7.2f} "
               f"{r['old_accuracy']:7.2f} {r['new_accuracy']:7.2f}  {alphas}")
-    _plot(results, os.path.join(args.out, "trajectories.png"))
+    _plot(results, os.path.join(out, "trajectories.png"))
     return 0
 
 
@@ -119,10 +129,9 @@ def _plot(results: dict, path: str) -> None:
     axes[0].set_ylabel("alpha (stable weight)") if levels > 1 else None
     axes[0].legend() if levels > 1 else None
     fig.tight_layout()
-    with atomic_io.staged_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    harness.write_figure(fig, path)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    define_flags()
+    app.run(main)

@@ -1,6 +1,6 @@
 r"""Memory and speed of the streaming data path.
 
-    python benchmarks/data_path.py --out=benchmarks/results/data_path
+    python -m benchmarks.data_path --output_dir=benchmarks/results/data_path
 
 Two measurements, each in its own `tools/train.py` process whose peak
 resident memory (VmHWM) is written at exit:
@@ -18,27 +18,21 @@ resident memory (VmHWM) is written at exit:
    second that training consumed. Its seconds per image also give the
    expected time per epoch of the ImageNet flagfiles on this machine.
 
-Writes `data_path.json` and `data_path.md` into `--out`, with the CPU model.
+Writes `data_path.json` and `data_path.md` into `--output_dir`, with the CPU model.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import app, flags
 
-import numpy as np  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from benchmarks import machine  # noqa: E402
+from benchmarks import harness
 
 FLAGS = flags.FLAGS
 MEMORY_LIMIT_MIB = 100
@@ -46,13 +40,14 @@ IMAGENET_LIMIT_MIB = 4096
 PIPELINE_RATIO = 3.0
 # Images per class of the paper's ImageNet settings (about 1,300 training images per class).
 IMAGENET_TRAIN_PER_CLASS = 1300
+MEASUREMENTS = ("memory", "imagenet", "cache")
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("out", "benchmarks/results/data_path", "Output directory.")
+    harness.define_output_dir("benchmarks/results/data_path")
     flags.DEFINE_string("scratch", os.path.join(tempfile.gettempdir(), "aanets_data_path"),
                         "Where the generated dataset and the runs go.")
-    flags.DEFINE_list("only", ["memory", "imagenet", "cache"], "Measurements to run.")
+    harness.define_only(MEASUREMENTS, "Measurements to run")
     flags.DEFINE_integer("imagenet_batch_size", 32, "Batch size of the ImageNet-shaped run.")
     flags.DEFINE_integer("memory_repeats", 3, "Runs of each memory configuration (the "
                                               "median is compared: peak memory varies by "
@@ -93,54 +88,31 @@ class SyntheticImagenet(tfds.core.GeneratorBasedBuilder):
                                    "label": c}
 
 
-# Runs tools/train.py with the generated dataset registered, and writes its peak
-# resident memory at exit (a parent's RUSAGE_CHILDREN would count its own memory).
-_LAUNCHER = """
-import atexit, runpy, sys
-sys.path.insert(0, {repo!r})
-import benchmarks.data_path as data_path
-atexit.register(lambda: open({out!r}, "w").write(str(data_path.peak_rss_mib())))
-sys.argv = [{train!r}] + {args!r}
-runpy.run_path({train!r}, run_name="__main__")
-"""
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("VmHWM not found in /proc/self/status.")
-
-
 def run_train(args: list[str], workdir: str, log=print, reuse: bool = False) -> dict:
-    """`tools/train.py args` in a fresh process; its peak RSS, wall time and metrics."""
-    train = os.path.join(REPO_ROOT, "tools", "train.py")
-    peak_file = os.path.join(workdir + ".peak")
+    """`tools/train.py args` in a fresh process; its peak RSS, wall time and metrics.
+
+    Its output goes to `<workdir>.log`, its peak resident memory to `<workdir>.peak`;
+    with `reuse`, a run that left both its metrics and its peak is read, not run again.
+    """
+    peak_file = workdir + ".peak"
+    metrics_path = os.path.join(workdir, "metrics.json")
     args = args + [f"--workdir={workdir}", "--overwrite", "--noexport"]
     log("tools/train.py " + " ".join(args))
-    if reuse and os.path.exists(peak_file) and os.path.exists(os.path.join(workdir,
-                                                                           "metrics.json")):
-        with open(peak_file) as f, open(os.path.join(workdir, "metrics.json")) as m:
-            return {"args": args, "peak_rss_mib": float(f.read()), "wall_seconds": None,
-                    "metrics": json.load(m), "reused": True}
-    start = time.perf_counter()
-    process = subprocess.run(
-        [sys.executable, "-c", _LAUNCHER.format(repo=REPO_ROOT, out=peak_file, train=train,
-                                                args=args)],
-        capture_output=True, text=True, cwd=REPO_ROOT)
-    if process.returncode != 0:
-        raise RuntimeError(f"The run failed:\n{process.stderr[-3000:]}")
-    with open(peak_file) as f:
-        peak = float(f.read())
-    with open(os.path.join(workdir, "metrics.json")) as f:
-        metrics = json.load(f)
-    return {"args": args, "peak_rss_mib": peak, "wall_seconds": time.perf_counter() - start,
-            "metrics": metrics}
+    result = {"args": args}
+    if reuse and os.path.exists(peak_file) and os.path.exists(metrics_path):
+        with open(peak_file) as f:
+            result.update(peak_rss_mib=float(f.read()), wall_seconds=None, reused=True)
+    else:
+        finished = harness.run(harness.train_command(*args), workdir + ".log",
+                               peak_rss_file=peak_file).check()
+        result.update(peak_rss_mib=finished.peak_rss_mib, wall_seconds=finished.wall_seconds)
+    with open(metrics_path) as f:
+        result["metrics"] = json.load(f)
+    return result
 
 
 def measure_memory(scratch: str, repeats: int) -> dict:
-    data_dir = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
+    data_dir = harness.SHARED_DATA_DIR
     runs, peaks = {}, {50: [], 5000: []}
     for repeat in range(repeats):  # alternated, so load on the machine hits both alike
         for per_class in (50, 5000):
@@ -162,13 +134,24 @@ def measure_memory(scratch: str, repeats: int) -> dict:
     }
 
 
-def pipeline_images_per_second(data_dir: str, batch_size: int) -> float:
-    """Phase 0's training pipeline on the generated data alone: one whole epoch, timed.
+def second_epoch_images_per_second(dataset, steps: int) -> float:
+    """Images per second of a training dataset's second epoch (`steps` batches), timed whole
+    after an untimed first one.
 
-    An epoch is timed whole, after an untimed one: the shuffle buffer fills
-    at the start of every epoch, so a few batches timed after the first would
-    come out of a full buffer and flatter the pipeline.
+    The shuffle buffer fills at the start of every epoch (and a cache during the
+    first), so a few batches timed after the first would come out of a full
+    buffer and flatter the pipeline.
     """
+    iterator = iter(dataset)
+    for _ in range(steps):
+        next(iterator)
+    start = time.perf_counter()
+    images = sum(int(next(iterator)[1].shape[0]) for _ in range(steps))
+    return images / (time.perf_counter() - start)
+
+
+def pipeline_images_per_second(data_dir: str, batch_size: int) -> float:
+    """Phase 0's training pipeline on the generated data alone: one whole epoch, timed."""
     from aanets_tf import datasets, pipeline
 
     data = datasets.load_dataset("synthetic_imagenet", data_dir)
@@ -176,13 +159,8 @@ def pipeline_images_per_second(data_dir: str, batch_size: int) -> float:
     part = pipeline.Part(data.train.source, data.train.positions[base], data.train.labels[base])
     dataset = pipeline.train_dataset([part], batch_size, seed=0, epochs=2,
                                      transform=pipeline.ImageTransform("imagenet", 224))
-    steps = pipeline.steps_per_epoch(len(part), batch_size)
-    iterator = iter(dataset)
-    for _ in range(steps):
-        next(iterator)
-    start = time.perf_counter()
-    images = sum(int(next(iterator)[1].shape[0]) for _ in range(steps))
-    return images / (time.perf_counter() - start)
+    return second_epoch_images_per_second(dataset, pipeline.steps_per_epoch(len(part),
+                                                                            batch_size))
 
 
 def measure_imagenet(scratch: str, batch_size: int) -> dict:
@@ -245,8 +223,7 @@ def measure_cache(repeats: int = 3) -> dict:
     """
     from aanets_tf import datasets, pipeline
 
-    data = datasets.load_dataset("cifar10", os.path.join(os.path.dirname(REPO_ROOT), "shared",
-                                                         "tensorflow_datasets"),
+    data = datasets.load_dataset("cifar10", harness.SHARED_DATA_DIR,
                                  train_images_per_class=500, read_test=False)
     base = np.isin(data.train.labels, [4, 2, 7, 6])
     part = pipeline.Part(data.train.source, data.train.positions[base], data.train.labels[base])
@@ -254,14 +231,10 @@ def measure_cache(repeats: int = 3) -> dict:
     rates = {"streamed": [], "cached": []}
     for _ in range(repeats):
         for name in rates:
-            iterator = iter(pipeline.train_dataset(
-                [part], 128, seed=0, epochs=2, cache=name == "cached",
-                transform=pipeline.ImageTransform("cifar", 32)))
-            for _ in range(steps):
-                next(iterator)
-            start = time.perf_counter()
-            images = sum(int(next(iterator)[1].shape[0]) for _ in range(steps))
-            rates[name].append(images / (time.perf_counter() - start))
+            dataset = pipeline.train_dataset([part], 128, seed=0, epochs=2,
+                                             cache=name == "cached",
+                                             transform=pipeline.ImageTransform("cifar", 32))
+            rates[name].append(second_epoch_images_per_second(dataset, steps))
     median = {k: round(float(np.median(v)), 1) for k, v in rates.items()}
     return {"images_per_second": median,
             "runs": {k: [round(r, 1) for r in v] for k, v in rates.items()},
@@ -270,17 +243,16 @@ def measure_cache(repeats: int = 3) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Machine: {machine.summary_line(report['machine'])}", ""]
+    lines = [f"Machine: {harness.summary_line(report['machine'])}", ""]
     if "memory" in report:
         m = report["memory"]
-        lines += ["| CIFAR-10 smoke run, 1 phase, 1 epoch | training images | peak RSS, median "
-                  "(MiB) | runs (MiB) |", "|---|---|---|---|"]
-        for k in ("50", "5000"):
-            lines.append(f"| {k} images per class | {m['train_images'][k]} | "
-                         f"{m['peak_rss_mib'][k]} | {m['peak_rss_mib_runs'][k]} |")
-        lines += ["", f"Difference of the medians: {m['difference_mib']} MiB (limit "
-                      f"{m['limit_mib']}): "
-                      f"{'pass' if m['pass'] else 'FAIL'}", ""]
+        lines += [harness.markdown_table(
+            ["CIFAR-10 smoke run, 1 phase, 1 epoch", "training images",
+             "peak RSS, median (MiB)", "runs (MiB)"],
+            [[f"{k} images per class", m["train_images"][k], m["peak_rss_mib"][k],
+              m["peak_rss_mib_runs"][k]] for k in ("50", "5000")]),
+            f"Difference of the medians: {m['difference_mib']} MiB (limit {m['limit_mib']}): "
+            f"{'pass' if m['pass'] else 'FAIL'}", ""]
     if "cache" in report:
         c = report["cache"]
         lines += [f"CPU protocol phase-0 pipeline ({c['images_per_epoch']} images per epoch), "
@@ -294,35 +266,33 @@ def markdown(report: dict) -> str:
             f"{r['dataset']['train_per_class']} JPEGs of 400x300 (mean "
             f"{r['dataset']['mean_jpeg_kib']} KiB), ResNet-18 at 224, batch {r['batch_size']}, "
             "10 base classes + 2 phases of 5, 1 epoch per phase", "",
-            "| measure | value | target |", "|---|---|---|",
-            f"| peak RSS (MiB) | {r['peak_rss_mib']} | < {r['memory_limit_mib']} "
-            f"({'pass' if r['memory_pass'] else 'FAIL'}) |",
-            f"| training images/s per phase | {', '.join(map(str, r['training_images_per_second']))}"
-            " | - |",
-            f"| input pipeline alone, images/s | {r['pipeline_images_per_second']} | - |",
-            f"| pipeline / fastest training phase | {r['pipeline_ratio']}x | >= "
-            f"{r['pipeline_ratio_limit']} ({'pass' if r['pipeline_pass'] else 'FAIL'}) |",
-            f"| wall time of the run (s) | {r['wall_seconds']} | - |", ""]
-        lines += ["| expected time per epoch on this machine | hours |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in r["expected_hours_per_epoch_here"].items()]
-    return "\n".join(lines) + "\n"
+            harness.markdown_table(["measure", "value", "target"], [
+                ["peak RSS (MiB)", r["peak_rss_mib"], f"< {r['memory_limit_mib']} "
+                 f"({'pass' if r['memory_pass'] else 'FAIL'})"],
+                ["training images/s per phase",
+                 ", ".join(map(str, r["training_images_per_second"])), "-"],
+                ["input pipeline alone, images/s", r["pipeline_images_per_second"], "-"],
+                ["pipeline / fastest training phase", f"{r['pipeline_ratio']}x",
+                 f">= {r['pipeline_ratio_limit']} "
+                 f"({'pass' if r['pipeline_pass'] else 'FAIL'})"],
+                ["wall time of the run (s)", r["wall_seconds"], "-"]]),
+            harness.markdown_table(["expected time per epoch on this machine", "hours"],
+                                   r["expected_hours_per_epoch_here"].items())]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def main(argv):
     del argv
-    from aanets_tf import atomic_io
-
     os.makedirs(FLAGS.scratch, exist_ok=True)
-    report = {"machine": machine.describe()}
+    report = {"machine": harness.describe()}
     if "memory" in FLAGS.only:
         report["memory"] = measure_memory(FLAGS.scratch, FLAGS.memory_repeats)
     if "imagenet" in FLAGS.only:
         report["imagenet"] = measure_imagenet(FLAGS.scratch, FLAGS.imagenet_batch_size)
     if "cache" in FLAGS.only:
         report["cache"] = measure_cache()
-    atomic_io.write_json(os.path.join(FLAGS.out, "data_path.json"), report)
     text = markdown(report)
-    atomic_io.write_text(os.path.join(FLAGS.out, "data_path.md"), text)
+    harness.write_report(FLAGS.output_dir, "data_path", report, text)
     print(text)
     return 0
 

@@ -1,9 +1,9 @@
 r"""The costs of a phase that a step benchmark leaves out: tracing, checkpoints, call setup.
 
-    python benchmarks/fixed_costs.py --flagfile=flags/cifar10_cpu.flags \
-        --out=benchmarks/results/fixed_costs
+    python -m benchmarks.fixed_costs --flagfile=flags/cifar10_cpu.flags \
+        --output_dir=benchmarks/results/fixed_costs
 
-`benchmarks/throughput.py` times steps once they run; a phase also pays, once
+`benchmarks.throughput` times steps once they run; a phase also pays, once
 per phase, for tracing each of its compiled steps (every phase builds a new
 network), and once per epoch for saving the epoch checkpoint. On the phase-1
 AANet of the flagfile (stable and plastic blocks, the phase-0 ResNet as the
@@ -26,26 +26,21 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from benchmarks import machine, throughput  # noqa: E402
-from tools import train_flags  # noqa: E402
+from benchmarks import harness, throughput
+from tools import train_flags
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     train_flags.define_flags()
-    flags.DEFINE_string("out", "benchmarks/results/fixed_costs", "Output directory.")
-    flags.DEFINE_integer("repeats", 5, "Timed later calls (the median is reported).")
+    harness.define_output_dir("benchmarks/results/fixed_costs")
+    harness.define_timing_flags(steps=False)
 
 
 def first_and_steady(call, repeats: int) -> tuple[float, float]:
@@ -124,29 +119,22 @@ def table(costs: dict, config) -> str:
         ("tracing the predict step (once a network)", costs["trace_predict"], "-"),
         ("setting up one predict call (each call)", costs["predict_call_setup"], "-"),
     ]
-    lines = ["| cost (phase-1 AANet) | seconds | share |", "|---|---|---|"]
-    lines += [f"| {name} | {seconds:.3f} | {share} |" for name, seconds, share in rows]
-    return "\n".join(lines) + "\n"
+    return harness.markdown_table(["cost (phase-1 AANet)", "seconds", "share"],
+                                  [(name, f"{s:.3f}", share) for name, s, share in rows])
 
 
 def main(argv):
     config = train_flags.config_for_main(argv)
-    if FLAGS.repeats < 1:
-        raise app.UsageError(f"--repeats must be >= 1. Received: --repeats={FLAGS.repeats}")
-    from aanets_tf import atomic_io
-
     data, plan = throughput.protocol_data(config)
     bench = throughput.StepBench(config, data, plan, config.mixed_precision,
                                  config.jit_compile)
     costs = measure(bench, data, config, FLAGS.repeats)
-    described = machine.describe()
+    described = harness.describe()
     report = {"machine": described, "config": config.to_dict(), "repeats": FLAGS.repeats,
               "seconds": costs, "load_average_1_5_15_min": os.getloadavg()}
-    markdown = (f"Machine: {machine.summary_line(described)}; "
+    markdown = (f"Machine: {harness.summary_line(described)}; "
                 f"{config.mixed_precision}.\n\n" + table(costs, config))
-    os.makedirs(FLAGS.out, exist_ok=True)
-    atomic_io.write_json(os.path.join(FLAGS.out, "fixed_costs.json"), report)
-    atomic_io.write_text(os.path.join(FLAGS.out, "fixed_costs.md"), markdown)
+    harness.write_report(FLAGS.output_dir, "fixed_costs", report, markdown)
     print(markdown)
     return 0
 

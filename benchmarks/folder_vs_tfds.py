@@ -1,71 +1,59 @@
 r"""The CPU protocol read from TFDS and from an image folder tree of the same images.
 
-    python benchmarks/folder_vs_tfds.py --out=benchmarks/results/folder_vs_tfds
+    python -m benchmarks.folder_vs_tfds --output_dir=benchmarks/results/folder_vs_tfds
 
 Writes CIFAR-10 from `../shared/tensorflow_datasets` as a folder tree
 (`tools/make_folder_dataset.py`: the first 500 training and all 1,000 test
 images of each class, the dataset's own PNG bytes, file names in TFDS order),
-then runs `flags/cifar10_cpu.flags` twice with `tools/train.py`: as it is
-(TFDS) and with `--dataset=folder --data_dir=<tree>`. The two runs train on
-the same images with the same seeds; their batches differ (a TFDS stream and
-a file list are mixed and shuffled from different record orders), so their
-accuracies should agree within run-to-run noise. Reports both side by side
-with their wall times, and the figures the README recorded for the earlier,
-in-memory data path (`--reference`), in `folder_vs_tfds.json` and `.md`.
+then runs `--flagfile_path` (`flags/cifar10_cpu.flags`) twice with
+`tools/train.py`: as it is (TFDS) and with `--dataset=folder --data_dir=<tree>`.
+The two runs train on the same images with the same seeds; their batches
+differ (a TFDS stream and a file list are mixed and shuffled from different
+record orders), so their accuracies should agree within run-to-run noise.
+`--parallel=2` runs the two at once (each then has about half the machine, so
+their wall times compare). Reports both side by side with their wall times,
+and the figures the README recorded for the earlier, in-memory data path
+(`--reference`), in `folder_vs_tfds.json` and `.md`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from benchmarks import machine  # noqa: E402
+from benchmarks import harness
 
 FLAGS = flags.FLAGS
-SHARED_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
+RUNS = ("tfds", "folder")
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("out", "benchmarks/results/folder_vs_tfds", "Output directory.")
+    harness.define_output_dir("benchmarks/results/folder_vs_tfds")
     flags.DEFINE_string("scratch", "runs/folder_vs_tfds", "Folder tree and workdirs.")
-    flags.DEFINE_string("flagfile_path", "flags/cifar10_cpu.flags", "The protocol.")
+    harness.define_flagfile_path()
     flags.DEFINE_string("reference", "benchmarks/results/compare_branches.json",
                         "Metrics of the earlier in-memory data path (dual run), shown beside.")
-    flags.DEFINE_list("runs", ["tfds", "folder"], "Which runs to make.")
-    flags.DEFINE_list("extra_flags", [], "Flags added to both runs (e.g. --epochs=2).")
-    flags.DEFINE_boolean("parallel", False, "Run the two at once (each then has about half "
-                                            "the machine, so their wall times compare).")
+    harness.define_only(RUNS, "Runs to make")
+    harness.define_extra_flags()
+    harness.define_parallel(1, "Runs at a time (2: both at once).")
 
 
-def _start(name: str, args: list[str], workdir: str) -> tuple:
-    command = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
-               f"--flagfile={FLAGS.flagfile_path}", *args, *FLAGS.extra_flags,
-               f"--workdir={workdir}", "--noexport"]
+def _start(name: str, args: list[str], workdir: str) -> tuple[str, str, harness.Launched]:
+    command = harness.train_command(f"--flagfile={FLAGS.flagfile_path}", *args,
+                                    *FLAGS.extra_flags, f"--workdir={workdir}", "--noexport")
     print(f"{name}: {' '.join(command[1:])}", flush=True)
-    log = open(workdir.rstrip("/") + ".log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    return name, command, workdir, process, time.perf_counter(), log
+    return name, workdir, harness.launch(command, workdir.rstrip("/") + ".log")
 
 
-def _finish(started: tuple) -> dict:
-    name, command, workdir, process, start, log = started
-    process.wait()
-    wall = time.perf_counter() - start
-    log.close()
-    if process.returncode != 0:
-        raise RuntimeError(f"The {name} run failed; see {log.name}.")
+def _finish(started: tuple[str, str, harness.Launched]) -> dict:
+    _, workdir, launched = started
+    finished = launched.wait().check()
     with open(os.path.join(workdir, "metrics.json")) as f:
         metrics = json.load(f)
-    return {"command": " ".join(command[1:]), "wall_seconds": wall, "metrics": metrics}
+    return {"command": " ".join(finished.command[1:]), "wall_seconds": finished.wall_seconds,
+            "metrics": metrics}
 
 
 def _row(metrics: dict) -> dict:
@@ -75,49 +63,56 @@ def _row(metrics: dict) -> dict:
             "forgetting": metrics["forgetting"]}
 
 
+def table(report: dict) -> str:
+    """The runs (and the recorded in-memory reference) side by side, per phase."""
+    rows = dict(report["runs"])
+    if "reference_in_memory" in report:
+        rows["earlier in-memory path (recorded)"] = report["reference_in_memory"]
+    num_phases = max(len(row["cnn"]) for row in rows.values())
+    cells = []
+    for name, row in rows.items():
+        phases = [f"{c:.2f} / {n:.2f}" for c, n in zip(row["cnn"], row["nme"])]
+        wall = f"{row['wall_seconds'] / 60:.1f}" if "wall_seconds" in row else "-"
+        cells.append([name, *phases, *["-"] * (num_phases - len(phases)),
+                      f"{row['average']['cnn']:.2f} / {row['average']['nme']:.2f}",
+                      f"{row['forgetting']['cnn']:.2f}", wall])
+    return (f"Machine: {harness.summary_line(report['machine'])}\n\n" + harness.markdown_table(
+        ["run", *(f"phase {i} CNN / NME" for i in range(num_phases)), "average CNN / NME",
+         "forgetting CNN", "wall (min)"], cells))
+
+
 def main(argv):
     del argv
-    from aanets_tf import atomic_io
     from tools import make_folder_dataset
 
     tree = os.path.join(FLAGS.scratch, "cifar10_tree")
     if not os.path.isdir(tree):
-        written = make_folder_dataset.write_tree("cifar10", SHARED_DATA_DIR, tree, [], 500, 1000)
+        written = make_folder_dataset.write_tree("cifar10", harness.SHARED_DATA_DIR, tree, [],
+                                                 500, 1000)
         print(f"Wrote {written} images to {tree}")
     arguments = {"tfds": [], "folder": ["--dataset=folder", f"--data_dir={tree}"]}
     runs, started = {}, []
-    for name in FLAGS.runs:
-        started.append(_start(name, arguments[name], os.path.join(FLAGS.scratch, name)))
-        if not FLAGS.parallel:
-            runs[name] = _finish(started.pop())
+    for name in FLAGS.only:
+        if len(started) == FLAGS.parallel:
+            done = started.pop(0)
+            runs[done[0]] = _finish(done)
+        started.append(_start(name, arguments[name],
+                              os.path.abspath(os.path.join(FLAGS.scratch, name))))
     for run in started:
         runs[run[0]] = _finish(run)
-    report = {"machine": machine.describe(), "protocol": FLAGS.flagfile_path,
+    report = {"machine": harness.describe(), "protocol": FLAGS.flagfile_path,
               "extra_flags": FLAGS.extra_flags,
               "runs": {k: {"command": v["command"], "wall_seconds": round(v["wall_seconds"], 1),
                            **_row(v["metrics"])} for k, v in runs.items()}}
     if FLAGS.reference and os.path.exists(FLAGS.reference):
         with open(FLAGS.reference) as f:
             reference = json.load(f)
-        dual = reference["runs"]["dual"]  # benchmarks/compare_branches.py's layout
+        dual = reference["runs"]["dual"]  # the recorded file: per-phase lists per branch mode
         report["reference_in_memory"] = {
             "source": FLAGS.reference, "cnn": dual["cnn_accuracy"], "nme": dual["nme_accuracy"],
             "average": dual["average_incremental_accuracy"], "forgetting": dual["forgetting"]}
-    lines = [f"Machine: {machine.summary_line(report['machine'])}", "",
-             "| run | " + " | ".join(f"phase {i} CNN / NME" for i in range(4))
-             + " | average CNN / NME | forgetting CNN | wall (min) |",
-             "|---|" + "---|" * 7]
-    rows = dict(report["runs"])
-    if "reference_in_memory" in report:
-        rows["earlier in-memory path (recorded)"] = report["reference_in_memory"]
-    for name, row in rows.items():
-        phases = " | ".join(f"{c:.2f} / {n:.2f}" for c, n in zip(row["cnn"], row["nme"]))
-        wall = f"{row['wall_seconds'] / 60:.1f}" if "wall_seconds" in row else "-"
-        lines.append(f"| {name} | {phases} | {row['average']['cnn']:.2f} / "
-                     f"{row['average']['nme']:.2f} | {row['forgetting']['cnn']:.2f} | {wall} |")
-    text = "\n".join(lines) + "\n"
-    atomic_io.write_json(os.path.join(FLAGS.out, "folder_vs_tfds.json"), report)
-    atomic_io.write_text(os.path.join(FLAGS.out, "folder_vs_tfds.md"), text)
+    text = table(report)
+    harness.write_report(FLAGS.output_dir, "folder_vs_tfds", report, text)
     print(text)
     return 0
 

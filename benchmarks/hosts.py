@@ -17,15 +17,20 @@ first in `<--runs>/phase0_<family>_<seed>`. Each run lives in
 `<--runs>/<host>_<variant>_<seed>`; when it finishes, its `config.json`,
 `metrics.json` and the machine's description are copied to
 `<--output_dir>/runs/<name>/` and the table is rewritten (`tools/report.py`:
-table.md, table.csv, accuracy_per_phase.png). A run already finished there is
-skipped, so a rerun (another session, another machine) resumes the grid;
-a run whose workdir holds finished phases resumes after them.
+table.md, table.csv, accuracy_per_phase.png), with `comparison.md` and
+`comparison.json`: per host and class order, the variants side by side phase
+by phase (CNN and NME accuracy, average, forgetting, training minutes) and
+each variant's average and forgetting minus `single`'s. A run already
+finished there is skipped, so a rerun (another session, another machine)
+resumes the grid; a run whose workdir holds finished phases resumes after them.
 
-    python benchmarks/hosts.py                                   # the CPU protocol
-    python benchmarks/hosts.py --seeds=1993,1994 --hosts=icarl --variants=dual,fixed
-    python benchmarks/hosts.py --flagfile_path=flags/cifar10_cpu_n4.flags \
+    python -m benchmarks.hosts                                   # the CPU protocol
+    python -m benchmarks.hosts --seeds=1993,1994 --hosts=icarl --variants=dual,fixed
+    python -m benchmarks.hosts --flagfile_path=flags/cifar10_cpu_n4.flags \
         --variants=single,dual
-    python benchmarks/hosts.py --report_only           # the table from the runs so far
+    python -m benchmarks.hosts --hosts=lucir --variants=single,dual --seeds=1993 \
+        --extra_flags=--epochs=2                       # one comparison, quickly
+    python -m benchmarks.hosts --report_only           # the table from the runs so far
 """
 
 from __future__ import annotations
@@ -34,20 +39,15 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from aanets_tf import atomic_io  # noqa: E402
-from aanets_tf.config import HOSTS  # noqa: E402
-from benchmarks import machine  # noqa: E402
+from aanets_tf import atomic_io
+from aanets_tf.config import HOST_NAMES, HOSTS
+from benchmarks import harness
 
 VARIANTS = {"single": ["--branch_mode=single"],
             "dual": ["--branch_mode=dual"],
@@ -64,20 +64,19 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """The command line (under `__main__` only, so tests can import this module)."""
-    flags.DEFINE_string("flagfile_path", os.path.join(ROOT, "flags", "cifar10_cpu.flags"),
-                        "Flagfile of the protocol every run shares.")
-    flags.DEFINE_list("hosts", list(HOSTS), f"Hosts to run, from {list(HOSTS)}.")
-    flags.DEFINE_list("variants", DEFAULT_VARIANTS, f"From {list(VARIANTS)}.")
+    harness.define_flagfile_path()
+    harness.define_choices("hosts", HOSTS, HOSTS, "Hosts to run")
+    harness.define_choices("variants", DEFAULT_VARIANTS, VARIANTS, "Variants of each host")
     flags.DEFINE_list("seeds", ["1993", "1994", "1995", "1996", "1997"], "Class orders (seeds).")
-    flags.DEFINE_integer("parallel", 2, "Runs at a time.")
+    harness.define_parallel(2)
     flags.DEFINE_bool("reuse_phase0", True,
                       "Train phase 0 once per seed and phase-0 family, and let every run take it.")
     flags.DEFINE_string("runs", None, "Parent of the run workdirs (default: "
                         "runs/hosts/<flagfile name>).")
-    flags.DEFINE_string("output_dir", None, "Where finished runs, the table and the plot go "
-                        "(default: benchmarks/results/hosts/<flagfile name>).")
+    harness.define_output_dir(None, "finished runs, the table, the comparison and the plot "
+                              "(default: benchmarks/results/hosts/<flagfile name>)")
     flags.DEFINE_bool("report_only", False, "Write the table from the finished runs only.")
-    flags.DEFINE_list("extra", [], "More train.py flags for every run, e.g. --extra=--epochs=2.")
+    harness.define_extra_flags()
 
 
 _report_lock = threading.Lock()
@@ -87,13 +86,11 @@ def _protocol() -> str:
     return os.path.splitext(os.path.basename(FLAGS.flagfile_path))[0]
 
 
-def _train(workdir: str, args: list[str]) -> int:
+def _train(workdir: str, args: list[str]) -> harness.Finished:
     os.makedirs(workdir, exist_ok=True)
-    command = [sys.executable, os.path.join(ROOT, "tools", "train.py"),
-               f"--flagfile={FLAGS.flagfile_path}", f"--workdir={workdir}", "--noexport",
-               "--verbosity=0", *args, *FLAGS.extra]
-    with open(os.path.join(workdir, "train.log"), "a") as log:
-        return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    command = harness.train_command(f"--flagfile={FLAGS.flagfile_path}", f"--workdir={workdir}",
+                                    "--noexport", "--verbosity=0", *args, *FLAGS.extra_flags)
+    return harness.run(command, os.path.join(workdir, "train.log"), append=True)
 
 
 def finished(directory: str) -> bool:
@@ -116,7 +113,7 @@ def _phase0_run(family: str, seed: str) -> str | None:
     if checkpoint_exists(workdir):
         return workdir
     code = _train(workdir, [f"--host={host}", "--branch_mode=single", f"--seed={seed}",
-                            "--num_phases=1"])
+                            "--num_phases=1"]).returncode
     print(f"{workdir}: phase 0, exit {code}", flush=True)
     return workdir if code == 0 else None
 
@@ -137,10 +134,9 @@ def _run(host: str, variant: str, seed: str, phase0: Future | None) -> tuple[str
             print(f"{name}: its phase-0 run failed; skipped.", flush=True)
             return name, 1
         args.append(f"--phase0_from={source}")
-    start = time.perf_counter()
-    code = _train(workdir, args)
-    minutes = (time.perf_counter() - start) / 60
-    print(f"{workdir}: exit {code} after {minutes:.1f} min", flush=True)
+    finished_run = _train(workdir, args)
+    code = finished_run.returncode
+    print(f"{workdir}: exit {code} after {finished_run.wall_seconds / 60:.1f} min", flush=True)
     if code == 0 and finished(workdir):
         keep(workdir, os.path.join(FLAGS.output_dir, "runs", name))
         with _report_lock:
@@ -155,7 +151,93 @@ def keep(workdir: str, destination: str) -> None:
     for name in ("config.json", "metrics.json"):
         with atomic_io.staged_path(os.path.join(destination, name)) as tmp:
             shutil.copyfile(os.path.join(workdir, name), tmp)
-    atomic_io.write_json(os.path.join(destination, "machine.json"), machine.describe())
+    atomic_io.write_json(os.path.join(destination, "machine.json"), harness.describe())
+
+
+def parse_run_name(name: str) -> tuple[str, str, str] | None:
+    """`(host, variant, seed)` of a grid run's name `<host>_<variant>_<seed>`; None for
+    another name."""
+    host, _, rest = name.partition("_")
+    variant, _, seed = rest.rpartition("_")
+    if host in HOSTS and variant in VARIANTS and seed.isdigit():
+        return host, variant, seed
+    return None
+
+
+def _summary(metrics: dict) -> dict:
+    phases = metrics["phases"]
+    return {"cnn_accuracy": [p["cnn_accuracy"] for p in phases],
+            "nme_accuracy": [p["nme_accuracy"] for p in phases],
+            "average_incremental_accuracy": metrics["average_incremental_accuracy"],
+            "forgetting": metrics["forgetting"],
+            "train_seconds": sum(p["train_seconds"] for p in phases)}
+
+
+def comparison(runs_dir: str) -> dict:
+    """Per host and class order, the finished variants of `runs_dir` side by side.
+
+    Returns:
+        `{"<host>_<seed>": {"variants": {variant: its per-phase CNN and NME accuracy,
+        average, forgetting, training seconds}, "minus_single": {variant: its average
+        and forgetting minus single's}}}`, hosts and variants in the grid's order.
+    """
+    found = {}
+    for directory in sorted(glob.glob(os.path.join(runs_dir, "*"))):
+        parsed = parse_run_name(os.path.basename(directory))
+        if parsed is None or not finished(directory):
+            continue
+        host, variant, seed = parsed
+        with open(os.path.join(directory, "metrics.json")) as f:
+            found[host, seed, variant] = _summary(json.load(f))
+    out = {}
+    for host in HOSTS:
+        for seed in sorted({s for h, s, _ in found if h == host}):
+            variants = {v: found[host, seed, v] for v in VARIANTS if (host, seed, v) in found}
+            single = variants.get("single")
+            out[f"{host}_{seed}"] = {"variants": variants, "minus_single": {
+                v: {key: {k: r[key][k] - single[key][k] for k in ("cnn", "nme")}
+                    for key in ("average_incremental_accuracy", "forgetting")
+                    if r[key] and single[key]}
+                for v, r in variants.items() if single and v != "single"}}
+    return out
+
+
+def comparison_table(compared: dict) -> str:
+    """Markdown: a table per host and class order, a row per phase, two columns per variant."""
+    lines = ["# Variants side by side", "",
+             "Per host and class order: top-1 accuracy (%) per phase, CNN and NME; average "
+             "incremental accuracy; forgetting (points, lower is better); training minutes; "
+             "and each variant's average minus the single-branch run's.", ""]
+    for key, entry in compared.items():
+        host, _, seed = key.rpartition("_")
+        runs = entry["variants"]
+        num_phases = max(len(r["cnn_accuracy"]) for r in runs.values())
+
+        def pair(values, bold=False):
+            return [f"**{v:.2f}**" if bold else f"{v:.2f}" for v in values]
+
+        rows = []
+        for p in range(num_phases):
+            rows.append([f"phase {p}"] + [
+                cell for r in runs.values() for cell in
+                (pair([r["cnn_accuracy"][p], r["nme_accuracy"][p]])
+                 if p < len(r["cnn_accuracy"]) else ["-", "-"])])
+        rows.append(["average"] + [cell for r in runs.values() for cell in pair(
+            [r["average_incremental_accuracy"][k] for k in ("cnn", "nme")], bold=True)])
+        rows.append(["forgetting"] + [cell for r in runs.values() for cell in (
+            pair([r["forgetting"][k] for k in ("cnn", "nme")]) if r["forgetting"]
+            else ["-", "-"])])
+        rows.append(["training (min)"] + [cell for r in runs.values()
+                                          for cell in (f"{r['train_seconds'] / 60:.1f}", "")])
+        if entry["minus_single"]:
+            rows.append(["average minus single"] + [
+                cell for v in runs for cell in (
+                    [f"{entry['minus_single'][v]['average_incremental_accuracy'][k]:+.2f}"
+                     for k in ("cnn", "nme")] if v in entry["minus_single"] else ["-", "-"])])
+        lines += [f"## {HOST_NAMES[host]}, class order {seed}", "",
+                  harness.markdown_table([""] + [f"{v} {k}" for v in runs
+                                                 for k in ("CNN", "NME")], rows)]
+    return "\n".join(lines)
 
 
 def report() -> int:
@@ -164,26 +246,25 @@ def report() -> int:
     if not workdirs:
         print(f"No finished run in {FLAGS.output_dir}/runs yet.", file=sys.stderr)
         return 1
-    return subprocess.call([sys.executable, os.path.join(ROOT, "tools", "report.py"),
-                            f"--output_dir={FLAGS.output_dir}", *workdirs], cwd=ROOT)
+    compared = comparison(os.path.join(FLAGS.output_dir, "runs"))
+    harness.write_report(FLAGS.output_dir, "comparison", compared, comparison_table(compared))
+    return harness.run(harness.python_command(
+        os.path.join(harness.REPO_ROOT, "tools", "report.py"),
+        f"--output_dir={FLAGS.output_dir}", *workdirs)).returncode
 
 
 def main(argv):
     del argv
-    unknown = sorted(set(FLAGS.hosts) - set(HOSTS)) + sorted(set(FLAGS.variants) - set(VARIANTS))
-    if unknown:
-        raise app.UsageError(f"Unknown --hosts or --variants: {unknown}")
-    if FLAGS.parallel < 1:
-        raise app.UsageError(f"--parallel must be >= 1. Received: --parallel={FLAGS.parallel}")
     FLAGS.runs = os.path.abspath(FLAGS.runs or os.path.join("runs", "hosts", _protocol()))
     FLAGS.output_dir = os.path.abspath(
-        FLAGS.output_dir or os.path.join(ROOT, "benchmarks", "results", "hosts", _protocol()))
+        FLAGS.output_dir or os.path.join(harness.REPO_ROOT, "benchmarks", "results", "hosts",
+                                         _protocol()))
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     if FLAGS.report_only:
         return report()
     jobs = [(h, v, s) for s in FLAGS.seeds for h in FLAGS.hosts for v in FLAGS.variants
             if not finished(os.path.join(FLAGS.output_dir, "runs", f"{h}_{v}_{s}"))]
-    print(f"{len(jobs)} runs to go on {machine.summary_line(machine.describe())}", flush=True)
+    print(f"{len(jobs)} runs to go on {harness.summary_line(harness.describe())}", flush=True)
     failed = []
     with ThreadPoolExecutor(FLAGS.parallel) as pool:
         # Seed by seed, each seed's phase-0 runs first: a run waits only on phase-0 runs

@@ -1,12 +1,12 @@
 r"""Speed levers measured side by side: one worker process per setting, steps interleaved.
 
-    python benchmarks/levers.py --flagfile=flags/cifar10_cpu.flags \
-        --levers=default,fused_bn,keras_bn,bfloat16 --out=benchmarks/results/levers
+    python -m benchmarks.levers --flagfile=flags/cifar10_cpu.flags \
+        --levers=default,fused_bn,keras_bn,bfloat16 --output_dir=benchmarks/results/levers
 
 Some settings can only be chosen before TensorFlow starts (its thread pools)
 or change how the networks are built (the BatchNorm kernel), so each lever
 runs in its own worker process that builds the steps of
-`benchmarks/throughput.py` once, warms them up and then times steps on
+`benchmarks.throughput` once, warms them up and then times steps on
 request. The parent asks every (lever, step) once per repeat, in a rotating
 order, while the other workers wait: all levers see the same machine load,
 and each lever's speed is reported relative to the first lever as the median
@@ -21,9 +21,9 @@ folded: the library before these levers), `inter_op_1` / `intra_op_1` /
 one thread per core for both), `xla` (`jit_compile=True`), `bfloat16`
 (`mixed_bfloat16`), `bfloat16_fused_bn` (`mixed_bfloat16` without the
 folding), and `pytorch` (the PyTorch reference of
-`benchmarks/torch_reference.py` in its own process, for comparison).
+`benchmarks.pytorch.reference` in its own process, for comparison).
 
-Writes `levers.json` and `levers.md` into `--out`.
+Writes `levers.json` and `levers.md` into `--output_dir`.
 """
 
 from __future__ import annotations
@@ -35,14 +35,10 @@ import subprocess
 import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from benchmarks import machine, throughput  # noqa: E402
-from tools import train_flags  # noqa: E402
+from benchmarks import harness, throughput
+from tools import train_flags
 
 FLAGS = flags.FLAGS
 # name -> settings of the worker process
@@ -63,13 +59,11 @@ TIMED = throughput.MODEL_STEPS
 
 def define_flags() -> None:
     train_flags.define_flags()
-    flags.DEFINE_string("out", "benchmarks/results/levers", "Output directory.")
-    flags.DEFINE_list("levers", ["default", "keras_bn"],
-                      f"Levers compared, the first one the reference; from {', '.join(LEVERS)}.")
-    flags.DEFINE_list("timed_steps", list(TIMED), f"Steps timed, from {', '.join(TIMED)}.")
-    flags.DEFINE_integer("repeats", 5, "Timed repeats (medians are reported).")
-    flags.DEFINE_integer("steps", 3, "Steps per timed repeat.")
-    flags.DEFINE_integer("warmup", 2, "Untimed calls per step before timing.")
+    harness.define_output_dir("benchmarks/results/levers")
+    harness.define_choices("levers", ["default", "keras_bn"], LEVERS,
+                           "Levers compared, the first one the reference")
+    harness.define_choices("timed_steps", TIMED, TIMED, "Steps timed")
+    harness.define_timing_flags()
     flags.DEFINE_string("worker", None, "Internal: run as the worker of this lever.")
 
 
@@ -119,8 +113,8 @@ class Worker:
     def __init__(self, lever: str, argv: list[str]):
         self.lever = lever
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), *argv, f"--worker={lever}"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+            harness.python_command("benchmarks.levers", *argv, f"--worker={lever}"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT)
         self.info = None
 
     def wait_ready(self) -> dict:
@@ -146,21 +140,18 @@ class Worker:
 
 def relative(samples: dict, reference: str) -> dict:
     """`{lever: {step: median over repeats of (lever / reference) images per second}}`."""
-    return {lever: {step: statistics.median(a / b for a, b in zip(values,
-                                                                  samples[reference][step]))
+    return {lever: {step: harness.paired_ratio(values, samples[reference][step])
                     for step, values in steps.items()}
             for lever, steps in samples.items() if lever != reference}
 
 
 def table(samples: dict, ratios: dict, reference: str) -> str:
     steps = list(samples[reference])
-    lines = ["| lever | " + " | ".join(steps) + " |", "|---" * (len(steps) + 1) + "|"]
-    lines.append(f"| {reference} (img/s) | " + " | ".join(
-        f"{statistics.median(samples[reference][s]):.0f}" for s in steps) + " |")
-    for lever, row in ratios.items():
-        lines.append(f"| {lever} / {reference} | "
-                     + " | ".join(f"{row[s]:.2f}" for s in steps) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [[f"{reference} (img/s)",
+             *(f"{statistics.median(samples[reference][s]):.0f}" for s in steps)]]
+    rows += [[f"{lever} / {reference}", *(f"{row[s]:.2f}" for s in steps)]
+             for lever, row in ratios.items()]
+    return harness.markdown_table(["lever", *steps], rows)
 
 
 def main(argv):
@@ -168,43 +159,33 @@ def main(argv):
     if FLAGS.worker:
         _worker(config, FLAGS.worker)
         return 0
-    unknown = sorted(set(FLAGS.levers) - set(LEVERS)) + sorted(
-        set(FLAGS.timed_steps) - set(TIMED))
-    if unknown:
-        raise app.UsageError(f"Unknown levers or steps {unknown}; levers: {list(LEVERS)}, "
-                             f"steps: {list(TIMED)}.")
-    from aanets_tf import atomic_io
-
-    passed = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    passed = [a for a in sys.argv[1:] if not a.startswith("--output_dir")]
     workers = []
     for lever in FLAGS.levers:  # one at a time: building and warm-up are the heavy part
         worker = Worker(lever, passed)
         print(f"{lever}: {worker.wait_ready()}", flush=True)
         workers.append(worker)
-    tasks = [(w, s) for w in workers for s in FLAGS.timed_steps]
-    samples = {w.lever: {s: [] for s in FLAGS.timed_steps} for w in workers}
+    by_lever = {w.lever: w for w in workers}
     load_before = os.getloadavg()
     started = time.perf_counter()
-    for r in range(FLAGS.repeats):
-        for worker, step in tasks[r % len(tasks):] + tasks[:r % len(tasks)]:
-            samples[worker.lever][step].append(worker.time(step, FLAGS.steps))
-        print(f"repeat {r + 1}/{FLAGS.repeats}: " + ", ".join(
-            f"{w.lever} {s} {samples[w.lever][s][-1]:.0f}" for w, s in tasks), flush=True)
+    samples = harness.interleaved(
+        [(w.lever, s) for w in workers for s in FLAGS.timed_steps], FLAGS.repeats,
+        lambda lever, step: by_lever[lever].time(step, FLAGS.steps),
+        lambda line: print(line, flush=True))
     for worker in workers:
         worker.close()
     reference = FLAGS.levers[0]
     ratios = relative(samples, reference)
-    described = machine.describe()
+    described = harness.describe()
     report = {"machine": described, "levers": {w.lever: {**LEVERS[w.lever], **w.info}
                                                for w in workers},
               "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "timed_seconds": time.perf_counter() - started,
               "samples_images_per_second": samples, "relative_to_" + reference: ratios}
-    markdown = (f"Machine: {machine.summary_line(described)}.\n\n"
+    markdown = (f"Machine: {harness.summary_line(described)}.\n\n"
                 + table(samples, ratios, reference))
-    atomic_io.write_json(os.path.join(FLAGS.out, "levers.json"), report)
-    atomic_io.write_text(os.path.join(FLAGS.out, "levers.md"), markdown)
+    harness.write_report(FLAGS.output_dir, "levers", report, markdown)
     print(markdown)
     return 0
 

@@ -1,7 +1,7 @@
 r"""The cost of a phase as the run grows: per-phase wall time of finished runs, table and plot.
 
-    python benchmarks/phase_cost.py runs/cifar10_cpu runs/cifar10_2x8 \
-        --out=benchmarks/results/phase_cost
+    python -m benchmarks.phase_cost runs/cifar10_cpu runs/cifar10_2x8 \
+        --output_dir=benchmarks/results/phase_cost
 
 Reads each workdir's `metrics.json` (written by `tools/train.py`) and splits
 every phase's wall time into the parts the run recorded: `train_seconds`
@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from benchmarks import harness
 
 FLAGS = flags.FLAGS
 FINE_PARTS = ("level1", "level2", "herding", "evaluation", "export")
@@ -30,7 +28,7 @@ RECORDED_PARTS = ("train", "herding_and_evaluation")
 
 
 def define_flags() -> None:
-    flags.DEFINE_string("out", "benchmarks/results/phase_cost", "Output directory.")
+    harness.define_output_dir("benchmarks/results/phase_cost")
 
 
 def phase_costs(metrics: dict) -> list[dict]:
@@ -53,16 +51,12 @@ def table(runs: dict[str, list[dict]]) -> str:
     lines = []
     for name, rows in runs.items():
         parts = list(rows[0]["seconds"]) if rows else []
-        lines += [f"**{name}**", "",
-                  "| phase | seen classes | exemplars | training images | "
-                  + " | ".join(f"{p} s" for p in parts) + " | total s |",
-                  "|---" * (len(parts) + 5) + "|"]
-        for r in rows:
-            lines.append(f"| {r['phase']} | {r['seen_classes']} | {r['exemplars']} | "
-                         f"{r['train_images']} | "
-                         + " | ".join(f"{r['seconds'][p]:.1f}" for p in parts)
-                         + f" | {r['total_seconds']:.1f} |")
-        lines.append("")
+        lines += [f"**{name}**", "", harness.markdown_table(
+            ["phase", "seen classes", "exemplars", "training images",
+             *(f"{p} s" for p in parts), "total s"],
+            [[r["phase"], r["seen_classes"], r["exemplars"], r["train_images"],
+              *(f"{r['seconds'][p]:.1f}" for p in parts), f"{r['total_seconds']:.1f}"]
+             for r in rows])]
     return "\n".join(lines)
 
 
@@ -85,15 +79,11 @@ def plot(runs: dict[str, list[dict]], path: str) -> None:
         ax.set_ylabel("wall seconds")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    harness.write_figure(fig, path)
 
 
 def report(workdirs: list[str], out: str) -> str:
     """Read the workdirs' metrics, write the table, JSON and plot into `out`; the table."""
-    from aanets_tf import atomic_io
-
     runs = {}
     for workdir in workdirs:
         path = os.path.join(workdir, "metrics.json")
@@ -102,9 +92,7 @@ def report(workdirs: list[str], out: str) -> str:
         with open(path) as f:
             runs[os.path.basename(os.path.normpath(workdir))] = phase_costs(json.load(f))
     markdown = table(runs)
-    atomic_io.write_json(os.path.join(out, "phase_cost.json"),
-                         {"workdirs": workdirs, "runs": runs})
-    atomic_io.write_text(os.path.join(out, "phase_cost.md"), markdown)
+    harness.write_report(out, "phase_cost", {"workdirs": workdirs, "runs": runs}, markdown)
     plot(runs, os.path.join(out, "phase_cost.png"))
     return markdown
 
@@ -113,7 +101,7 @@ def main(argv):
     if not argv[1:]:
         raise app.UsageError("Name one or more workdirs of finished runs (each with "
                              "metrics.json).")
-    print(report(argv[1:], FLAGS.out))
+    print(report(argv[1:], FLAGS.output_dir))
     return 0
 
 

@@ -1,34 +1,30 @@
 r"""Where a training step's time goes: a TensorFlow profiler trace, summarised by op type.
 
-    python benchmarks/profile_steps.py --flagfile=flags/cifar10_cpu.flags \
-        --out=benchmarks/results/profile
+    python -m benchmarks.profile_steps --flagfile=flags/cifar10_cpu.flags \
+        --output_dir=benchmarks/results/profile
 
-Builds the steps of `benchmarks/throughput.py` (phase 0 and AANet Level 1 by
+Builds the steps of `benchmarks.throughput` (phase 0 and AANet Level 1 by
 default, `--profile_steps`), warms them up, then records
 `--profiled_steps` steps of each under `tf.profiler.experimental` (one trace
 per step type, viewable in TensorBoard's profile plugin:
-`tensorboard --logdir <out>/<step>`). The trace's host events are summarised
+`tensorboard --logdir <output_dir>/<step>`). The trace's host events are summarised
 by op type with self time (an event's duration minus the events nested in it
 on the same thread), summed over the threads: the share of CPU time each kind
-of op takes. Writes `profile.json` and `profile.md` into `--out`.
+of op takes. Writes `profile.json` and `profile.md` into `--output_dir`.
 """
 
 from __future__ import annotations
 
 import collections
 import glob
+import json
 import os
-import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from benchmarks import machine, throughput  # noqa: E402
-from tools import train_flags  # noqa: E402
+from benchmarks import harness, throughput
+from tools import train_flags
 
 FLAGS = flags.FLAGS
 PROFILABLE = throughput.MODEL_STEPS
@@ -36,13 +32,13 @@ PROFILABLE = throughput.MODEL_STEPS
 
 def define_flags() -> None:
     train_flags.define_flags()
-    flags.DEFINE_string("out", "benchmarks/results/profile", "Output directory.")
-    flags.DEFINE_list("profile_steps", ["phase0", "level1_aanet"],
-                      f"Steps to profile, from {', '.join(PROFILABLE)}.")
+    harness.define_output_dir("benchmarks/results/profile")
+    harness.define_choices("profile_steps", ["phase0", "level1_aanet"], PROFILABLE,
+                           "Steps to profile")
     flags.DEFINE_integer("profiled_steps", 5, "Steps recorded per step type.")
     flags.DEFINE_integer("top", 12, "Op types listed per step type.")
     flags.DEFINE_bool("from_traces", False,
-                      "Only summarise the traces already recorded in --out (no new "
+                      "Only summarise the traces already recorded in --output_dir (no new "
                       "profile; wall times from its profile.json).")
     flags.DEFINE_bool("keras_batch_norm", False,
                       "Build with Keras' BatchNormalization (separate ops) instead of "
@@ -125,7 +121,7 @@ def profile_step(bench, step: str, steps: int, logdir: str) -> dict:
     return {"steps": steps, "wall_ms_per_step": 1e3 * wall / steps,
             "cores": os.cpu_count(), "self_ms_per_step": per_step,
             "categories": categories(per_step),
-            "trace": os.path.relpath(paths[-1], REPO_ROOT)}
+            "trace": os.path.relpath(paths[-1], harness.REPO_ROOT)}
 
 
 # Op types by what they do; everything else is elementwise work and reductions
@@ -152,13 +148,12 @@ def categories(ops: dict[str, float]) -> dict[str, float]:
 
 def category_table(results: dict) -> str:
     names = list(categories({}))
-    lines = ["| step | ms per step | " + " | ".join(names) + " |",
-             "|---" * (len(names) + 2) + "|"]
+    rows = []
     for step, result in results.items():
         shares = categories(result["self_ms_per_step"])
-        lines.append(f"| {step} | {result['wall_ms_per_step']:.0f} | "
-                     + " | ".join(f"{shares[n]:.0f}%" for n in names) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append([step, f"{result['wall_ms_per_step']:.0f}",
+                     *(f"{shares[n]:.0f}%" for n in names)])
+    return harness.markdown_table(["step", "ms per step", *names], rows)
 
 
 def table(results: dict, top: int) -> str:
@@ -171,23 +166,28 @@ def table(results: dict, top: int) -> str:
                    f"under the profiler); its TensorFlow ops run {total:.0f} ms per step "
                    f"summed over threads ({result['cores']} cores: {busy:.0f}% busy)."),
                   "",
-                  "| op type | self ms / step | share |", "|---|---|---|"]
-        for name, ms in list(ops.items())[:top]:
-            lines.append(f"| `{name}` | {ms:.1f} | {100 * ms / total:.1f}% |")
-        lines.append("")
+                  harness.markdown_table(
+                      ["op type", "self ms / step", "share"],
+                      [[f"`{name}`", f"{ms:.1f}", f"{100 * ms / total:.1f}%"]
+                       for name, ms in list(ops.items())[:top]])]
     return "\n".join(lines)
+
+
+def write(report: dict, output_dir: str, top: int) -> None:
+    """Write `report` as profile.json and its tables as profile.md; print the tables."""
+    markdown = (f"Machine: {harness.summary_line(report['machine'])}. BatchNorm: "
+                f"{report.get('batch_norm', 'fused')}.\n\n" + table(report["profiles"], top))
+    harness.write_report(output_dir, "profile", report, markdown)
+    print(markdown)
 
 
 def main(argv):
     config = train_flags.config_for_main(argv)
-    unknown = sorted(set(FLAGS.profile_steps) - set(PROFILABLE))
-    if unknown:
-        raise app.UsageError(f"--profile_steps: unknown {unknown}; choose from {PROFILABLE}.")
     if FLAGS.from_traces:
-        return _from_traces(FLAGS.out)
+        return _from_traces(FLAGS.output_dir)
     import keras
 
-    from aanets_tf import atomic_io, residual
+    from aanets_tf import residual
 
     if FLAGS.keras_batch_norm:
         residual.make_batch_norm = lambda name: keras.layers.BatchNormalization(
@@ -197,42 +197,27 @@ def main(argv):
     bench = throughput.StepBench(config, data, plan, config.mixed_precision,
                                  config.jit_compile)
     results = {step: profile_step(bench, step, FLAGS.profiled_steps,
-                                  os.path.join(FLAGS.out, step))
+                                  os.path.join(FLAGS.output_dir, step))
                for step in FLAGS.profile_steps}
-    described = machine.describe()
-    report = {"machine": described, "config": config.to_dict(), "profiles": results,
+    report = {"machine": harness.describe(), "config": config.to_dict(), "profiles": results,
               "batch_norm": "keras" if FLAGS.keras_batch_norm else "fused"}
-    markdown = (f"Machine: {machine.summary_line(described)}. BatchNorm: "
-                f"{report['batch_norm']}.\n\n"
-                + table(results, FLAGS.top))
-    atomic_io.write_json(os.path.join(FLAGS.out, "profile.json"), report)
-    atomic_io.write_text(os.path.join(FLAGS.out, "profile.md"), markdown)
-    print(markdown)
+    write(report, FLAGS.output_dir, FLAGS.top)
     return 0
 
 
-def _from_traces(out: str) -> int:
-    """Rewrite `out`'s profile.json and profile.md from its recorded traces."""
-    import json
-
-    from aanets_tf import atomic_io
-
-    with open(os.path.join(out, "profile.json")) as f:
+def _from_traces(output_dir: str) -> int:
+    """Rewrite `output_dir`'s profile.json and profile.md from its recorded traces."""
+    with open(os.path.join(output_dir, "profile.json")) as f:
         report = json.load(f)
     for step, result in report["profiles"].items():
-        paths = sorted(glob.glob(os.path.join(out, step, "plugins", "profile", "*",
+        paths = sorted(glob.glob(os.path.join(output_dir, step, "plugins", "profile", "*",
                                               "*.xplane.pb")), key=os.path.getmtime)
         ops = summarize_xspace(paths[-1])
         result["self_ms_per_step"] = {k: v / result["steps"] for k, v in
                                       sorted(ops.items(), key=lambda kv: -kv[1])}
         result["categories"] = categories(result["self_ms_per_step"])
         result.setdefault("cores", report["machine"]["cpus"])
-    markdown = (f"Machine: {machine.summary_line(report['machine'])}. BatchNorm: "
-                f"{report.get('batch_norm', 'fused')}.\n\n"
-                + table(report["profiles"], FLAGS.top))
-    atomic_io.write_json(os.path.join(out, "profile.json"), report)
-    atomic_io.write_text(os.path.join(out, "profile.md"), markdown)
-    print(markdown)
+    write(report, output_dir, FLAGS.top)
     return 0
 
 

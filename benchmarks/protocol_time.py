@@ -1,11 +1,11 @@
 r"""The whole CPU protocol, ours against the PyTorch loop, timed in one run (issue 18).
 
-    python benchmarks/protocol_time.py --flagfile=flags/cifar10_cpu.flags \
-        --out=benchmarks/results/protocol_time
+    python -m benchmarks.protocol_time --flagfile=flags/cifar10_cpu.flags \
+        --output_dir=benchmarks/results/protocol_time
 
     # a quick check of the machinery: 1 epoch a phase, 20 images per class
-    python benchmarks/protocol_time.py --flagfile=flags/cifar10_cpu.flags \
-        --epochs=1 --train_images_per_class=20 --out=/tmp/protocol_time
+    python -m benchmarks.protocol_time --flagfile=flags/cifar10_cpu.flags \
+        --epochs=1 --train_images_per_class=20 --output_dir=/tmp/protocol_time
 
 Issue 18 asks for the whole CPU protocol in at most half the wall time of a
 PyTorch loop run as the authors' code runs it, whose loop also tests after
@@ -14,14 +14,14 @@ another (never side by side: they would share the cores), each as a
 subprocess whose wall clock is timed from launch to exit:
 (a) `ours`: `tools/train.py` with the flags and `--noexport`, in a temporary
     workdir (its `metrics.json` gives per-phase seconds and accuracies);
-(b) `torch`: `benchmarks/torch_protocol.py` with the same flags;
+(b) `torch`: `benchmarks.pytorch.protocol` with the same flags;
 (c) `torch_test_every_epoch`: the same with `--test_every_epoch`, the test
     pass the authors' loop runs after every epoch;
 (d) `ours_auto`: (a) with `--mixed_precision=auto`, the precision the machine
     picks (`aanets_tf.precision.resolve`: mixed_bfloat16 on a CPU with
     AVX-512-BF16 or AMX); skipped where that is the precision (a) ran in.
 Every run setting (`--epochs`, `--train_images_per_class`, `--seed`, ...)
-reaches all three through one generated flagfile; `--runs` picks which run.
+reaches all three through one generated flagfile; `--only` picks which runs.
 
 For (b) and (c), against (a) and (d), the report gives theirs / ours of
 - the process wall time (the claim): everything each process does, imports,
@@ -33,7 +33,7 @@ and whether theirs / ours reaches `--target` (2: "at most half the wall
 time"), judged on the process wall time. Per phase: seconds, CNN and NME
 accuracy; their averages over the phases (average incremental accuracy).
 
-Writes `protocol_time.json` and `protocol_time.md` into `--out`, with the
+Writes `protocol_time.json` and `protocol_time.md` into `--output_dir`, with the
 runs' output in `logs/<run>.log`, ours' `metrics.json` as
 `ours_metrics.json`, and the PyTorch loop's reports (`torch_protocol*.json`).
 The machine is shared: the load average before and after each run is
@@ -45,18 +45,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from tools import train_flags  # noqa: E402
+from benchmarks import harness, pytorch
+from tools import train_flags
 
 FLAGS = flags.FLAGS
 OURS, OURS_AUTO = "ours", "ours_auto"
@@ -68,30 +62,28 @@ DESCRIPTIONS = {
     TORCH: "PyTorch loop, no per-epoch test",
     TORCH_TESTED: "PyTorch loop + per-epoch test (the authors' loop)",
 }
-TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
-TORCH_PROTOCOL = os.path.join(REPO_ROOT, "benchmarks", "torch_protocol.py")
+TORCH_PROTOCOL = "benchmarks.pytorch.protocol"
 
 
 def define_flags() -> None:
     train_flags.define_flags()
-    flags.DEFINE_string("out", "benchmarks/results/protocol_time", "Output directory.")
-    flags.DEFINE_list("runs", list(RUNS), f"Runs, in this order, from {', '.join(RUNS)}.")
-    flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads of the PyTorch loop "
-                                             "(0: the machine's cores).")
+    harness.define_output_dir("benchmarks/results/protocol_time")
+    harness.define_only(RUNS, "Runs, in this order")
+    pytorch.define_torch_threads()
     flags.DEFINE_float("target", 2.0, "The target of theirs / ours wall time.")
 
 
 def command(name: str, flagfile: str, workdir: str, out_dir: str, threads: int) -> list[str]:
     """The subprocess of run `name`."""
     if name in (OURS, OURS_AUTO):
-        return [sys.executable, TRAIN, f"--flagfile={flagfile}", f"--workdir={workdir}",
-                "--overwrite", "--noexport"] + (
-                    ["--mixed_precision=auto"] if name == OURS_AUTO else [])
+        return harness.train_command(f"--flagfile={flagfile}", f"--workdir={workdir}",
+                                     "--overwrite", "--noexport",
+                                     *(["--mixed_precision=auto"] if name == OURS_AUTO else []))
     if name not in (TORCH, TORCH_TESTED):
         raise ValueError(f"Unknown run. Expected one of {RUNS}. Received: {name!r}")
-    result = [sys.executable, TORCH_PROTOCOL, f"--flagfile={flagfile}", f"--out={out_dir}",
-              f"--threads={threads}"]
-    return result + (["--test_every_epoch"] if name == TORCH_TESTED else [])
+    return harness.python_command(TORCH_PROTOCOL, f"--flagfile={flagfile}",
+                                  f"--output_dir={out_dir}", f"--torch_threads={threads}",
+                                  *(["--test_every_epoch"] if name == TORCH_TESTED else []))
 
 
 def ours_summary(metrics: dict) -> dict:
@@ -113,7 +105,7 @@ def ours_summary(metrics: dict) -> dict:
 
 
 def torch_summary(report: dict) -> dict:
-    """Per-phase seconds and accuracies of a `benchmarks/torch_protocol.py` report."""
+    """Per-phase seconds and accuracies of a `benchmarks.pytorch.protocol` report."""
     phases = []
     for p in report["phases"]:
         t = p["timings"]
@@ -130,20 +122,17 @@ def run_one(name: str, argv: list[str], log_path: str, log=print,
             description: str | None = None) -> dict:
     """Run one subprocess to its end, its output into `log_path`; its wall time and status."""
     log(f"run {name}: {' '.join(argv)}")
-    load_before = os.getloadavg()
-    start = time.perf_counter()
-    with open(log_path, "w") as out:
-        code = subprocess.call(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-    wall = time.perf_counter() - start
+    finished = harness.run(argv, log_path)
     record = {"name": name, "description": description or DESCRIPTIONS[name], "command": argv,
-              "returncode": code, "wall_seconds": wall, "log": log_path,
-              "load_average_1_5_15_min": {"before": load_before, "after": os.getloadavg()}}
-    if code:
-        with open(log_path) as f:
-            tail = f.read()[-3000:]
-        log(f"run {name} failed (exit code {code}); the end of {log_path}:\n{tail}")
+              "returncode": finished.returncode, "wall_seconds": finished.wall_seconds,
+              "log": log_path,
+              "load_average_1_5_15_min": {"before": finished.load_average_before,
+                                          "after": finished.load_average_after}}
+    if finished.returncode:
+        log(f"run {name} failed (exit code {finished.returncode}); the end of {log_path}:\n"
+            f"{finished.log_tail()}")
     else:
-        log(f"run {name}: {wall:.1f}s")
+        log(f"run {name}: {finished.wall_seconds:.1f}s")
     return record
 
 
@@ -189,57 +178,48 @@ def table(report: dict) -> str:
                 f"{config['mixed_precision']} (ours unless the run names another; the PyTorch "
                 "loop is float32). The runs "
                 "ran one after another.")
-    lines += ["", settings, "",
-              "| run | wall s | phases s | " + " | ".join(
-                  f"phase {k} s" for k in range(num_phases))
-              + " | of which per-epoch tests s | CNN avg % | NME avg % | load before |",
-              "|---" * (num_phases + 7) + "|"]
+    header = ["run", "wall s", "phases s", *(f"phase {k} s" for k in range(num_phases)),
+              "of which per-epoch tests s", "CNN avg %", "NME avg %", "load before"]
+    rows = []
     for r in runs:
         cells = [f"{p['seconds']:.1f}" for p in r["phases"]]
         cells += ["-"] * (num_phases - len(cells))
         tests = sum(p["epoch_tests"] for p in r["phases"])
-        lines.append(f"| {r['description']} | {r['wall_seconds']:.1f} | "
-                     f"{r['phases_seconds']:.1f} | " + " | ".join(cells)
-                     + f" | {tests:.1f} | {r['average']['cnn']:.2f} | "
-                     f"{r['average']['nme']:.2f} | "
-                     f"{r['load_average_1_5_15_min']['before'][0]:.2f} |")
-    failed = [r for r in report["runs"].values() if r["returncode"]]
-    for r in failed:
-        lines.append(f"| {r['description']} | failed (exit code {r['returncode']}; "
-                     f"{r['log']}) |" + " |" * (num_phases + 6))
-    lines += ["", ("Wall: the process from launch to exit. Phases: each run's own clock of "
-                   "its phases' training, per-epoch tests, herding and evaluation (startup, "
-                   "data reading and building each phase's network excluded)."), ""]
+        rows.append([r["description"], f"{r['wall_seconds']:.1f}", f"{r['phases_seconds']:.1f}",
+                     *cells, f"{tests:.1f}", f"{r['average']['cnn']:.2f}",
+                     f"{r['average']['nme']:.2f}",
+                     f"{r['load_average_1_5_15_min']['before'][0]:.2f}"])
+    for r in report["runs"].values():
+        if r["returncode"]:
+            failed = f"failed (exit code {r['returncode']}; {r['log']})"
+            rows.append([r["description"], failed] + [""] * (len(header) - 2))
+    lines += ["", settings, "", harness.markdown_table(header, rows),
+              ("Wall: the process from launch to exit. Phases: each run's own clock of "
+               "its phases' training, per-epoch tests, herding and evaluation (startup, "
+               "data reading and building each phase's network excluded)."), ""]
     if report["comparisons"]:
-        lines += ["| comparison | theirs / ours, wall | theirs / ours, phases | target | |",
-                  "|---|---|---|---|---|"]
-        for c in report["comparisons"].values():
-            verdict = ("met" if c["met"]
-                       else f"missed (needs {c['short_by']:.2f}x more)")
-            lines.append(f"| {c['description']} | {c['wall_ratio']:.2f} | "
-                         f"{c['phases_ratio']:.2f} | >= {c['target']:g} | {verdict} |")
-        lines.append("")
-    lines += ["| run | CNN % per phase | NME % per phase |", "|---|---|---|"]
-    for r in runs:
-        lines.append(f"| {r['description']} | "
-                     + ", ".join(f"{p['cnn']:.2f}" for p in r["phases"]) + " | "
-                     + ", ".join(f"{p['nme']:.2f}" for p in r["phases"]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(harness.markdown_table(
+            ["comparison", "theirs / ours, wall", "theirs / ours, phases", "target", ""],
+            [[c["description"], f"{c['wall_ratio']:.2f}", f"{c['phases_ratio']:.2f}",
+              f">= {c['target']:g}",
+              "met" if c["met"] else f"missed (needs {c['short_by']:.2f}x more)"]
+             for c in report["comparisons"].values()]))
+    lines.append(harness.markdown_table(
+        ["run", "CNN % per phase", "NME % per phase"],
+        [[r["description"], ", ".join(f"{p['cnn']:.2f}" for p in r["phases"]),
+          ", ".join(f"{p['nme']:.2f}" for p in r["phases"])] for r in runs]))
+    return "\n".join(lines)
 
 
 def main(argv):
     config = train_flags.config_for_main(argv)
-    unknown = [r for r in FLAGS.runs if r not in RUNS]
-    if unknown or not FLAGS.runs or len(set(FLAGS.runs)) != len(FLAGS.runs):
-        raise app.UsageError(f"--runs must name distinct runs from {list(RUNS)}. "
-                             f"Received: --runs={','.join(FLAGS.runs)}")
-    if FLAGS.torch_threads < 0:
-        raise app.UsageError(f"--torch_threads must be >= 0. "
-                             f"Received: --torch_threads={FLAGS.torch_threads}")
+    if not FLAGS.only or len(set(FLAGS.only)) != len(FLAGS.only):
+        raise app.UsageError(f"--only must name distinct runs from {list(RUNS)}. "
+                             f"Received: --only={','.join(FLAGS.only)}")
     if FLAGS.target <= 0:
         raise app.UsageError(f"--target must be positive. Received: --target={FLAGS.target}")
-    if any(r != OURS for r in FLAGS.runs):
-        from benchmarks import torch_protocol
+    if any(r != OURS for r in FLAGS.only):
+        from benchmarks.pytorch import protocol as torch_protocol
 
         try:
             torch_protocol.check_supported(config)
@@ -248,9 +228,7 @@ def main(argv):
     if config.data_dir and config.dataset != "folder":
         # The subprocesses run from the repository's root.
         config = config.replace(data_dir=os.path.abspath(config.data_dir))
-    from aanets_tf import atomic_io
-
-    out_dir = os.path.abspath(FLAGS.out)
+    out_dir = os.path.abspath(FLAGS.output_dir)
     logs = os.path.join(out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     runs = {}
@@ -258,8 +236,8 @@ def main(argv):
         flagfile = os.path.join(tmp, "protocol.flags")
         with open(flagfile, "w") as f:
             f.write(train_flags.config_to_flagfile(
-                config, "The timed configuration (benchmarks/protocol_time.py)."))
-        for name in FLAGS.runs:
+                config, "The timed configuration (benchmarks.protocol_time)."))
+        for name in FLAGS.only:
             description = None
             if name == OURS_AUTO:
                 from aanets_tf import precision
@@ -281,27 +259,24 @@ def main(argv):
                     with open(metrics_path) as f:
                         record.update(ours_summary(json.load(f)))
                 else:
-                    from benchmarks import torch_protocol
+                    from benchmarks.pytorch import protocol as torch_protocol
 
-                    with open(os.path.join(out_dir, torch_protocol.output_name(
-                            name == TORCH_TESTED))) as f:
+                    with open(os.path.join(out_dir, torch_protocol.report_name(
+                            name == TORCH_TESTED) + ".json")) as f:
                         record.update(torch_summary(json.load(f)))
                 record["phases_seconds"] = sum(p["seconds"] for p in record["phases"])
             runs[name] = record
 
-    from benchmarks import machine
-
-    described = machine.describe()
+    described = harness.describe()
     torch_versions = next((r["torch"] for r in runs.values() if "torch" in r), None)
     report = {"config": config.to_dict(), "runs": runs, "target": FLAGS.target,
               "comparisons": compare(runs, FLAGS.target), "machine": described,
-              "machine_summary": machine.summary_line(described), "torch": torch_versions}
+              "machine_summary": harness.summary_line(described), "torch": torch_versions}
     markdown = table(report)
-    atomic_io.write_json(os.path.join(out_dir, "protocol_time.json"), report)
-    atomic_io.write_text(os.path.join(out_dir, "protocol_time.md"), markdown)
+    _, markdown_path = harness.write_report(out_dir, "protocol_time", report, markdown)
     print()
     print(markdown)
-    print(f"Report: {os.path.join(out_dir, 'protocol_time.md')}")
+    print(f"Report: {markdown_path}")
     return 1 if any(r["returncode"] for r in runs.values()) else 0
 
 

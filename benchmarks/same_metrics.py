@@ -1,6 +1,6 @@
 r"""Do two runs' metrics.json agree, timings aside? The check behind "figures unchanged".
 
-    python benchmarks/same_metrics.py runs/before/metrics.json runs/after/metrics.json
+    python -m benchmarks.same_metrics runs/before/metrics.json runs/after/metrics.json
 
 Run the same flagfile with --deterministic from two commits (e.g. a `git
 worktree` of each), then compare: exit 0 when every value agrees exactly once
@@ -13,13 +13,11 @@ aside; exit 1 with the differing fields otherwise.
 from __future__ import annotations
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
 
-from aanets_tf.checkpointing import current_loss_names  # noqa: E402
-from aanets_tf.reporting import without_timings  # noqa: E402
+from aanets_tf.checkpointing import current_loss_names
+from aanets_tf.reporting import without_timings
 
 
 def comparable(path: str) -> dict:
@@ -44,8 +42,7 @@ def differences(a: dict, b: dict, where: str = "") -> list[str]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print(__doc__, file=sys.stderr)
-        return 2
+        raise app.UsageError(f"Name two metrics.json files. Received: {argv[1:]}")
     found = differences(comparable(argv[1]), comparable(argv[2]))
     for line in found[:50]:
         print(line)
@@ -54,4 +51,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    app.run(main)

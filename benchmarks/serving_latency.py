@@ -1,8 +1,8 @@
 r"""Latency of the exported signatures: the request checks' cost, and the Keras model beside them.
 
-    python benchmarks/serving_latency.py --out=benchmarks/results/serving_latency
-    python benchmarks/serving_latency.py --workdir=runs/cifar --phase=4   # a trained phase
-    python benchmarks/serving_latency.py --arch=resnet8 --rounds=2 --latency_calls=20  # quick
+    python -m benchmarks.serving_latency --output_dir=benchmarks/results/serving_latency
+    python -m benchmarks.serving_latency --workdir=runs/cifar --phase=4   # a trained phase
+    python -m benchmarks.serving_latency --arch=resnet8 --rounds=2 --latency_calls=20  # quick
 
 Builds the network of an AANet phase (random weights; `--workdir` loads a
 run's phase checkpoint instead), exports it twice with
@@ -27,21 +27,17 @@ is the ratio of medians of `checked` to `unchecked` (beside it: the median of
 per-call ratios, the ratio of 10th percentiles, and the ratio of median process
 CPU time, which leaves out the waits for a core on a shared machine). Batch-`--batch_size` throughput is images per second per round
 (median over rounds). Writes `serving_latency.json` and `serving_latency.md`
-under `--out`, with the CPU model and flags (benchmarks/machine.py).
+under `--output_dir`, with the CPU model and flags (`harness.describe`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from benchmarks import machine  # noqa: E402
+from benchmarks import harness
 
 FLAGS = flags.FLAGS
 CHECKS_BUDGET = 1.05  # the checks may cost at most 5% of batch-1 latency
@@ -64,7 +60,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("warmup_calls", 5, "Untimed calls per variant and batch size.",
                          lower_bound=1)
     flags.DEFINE_boolean("keras", True, "Also time the Keras model (predict_on_batch, eager).")
-    flags.DEFINE_string("out", "runs/serving_latency", "Output directory.")
+    harness.define_output_dir("runs/serving_latency", "the report and the exported models")
 
 
 def benchmark_network():
@@ -99,12 +95,10 @@ def percentile_ms(samples: list[float], q: float) -> float:
 
 
 def results_table(results: dict) -> str:
-    lines = ["| | batch 1 p50 (ms) | batch 1 p99 (ms) | batch "
-             f"{FLAGS.batch_size} (images/s) |", "|---|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['batch1_p50_ms']:.2f} | {r['batch1_p99_ms']:.2f} | "
-                     f"{r['throughput_images_per_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+    return harness.markdown_table(
+        ["", "batch 1 p50 (ms)", "batch 1 p99 (ms)", f"batch {FLAGS.batch_size} (images/s)"],
+        [[name, f"{r['batch1_p50_ms']:.2f}", f"{r['batch1_p99_ms']:.2f}",
+          f"{r['throughput_images_per_s']:.0f}"] for name, r in results.items()])
 
 
 def checks_cost(latency: dict, cpu: dict, checked: str, unchecked: str) -> dict:
@@ -119,7 +113,9 @@ def checks_cost(latency: dict, cpu: dict, checked: str, unchecked: str) -> dict:
 
     a, b = np.asarray(latency[checked]), np.asarray(latency[unchecked])
     ratio = float(np.median(a) / np.median(b))
-    return {"ratio_of_medians": ratio, "median_of_paired_ratios": float(np.median(a / b)),
+    return {"ratio_of_medians": ratio,
+            "median_of_paired_ratios": harness.paired_ratio(latency[checked],
+                                                            latency[unchecked]),
             "ratio_of_p10": float(np.percentile(a, 10) / np.percentile(b, 10)),
             "cpu_ratio_of_medians": float(np.median(cpu[checked]) / np.median(cpu[unchecked])),
             "added_ms_median": float((np.median(a) - np.median(b)) * 1e3),
@@ -135,13 +131,13 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from aanets_tf import atomic_io, serving
+    from aanets_tf import serving
 
     network, class_ids, label_names, description = benchmark_network()
     signatures = {}
     export_seconds = {}
     for kind, checks in (("checked", True), ("unchecked", False)):
-        path = os.path.join(FLAGS.out, "export", kind)
+        path = os.path.join(FLAGS.output_dir, "export", kind)
         start = time.perf_counter()
         serving.write_saved_model(network, path, class_ids, label_names,
                                   limits=serving.ServingLimits(), checks=checks)
@@ -219,7 +215,7 @@ def main(argv):
             "serving_bytes (PNG)": checks_cost(latency, cpu, "png_checked", "png_unchecked"),
             "serving_bytes (JPEG)": checks_cost(latency, cpu, "jpeg_checked",
                                                 "jpeg_unchecked")}
-    described = machine.describe()
+    described = harness.describe()
     report = {
         "model": description,
         "export_seconds": export_seconds,
@@ -231,7 +227,6 @@ def main(argv):
         "checks_budget": CHECKS_BUDGET,
         "results": results,
     }
-    atomic_io.write_json(os.path.join(FLAGS.out, "serving_latency.json"), report)
     table = results_table(results)
     summary = "\n".join(
         f"- {name}: checks cost {c['ratio_of_medians']:.3f}x batch-1 latency (ratio of medians,"
@@ -239,9 +234,9 @@ def main(argv):
         f"{c['median_of_paired_ratios']:.3f}x, of 10th percentiles {c['ratio_of_p10']:.3f}x, of "
         f"CPU time {c['cpu_ratio_of_medians']:.3f}x); budget {CHECKS_BUDGET:.2f}x: "
         f"{'pass' if c['within_budget'] else 'FAIL'}" for name, c in cost.items())
-    text = (f"{description}\n\nMachine: {machine.summary_line(described)}; load average "
+    text = (f"{description}\n\nMachine: {harness.summary_line(described)}; load average "
             f"{report['load_average'][0]:.2f}\n\n{table}\n{summary}\n")
-    atomic_io.write_text(os.path.join(FLAGS.out, "serving_latency.md"), text)
+    harness.write_report(FLAGS.output_dir, "serving_latency", report, text)
     print(text)
     return 0
 

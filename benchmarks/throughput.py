@@ -1,7 +1,7 @@
 r"""Throughput of the training and evaluation steps: plain ResNet against AANet.
 
-    python benchmarks/throughput.py --flagfile=flags/cifar10_cpu.flags \
-        --out=benchmarks/results/throughput
+    python -m benchmarks.throughput --flagfile=flags/cifar10_cpu.flags \
+        --output_dir=benchmarks/results/throughput
 
 Images per second, after warm-up, median of `--repeats` timed repeats of
 `--steps` steps each, for
@@ -28,38 +28,31 @@ Memory: the peak resident set size of this process, and (with
 `--protocol_epochs` > 0) of the flagfile's whole protocol run by
 `tools/train.py` with that many epochs per phase.
 
-Writes `throughput.json` and `throughput.md` (the table) into `--out`.
+Writes `throughput.json` and `throughput.md` (the table) into `--output_dir`.
 
 With `--torch_reference` the same run also times the PyTorch reference of
-`benchmarks/torch_reference.py` (needs `pip install -r
-benchmarks/requirements-torch.txt`) on the same batches, every step of both
+`benchmarks.pytorch.reference` (needs `pip install -r
+benchmarks/pytorch/requirements.txt`) on the same batches, every step of both
 frameworks interleaved in each repeat, and reports ours / PyTorch images per
 second per step type against the targets of `TORCH_TARGETS` (into
-`benchmarks/results/throughput_torch` unless `--out` is given):
+`benchmarks/results/throughput_torch` unless `--output_dir` is given):
 
-    python benchmarks/throughput.py --flagfile=flags/cifar10_cpu.flags \
+    python -m benchmarks.throughput --flagfile=flags/cifar10_cpu.flags \
         --variants=float32 --torch_reference
 """
 
 from __future__ import annotations
 
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from benchmarks import machine  # noqa: E402
-from benchmarks.throughput_report import (TORCH_VARIANT, compare_frameworks,  # noqa: E402
-                                          summarize, table, torch_table)
-from tools import train_flags  # noqa: E402
+from benchmarks import harness, pytorch
+from benchmarks.throughput_report import (TORCH_VARIANT, compare_frameworks, summarize, table,
+                                          torch_table)
+from tools import train_flags
 
 FLAGS = flags.FLAGS
 # The steps that run a network on one cached batch (the PyTorch reference has them all;
@@ -72,28 +65,24 @@ STEPS = MODEL_STEPS + ("level1_aanet_pipeline", "input_pipeline")
 
 def define_flags() -> None:
     train_flags.define_flags()
-    flags.DEFINE_string("out", "benchmarks/results/throughput", "Output directory.")
-    flags.DEFINE_integer("repeats", 5, "Timed repeats per step (the median is reported).")
-    flags.DEFINE_integer("steps", 3, "Steps per timed repeat.")
+    harness.define_output_dir("benchmarks/results/throughput")
+    harness.define_timing_flags()
     flags.DEFINE_integer("pipeline_steps", 5,
                          "Steps per timed repeat of the two steps the pipeline target "
-                         "compares (cache-fed and pipeline-fed Level 1).")
-    flags.DEFINE_integer("warmup", 2, "Untimed calls per step before timing (tracing, "
-                                      "compilation, caches).")
+                         "compares (cache-fed and pipeline-fed Level 1).", lower_bound=1)
     flags.DEFINE_list("variants", ["config"],
                       "Variants measured side by side: 'config' (the flags' own "
                       "--jit_compile and --mixed_precision), or <precision>[+xla] with "
                       "precision in float32, mixed_float16, mixed_bfloat16, e.g. "
                       "float32,float32+xla,mixed_bfloat16.")
-    flags.DEFINE_list("only", list(STEPS), f"Steps to measure, from {', '.join(STEPS)} "
-                      "(a target is judged when both its steps are measured).")
+    harness.define_only(STEPS, "Steps to measure (a target is judged when both its steps "
+                               "are measured)")
     flags.DEFINE_bool("torch_reference", False,
-                      "Also time the PyTorch reference (benchmarks/torch_reference.py) in "
+                      "Also time the PyTorch reference (benchmarks.pytorch.reference) in "
                       "the same run, interleaved, and report ours / PyTorch ratios. Measures "
                       f"the steps {', '.join(TORCH_STEPS)} unless --only is given, and skips "
                       "the protocol run unless --protocol_epochs is given.")
-    flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for the reference "
-                                             "(0: the machine's cores).")
+    pytorch.define_torch_threads()
     flags.DEFINE_integer("protocol_epochs", 1, "Also run the flagfile's protocol with this "
                                                "many epochs per phase in a subprocess and "
                                                "report its peak memory (0: skip).")
@@ -279,17 +268,11 @@ class StepBench:
 
 
 def load_torch_reference():
-    """`benchmarks.torch_reference`, or a UsageError naming the requirements file."""
-    try:
-        import torch  # noqa: F401
-    except ImportError as error:
-        raise app.UsageError(
-            "--torch_reference needs PyTorch, which is not installed (" + str(error) + "). "
-            "Install the benchmark's pinned CPU build: pip install -r "
-            "benchmarks/requirements-torch.txt") from error
-    from benchmarks import torch_reference
+    """`benchmarks.pytorch.reference`, or a UsageError naming the requirements file."""
+    pytorch.require_torch("--torch_reference")
+    from benchmarks.pytorch import reference
 
-    return torch_reference
+    return reference
 
 
 class TorchBench:
@@ -336,43 +319,15 @@ def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_
         for _ in range(warmup):
             benches[variant].run(step, 1)
         log(f"warm-up {variant:>20} {step:<22} {time.perf_counter() - start:6.1f}s")
-    samples = {v: {s: [] for w, s in tasks if w == v} for v in benches}
-    for r in range(repeats):
-        rotated = tasks[r % len(tasks):] + tasks[:r % len(tasks)]
-        for variant, step in rotated:
-            count = (pipeline_steps if step.startswith("level1_aanet")
-                     else 10 * pipeline_steps if step == "input_pipeline" else steps)
-            images, seconds = benches[variant].run(step, count)
-            samples[variant][step].append(images / seconds)
-        log(f"repeat {r + 1}/{repeats}: " + ", ".join(
-            f"{s} {samples[v][s][-1]:.0f}" for v, s in tasks))
-    return samples
 
+    def images_per_second(variant: str, step: str) -> float:
+        count = (pipeline_steps if step.startswith("level1_aanet")
+                 else 10 * pipeline_steps if step == "input_pipeline" else steps)
+        images, seconds = benches[variant].run(step, count)
+        return images / seconds
 
-def peak_rss_mib() -> float:
-    """This process's peak resident set size."""
-    try:  # Linux: the high-water mark of this program's own memory map.
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    # ru_maxrss is in KiB on Linux, bytes on macOS.
-    scale = 2 ** 20 if sys.platform == "darwin" else 2 ** 10
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
-
-# Runs tools/train.py and, at exit, writes its peak RSS to a file. (A parent's
-# RUSAGE_CHILDREN would count the parent's own memory at fork time.)
-_LAUNCHER = """
-import atexit, runpy, sys
-sys.path.insert(0, {repo!r})
-from benchmarks.throughput import peak_rss_mib
-atexit.register(lambda: open({out!r}, "w").write(str(peak_rss_mib())))
-sys.argv = [{train!r}] + {args!r}
-runpy.run_path({train!r}, run_name="__main__")
-"""
+    return {v: {} for v in benches} | harness.interleaved(tasks, repeats, images_per_second,
+                                                          log)
 
 
 def run_protocol(config, epochs: int, log=print) -> dict:
@@ -380,49 +335,37 @@ def run_protocol(config, epochs: int, log=print) -> dict:
 
     It runs in a temporary workdir, removed afterwards.
     """
-    train = os.path.join(REPO_ROOT, "tools", "train.py")
     with tempfile.TemporaryDirectory(prefix="throughput_protocol_") as tmp:
         flagfile = os.path.join(tmp, "protocol.flags")
         with open(flagfile, "w") as f:
             f.write(train_flags.config_to_flagfile(
-                config, "The benchmarked configuration (benchmarks/throughput.py)."))
-        args = [f"--flagfile={flagfile}", f"--epochs={epochs}",
-                f"--workdir={os.path.join(tmp, 'run')}", "--overwrite", "--noexport"]
-        peak_file = os.path.join(tmp, "peak_rss_mib.txt")
-        launcher = _LAUNCHER.format(repo=REPO_ROOT, out=peak_file, train=train, args=args)
+                config, "The benchmarked configuration (benchmarks.throughput)."))
+        command = harness.train_command(f"--flagfile={flagfile}", f"--epochs={epochs}",
+                                        f"--workdir={os.path.join(tmp, 'run')}", "--overwrite",
+                                        "--noexport")
         log(f"protocol: tools/train.py with the configuration's flags --epochs={epochs}")
-        start = time.perf_counter()
-        process = subprocess.run([sys.executable, "-c", launcher], capture_output=True,
-                                 text=True, cwd=os.getcwd())
-        if process.returncode != 0:
-            raise RuntimeError(f"The protocol run failed:\n{process.stderr[-3000:]}")
-        with open(peak_file) as f:
-            peak = float(f.read())
+        finished = harness.run(command, os.path.join(tmp, "train.log"),
+                               peak_rss_file=os.path.join(tmp, "peak_rss_mib.txt")).check()
     return {"command": f"python tools/train.py <configuration> --epochs={epochs} --noexport",
-            "epochs_per_phase": epochs, "wall_seconds": time.perf_counter() - start,
-            "peak_rss_mib": peak}
+            "epochs_per_phase": epochs, "wall_seconds": finished.wall_seconds,
+            "peak_rss_mib": finished.peak_rss_mib}
 
 
 def main(argv):
     config = train_flags.config_for_main(argv)
     variants = {name: parse_variant(name, config) for name in FLAGS.variants}
-    unknown = sorted(set(FLAGS.only) - set(STEPS))
-    if unknown:
-        raise app.UsageError(f"--only: unknown steps {unknown}; choose from {STEPS}.")
     torch_mode = FLAGS.torch_reference
     if torch_mode:
         load_torch_reference()  # fail before any work when torch is missing
     only = FLAGS.only if FLAGS["only"].present or not torch_mode else TORCH_STEPS
     names = [s for s in STEPS if s in only]
-    out_dir = FLAGS.out
-    if torch_mode and not FLAGS["out"].present:
+    out_dir = FLAGS.output_dir
+    if torch_mode and not FLAGS["output_dir"].present:
         out_dir = "benchmarks/results/throughput_torch"
     protocol_epochs = FLAGS.protocol_epochs
     if torch_mode and not FLAGS["protocol_epochs"].present:
         protocol_epochs = 0
     import psutil
-
-    from aanets_tf import atomic_io
 
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -442,7 +385,7 @@ def main(argv):
     samples = measure(benches, names, FLAGS.repeats, FLAGS.steps, FLAGS.pipeline_steps,
                       FLAGS.warmup)
     summary = summarize({v: s for v, s in samples.items() if v != TORCH_VARIANT})
-    memory = {"benchmark peak RSS (MiB)": round(peak_rss_mib(), 1),
+    memory = {"benchmark peak RSS (MiB)": round(harness.peak_rss_mib(), 1),
               "benchmark RSS at the end (MiB)": round(
                   psutil.Process().memory_info().rss / 2 ** 20, 1)}
     protocol = None
@@ -456,7 +399,7 @@ def main(argv):
                      for name, (p, j) in variants.items()},
         "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps,
         "pipeline_steps_per_repeat": FLAGS.pipeline_steps, "warmup": FLAGS.warmup,
-        "machine": machine.describe(),
+        "machine": harness.describe(),
         "samples_images_per_second": samples,
         "summary": summary,
         "memory": memory,
@@ -475,7 +418,7 @@ def main(argv):
         report.update(torch=versions, parameter_counts=parameters,
                       torch_comparison=comparison, load_average_1_5_15_min=load)
         markdown = (torch_table(comparison, config.batch_size,
-                                machine.summary_line(report["machine"]), versions)
+                                harness.summary_line(report["machine"]), versions)
                     + f"Load average (1, 5, 15 min) before the run: "
                     f"{', '.join(f'{x:.2f}' for x in load['before'])}; after: "
                     f"{', '.join(f'{x:.2f}' for x in load['after'])} "
@@ -483,8 +426,7 @@ def main(argv):
         failed += [f"{v}: {step} ours/PyTorch {row['ratio']:.2f} < {row['target']}"
                    for v, rows in comparison.items() for step, row in rows.items()
                    if "target" in row and not row["reached"]]
-    atomic_io.write_json(os.path.join(out_dir, "throughput.json"), report)
-    atomic_io.write_text(os.path.join(out_dir, "throughput.md"), markdown)
+    harness.write_report(out_dir, "throughput", report, markdown)
     print()
     print(markdown)
     print("All targets met." if not failed else "Targets missed: " + "; ".join(failed))

@@ -1,6 +1,6 @@
 """The throughput benchmark's summaries and tables: ratios within one run, and targets.
 
-`summarize` turns the per-repeat samples of `benchmarks/throughput.py` into
+`summarize` turns the per-repeat samples of `benchmarks.throughput` into
 medians and ratios of time per image within each repeat (load from other work
 hits every step of a repeat alike); `compare_frameworks` does the same between
 this project's steps and the PyTorch reference's.
@@ -9,6 +9,8 @@ this project's steps and the PyTorch reference's.
 from __future__ import annotations
 
 import statistics
+
+from benchmarks.harness import markdown_table, paired_ratio
 
 TARGETS = {  # ratio name -> (slower step, reference step, highest allowed ratio)
     "level1_aanet / phase0": ("level1_aanet", "phase0", 2.5),
@@ -35,7 +37,7 @@ def summarize(samples: dict) -> dict:
         medians = {s: statistics.median(v) for s, v in steps.items()}
 
         def ratio(slow, reference):
-            return statistics.median(r / s for r, s in zip(steps[reference], steps[slow]))
+            return paired_ratio(steps[reference], steps[slow])
 
         out[variant] = {
             "images_per_second": medians,
@@ -49,8 +51,7 @@ def summarize(samples: dict) -> dict:
     first = next(iter(samples))
     for variant in list(out)[1:]:
         out[variant]["speedup_vs_" + first] = {
-            s: statistics.median(v / f for v, f in zip(samples[variant][s], samples[first][s]))
-            for s in samples[first]}
+            s: paired_ratio(samples[variant][s], samples[first][s]) for s in samples[first]}
     return out
 
 
@@ -74,7 +75,7 @@ def compare_frameworks(samples: dict, reference: str = TORCH_VARIANT) -> dict:
         for step in theirs:
             if step not in steps:
                 continue
-            ratio = statistics.median(o / t for o, t in zip(steps[step], theirs[step]))
+            ratio = paired_ratio(steps[step], theirs[step])
             row = {"ours_images_per_second": statistics.median(steps[step]),
                    "torch_images_per_second": statistics.median(theirs[step]),
                    "ratio": ratio,
@@ -96,50 +97,42 @@ def torch_table(comparison: dict, batch_size: int, machine_line: str, versions: 
     lines = [f"Machine: {machine_line}; PyTorch {versions['torch']} "
              f"({versions['threads']} threads).", ""]
     for variant, rows in comparison.items():
-        header = (f"| step (batch {batch_size}) | ours ({variant}) img/s | PyTorch img/s "
-                  "| ours / PyTorch | best repeats' ratio | target | |")
-        lines += [header, "|---|---|---|---|---|---|---|"]
+        cells = []
         for step, row in rows.items():
             verdict, target = "", "-"
             if "target" in row:
                 target = f">= {row['target']}"
                 verdict = ("reached" if row["reached"]
                            else f"missed (needs {row['short_by']:.2f}x more)")
-            lines.append(f"| {step} | {row['ours_images_per_second']:.1f} | "
-                         f"{row['torch_images_per_second']:.1f} | {row['ratio']:.2f} | "
-                         f"{row['best_ratio']:.2f} | {target} | {verdict} |")
-        lines.append("")
+            cells.append([step, f"{row['ours_images_per_second']:.1f}",
+                          f"{row['torch_images_per_second']:.1f}", f"{row['ratio']:.2f}",
+                          f"{row['best_ratio']:.2f}", target, verdict])
+        lines += [markdown_table([f"step (batch {batch_size})", f"ours ({variant}) img/s",
+                                  "PyTorch img/s", "ours / PyTorch", "best repeats' ratio",
+                                  "target", ""], cells)]
     return "\n".join(lines)
 
 
 def table(summary: dict, batch_size: int, memory: dict) -> str:
     """The Markdown table of the README's Performance section."""
     variants = list(summary)
-    lines = ["| step (batch %d) | " % batch_size
-             + " | ".join(f"{v} img/s" for v in variants)
-             + " | time per image vs. reference |",
-             "|---" * (len(variants) + 2) + "|"]
     reference = {"level1_single": "phase0", "level1_aanet": "phase0",
                  "level2_aanet": "phase0", "eval_aanet": "eval_plain",
                  "level1_aanet_pipeline": "level1_aanet"}
     first = summary[variants[0]]
     ratios = {**{n: t["ratio"] for n, t in first["targets"].items()}, **first["ratios"]}
+    speeds = []
     for step in first["images_per_second"]:
-        cells = [f"{summary[v]['images_per_second'][step]:.1f}" for v in variants]
         key = f"{step} / {reference.get(step)}"
         relative = f"{ratios[key]:.2f}x {reference[step]}" if key in ratios else "-"
-        lines.append(f"| {step} | " + " | ".join(cells) + f" | {relative} |")
-    lines.append("")
-    lines.append("| target (time per image) | limit | " + " | ".join(variants) + " |")
-    lines.append("|---" * (len(variants) + 2) + "|")
-    for name, (_, _, limit) in TARGETS.items():
-        if name not in first["targets"]:
-            continue
-        cells = [f"{summary[v]['targets'][name]['ratio']:.2f} "
-                 f"({'pass' if summary[v]['targets'][name]['pass'] else 'FAIL'})"
-                 for v in variants]
-        lines.append(f"| {name} | <= {limit} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for key, value in memory.items():
-        lines.append(f"- {key}: {value}")
+        speeds.append([step, *(f"{summary[v]['images_per_second'][step]:.1f}" for v in variants),
+                       relative])
+    targets = [[name, f"<= {limit}", *(
+        f"{summary[v]['targets'][name]['ratio']:.2f} "
+        f"({'pass' if summary[v]['targets'][name]['pass'] else 'FAIL'})" for v in variants)]
+        for name, (_, _, limit) in TARGETS.items() if name in first["targets"]]
+    lines = [markdown_table([f"step (batch {batch_size})", *(f"{v} img/s" for v in variants),
+                             "time per image vs. reference"], speeds),
+             markdown_table(["target (time per image)", "limit", *variants], targets)]
+    lines += [f"- {key}: {value}" for key, value in memory.items()]
     return "\n".join(lines) + "\n"

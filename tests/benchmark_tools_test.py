@@ -1,10 +1,20 @@
-"""The pure parts of the speed benchmarks: profile summaries, lever ratios, phase costs."""
+"""The benchmarks' harness (flags, machine, launcher, timing, reports), that every benchmark
+module imports as `benchmarks.NAME`, and their pure parts: profile summaries, lever ratios,
+phase costs, the hosts grid's comparison."""
 
 import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
+from absl import flags
 
-from benchmarks import fixed_costs, levers, phase_cost, profile_steps, protocol_time
+from benchmarks import fixed_costs, harness, levers, phase_cost, profile_steps, protocol_time
+
+BENCHMARKS = pathlib.Path(harness.REPO_ROOT) / "benchmarks"
 
 
 def test_self_times_subtract_nested_events_on_a_thread():
@@ -118,3 +128,204 @@ def test_hosts_grid_shares_phase0_within_a_family():
 
     for host, family in hosts.PHASE0_FAMILIES.items():
         assert host_for(TrainConfig(host=host)).phase0 == family
+
+
+def test_hosts_grid_parses_its_run_names_only():
+    from benchmarks import hosts
+
+    assert hosts.parse_run_name("lucir_dual_1993") == ("lucir", "dual", "1993")
+    assert hosts.parse_run_name("icarl_dual_held_out_1994") == ("icarl", "dual_held_out", "1994")
+    for other in ("phase0_cosine_1993", "lucir_dual", "lucir_wide_1993", "lucir_dual_x"):
+        assert hosts.parse_run_name(other) is None
+
+
+def test_hosts_grid_compares_variants_with_the_single_branch_run(tmp_path):
+    from benchmarks import hosts
+    from conftest import write_run_workdir
+
+    runs = tmp_path / "runs"
+    write_run_workdir(runs / "lucir_single_1993", [70, 50, 40, 30], [71, 52, 42, 33],
+                      forgetting={"cnn": 30.0, "nme": 20.0})
+    write_run_workdir(runs / "lucir_dual_1993", [70, 54, 44, 36], [71, 55, 46, 38],
+                      forgetting={"cnn": 25.0, "nme": 18.0})
+    write_run_workdir(runs / "lucir_fixed_1993", [70, 52], [71, 53])  # unfinished
+    write_run_workdir(runs / "phase0_cosine_1993", [70], num_phases=1)  # not a grid run
+    compared = hosts.comparison(str(runs))
+    assert list(compared) == ["lucir_1993"]
+    entry = compared["lucir_1993"]
+    assert list(entry["variants"]) == ["single", "dual"]
+    gain = entry["minus_single"]["dual"]
+    assert gain["average_incremental_accuracy"]["cnn"] == pytest.approx(3.5)
+    assert gain["average_incremental_accuracy"]["nme"] == pytest.approx(3.0)
+    assert gain["forgetting"] == {"cnn": -5.0, "nme": -2.0}
+    markdown = hosts.comparison_table(compared)
+    assert "## LUCIR, class order 1993" in markdown
+    assert "|  | single CNN | single NME | dual CNN | dual NME |" in markdown
+    assert "| phase 3 | 30.00 | 33.00 | 36.00 | 38.00 |" in markdown
+    assert "| average minus single | - | - | +3.50 | +3.00 |" in markdown
+
+
+# === The harness ===
+
+def test_markdown_table_lays_out_header_rule_and_rows():
+    text = harness.markdown_table(["step", "img/s"], [["phase0", 12.5], ("eval", "-")])
+    assert text == ("| step | img/s |\n|---|---|\n| phase0 | 12.5 |\n| eval | - |\n")
+    with pytest.raises(ValueError, match=r"3 cells, the header 2.*'x'"):
+        harness.markdown_table(["a", "b"], [["x", 1, 2]])
+
+
+def test_write_report_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "new" / "dir"
+    json_path, md_path = harness.write_report(str(out), "bench", {"a": [1, 2]}, "| a |\n")
+    assert json.loads(pathlib.Path(json_path).read_text()) == {"a": [1, 2]}
+    assert pathlib.Path(md_path).read_text() == "| a |\n"
+    assert harness.write_report(str(out), "only_json", {"b": 1})[1] is None
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "only_json.json"]
+    with pytest.raises(ValueError):  # NaN is no JSON: nothing half-written is left
+        harness.write_report(str(out), "nan", {"x": float("nan")})
+    assert not (out / "nan.json").exists()
+
+
+def test_machine_description_names_cpu_cores_and_versions():
+    described = harness.describe()
+    assert set(described) == {"cpu", "cpus", "platform", "tensorflow", "keras", "devices"}
+    assert set(described["cpu"]) == {"model", "flags"}
+    assert described["cpus"] == os.cpu_count()
+    line = harness.summary_line(described)
+    assert described["cpu"]["model"] in line and f"TensorFlow {described['tensorflow']}" in line
+    no_flags = {**described, "cpu": {"model": "a CPU", "flags": []}}
+    assert "flags: none of avx2" in harness.summary_line(no_flags)
+
+
+def test_launcher_reports_a_failing_exit_code_and_its_log(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
+    log = tmp_path / "logs" / "fails.log"
+    finished = harness.run(harness.python_command(str(script)), str(log))
+    assert finished.returncode == 3 and finished.wall_seconds > 0
+    assert "about to fail" in finished.log_tail()
+    assert len(finished.load_average_before) == 3
+    with pytest.raises(RuntimeError, match=r"(?s)exit code 3\).*about to fail"):
+        finished.check()
+    # A log is appended to on request (a resumed run's).
+    harness.run(harness.python_command(str(script)), str(log), append=True)
+    assert log.read_text().count("about to fail") == 2
+
+
+def test_launcher_measures_the_childs_peak_memory(tmp_path):
+    script = tmp_path / "allocates.py"
+    # Runs from the repository's root, as `python tools/train.py` would; 64 MiB touched.
+    script.write_text("import os, sys\nassert os.getcwd() == sys.argv[1]\n"
+                      "block = bytearray(64 * 2 ** 20)\n")
+    peak = tmp_path / "peak.txt"
+    peak.write_text("1e9")  # an earlier run's figure is never read
+    finished = harness.run(harness.python_command(str(script), harness.REPO_ROOT),
+                           peak_rss_file=str(peak)).check()
+    assert 64 < finished.peak_rss_mib < 1e9
+    with pytest.raises(ValueError, match="by its path"):
+        harness.launch(harness.python_command("benchmarks.hosts"), peak_rss_file=str(peak))
+
+
+def test_interleaved_rotates_the_order_every_repeat():
+    calls = []
+
+    def sample(variant, step):
+        calls.append((variant, step))
+        return 100.0 * len(calls)
+
+    tasks = [("a", "x"), ("a", "y"), ("b", "x")]
+    samples = harness.interleaved(tasks, 3, sample, log=lambda line: None)
+    assert calls == tasks + tasks[1:] + tasks[:1] + tasks[2:] + tasks[:2]
+    assert samples == {"a": {"x": [100.0, 600.0, 800.0], "y": [200.0, 400.0, 900.0]},
+                       "b": {"x": [300.0, 500.0, 700.0]}}
+    with pytest.raises(ValueError, match="No task"):
+        harness.interleaved([], 3, sample)
+
+
+def test_paired_ratio_is_the_median_of_ratios_within_a_repeat():
+    # Ratios 0.5, 1, 0.25 -> 0.5 (the ratio of the medians would be 100 / 200).
+    assert harness.paired_ratio([50.0, 200.0, 100.0], [100.0, 200.0, 400.0]) == 0.5
+    with pytest.raises(ValueError, match="3 and 2 samples"):
+        harness.paired_ratio([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_choice_flags_refuse_an_unknown_value_naming_it():
+    values = flags.FlagValues()
+    harness.define_choices("steps", ["a"], ["a", "b"], "Steps", flag_values=values)
+    values(["prog", "--steps=b,a"])
+    assert values.steps == ["b", "a"]
+    with pytest.raises(flags.IllegalFlagValueError, match=r"unknown \['zz'\].*--steps=a,zz"):
+        values(["prog", "--steps=a,zz"])
+
+
+# === Every benchmark module ===
+
+def _script_modules():
+    """`benchmarks.NAME` of every module of the package, the PyTorch subpackage's included."""
+    paths = sorted(BENCHMARKS.glob("*.py")) + sorted((BENCHMARKS / "pytorch").glob("*.py"))
+    return [".".join(p.relative_to(BENCHMARKS.parent).with_suffix("").parts)
+            for p in paths if p.name != "__init__.py"]
+
+
+def _source(module):
+    return (BENCHMARKS.parent / (module.replace(".", "/") + ".py")).read_text()
+
+
+COMMON_FLAGS = ("output_dir", "flagfile_path", "extra_flags", "parallel", "only", "repeats",
+                "steps", "warmup", "torch_threads")
+
+
+def test_benchmarks_leave_sys_path_alone_and_define_common_flags_in_one_place():
+    modules = _script_modules()
+    assert "benchmarks.hosts" in modules and "benchmarks.pytorch.protocol" in modules
+    defined = re.compile(r"DEFINE_\w+\(\s*\"(\w+)\"")
+    for module in modules + ["benchmarks.pytorch"]:
+        source = _source(module) if module != "benchmarks.pytorch" else (
+            BENCHMARKS / "pytorch" / "__init__.py").read_text()
+        assert "sys.path" not in source, module
+        names = set(defined.findall(source))
+        if module not in ("benchmarks.harness", "benchmarks.pytorch"):
+            assert not names & set(COMMON_FLAGS), (module, names & set(COMMON_FLAGS))
+        assert not names & {"out", "extra", "threads"}, (module, names)
+
+
+# Imports each module in a fresh interpreter, as `python -m` from the root would, and
+# defines its flags into absl's FLAGS (then takes them out again for the next one).
+_IMPORT_ALL = """
+import importlib, json, sys
+from absl import flags
+before, found = list(sys.path), {}
+for name in sys.argv[1:]:
+    if name == "benchmarks.pytorch.reference":
+        try:
+            import torch
+        except ImportError:
+            continue
+    module = importlib.import_module(name)
+    defined = set(flags.FLAGS)
+    if hasattr(module, "define_flags"):
+        module.define_flags()
+    added = sorted(set(flags.FLAGS) - defined)
+    found[name] = {"flags": added, "main": hasattr(module, "main")}
+    for flag in added:
+        delattr(flags.FLAGS, flag)
+    assert sys.path == before, (name, sys.path)
+print(json.dumps(found))
+"""
+
+
+def test_every_benchmark_imports_as_a_module_and_defines_its_flags():
+    modules = _script_modules()
+    process = subprocess.run([sys.executable, "-c", _IMPORT_ALL, *modules],
+                             capture_output=True, text=True, cwd=harness.REPO_ROOT)
+    assert process.returncode == 0, process.stderr[-3000:]
+    found = json.loads(process.stdout.strip().splitlines()[-1])
+    scripts = {name: f for name, f in found.items() if f["main"]}
+    assert "benchmarks.hosts" in scripts and "benchmarks.same_metrics" in scripts
+    for name, f in scripts.items():
+        if name != "benchmarks.same_metrics":  # positional files only
+            assert "output_dir" in f["flags"], name
+    assert {"flagfile_path", "extra_flags", "parallel", "runs"} <= set(
+        scripts["benchmarks.hosts"]["flags"])
+    assert {"output_dir", "host", "learning_rates"} <= set(
+        scripts["benchmarks.aggregation_lr"]["flags"])

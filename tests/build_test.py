@@ -30,8 +30,13 @@ def _sources(rule):
     return {src for r, _, srcs in _targets() if r == rule for src in srcs}
 
 
+def _benchmark_modules():
+    return sorted((ROOT / "benchmarks").rglob("*.py"))
+
+
 def _tools():
-    files = sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "export").glob("*.py"))
+    files = (sorted((ROOT / "tools").glob("*.py")) + sorted((ROOT / "export").glob("*.py"))
+             + _benchmark_modules())
     return [p for p in files if p.name != "__init__.py" and "def main" in p.read_text()]
 
 
@@ -54,6 +59,12 @@ def _library_modules():
 def test_every_library_module_is_in_the_library():
     missing = _library_modules() - _sources("py_library")
     assert not missing, f"not in a py_library's srcs: {sorted(missing)}"
+
+
+def test_every_benchmark_module_is_in_a_target():
+    named = {src for _, _, srcs in _targets() for src in srcs}
+    missing = {str(p.relative_to(ROOT)) for p in _benchmark_modules()} - named
+    assert not missing, f"in no target's srcs: {sorted(missing)}"
 
 
 def test_library_modules_reach_subpackages():

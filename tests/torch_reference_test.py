@@ -1,6 +1,7 @@
-"""The PyTorch comparison of benchmarks/throughput.py: its error without torch, its ratios,
-and (only where torch is installed) that the reference is the same network as ours, and
-that the PyTorch loop of the whole protocol (benchmarks/torch_protocol.py) runs."""
+"""The PyTorch comparison of benchmarks.throughput: its error without torch, its ratios,
+and (only where torch is installed) that the reference (benchmarks.pytorch.reference) is
+the same network as ours, and that the PyTorch loop of the whole protocol
+(benchmarks.pytorch.protocol) runs."""
 
 import sys
 
@@ -8,18 +9,19 @@ import numpy as np
 import pytest
 from absl import app
 
-from benchmarks import throughput, throughput_report
+from benchmarks import harness, pytorch, throughput, throughput_report
 from support import SHARED_DATA_DIR
 
 
 def test_missing_torch_names_the_requirements_file(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
-    with pytest.raises(app.UsageError, match=r"benchmarks/requirements-torch\.txt"):
+    with pytest.raises(app.UsageError, match=r"--torch_reference needs PyTorch.*"
+                                              r"benchmarks/pytorch/requirements\.txt"):
         throughput.load_torch_reference()
 
 
 def test_requirements_file_pins_the_cpu_build():
-    with open(f"{throughput.REPO_ROOT}/benchmarks/requirements-torch.txt") as f:
+    with open(f"{harness.REPO_ROOT}/{pytorch.REQUIREMENTS}") as f:
         pins = [line.strip() for line in f if line.strip() and not line.startswith("#")]
     assert pins == ["torch==2.13.0"]
 
@@ -59,9 +61,9 @@ def test_compare_frameworks_takes_the_median_of_per_repeat_ratios():
 @pytest.fixture(scope="module")
 def torch_reference():
     pytest.importorskip("torch")
-    from benchmarks import torch_reference
+    from benchmarks.pytorch import reference
 
-    return torch_reference
+    return reference
 
 
 def _steps(torch_reference, blocks):
@@ -120,7 +122,7 @@ def test_protocol_loop_runs_every_phase(torch_reference):
     import math
 
     from aanets_tf.config import TrainConfig
-    from benchmarks import torch_protocol
+    from benchmarks.pytorch import protocol as torch_protocol
 
     # The CPU protocol's phases (4 base classes, then 3 phases of 2) on ResNet-8, tiny.
     config = TrainConfig(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8",

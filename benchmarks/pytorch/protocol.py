@@ -1,12 +1,12 @@
 r"""The CPU protocol (SPEC section 7) as a PyTorch loop, run the way the authors' code runs it.
 
-    python benchmarks/torch_protocol.py --flagfile=flags/cifar10_cpu.flags \
-        --out=benchmarks/results/torch_protocol [--test_every_epoch]
+    python -m benchmarks.pytorch.protocol --flagfile=flags/cifar10_cpu.flags \
+        --output_dir=benchmarks/results/torch_protocol [--test_every_epoch]
 
 What `python tools/train.py --flagfile=flags/cifar10_cpu.flags` does, in
-PyTorch, with the networks and loss pieces of `benchmarks/torch_reference.py`
+PyTorch, with the networks and loss pieces of `benchmarks.pytorch.reference`
 (NCHW tensors, eager mode, `torch.set_num_threads(cores)`), for
-`benchmarks/protocol_time.py` to time against ours (issue 18):
+`benchmarks.protocol_time` to time against ours (issue 18):
 - data: the TFDS dataset of `--dataset` / `--data_dir` (`download=False`),
   read into NumPy (the first `--train_images_per_class` training images of
   each class in the split's order, the first `--test_images_per_class` test
@@ -39,9 +39,9 @@ PyTorch, with the networks and loss pieces of `benchmarks/torch_reference.py`
 test pass (cross-entropy and CNN accuracy) over the seen classes' test images.
 
 Writes `torch_protocol.json` (or `torch_protocol_test_every_epoch.json`) into
-`--out`: per phase the seconds of setup (network, imprinting), Level 1,
+`--output_dir`: per phase the seconds of setup (network, imprinting), Level 1,
 Level 2, the per-epoch tests, herding and evaluation, CNN/NME accuracy;
-their averages; total wall seconds; the machine (`benchmarks/machine.py`).
+their averages; total wall seconds; the machine (`harness.describe`).
 
 Differences from the authors' loop, each in PyTorch's favour or neutral: the
 batches are cropped and flipped in NumPy in the training process (theirs: a
@@ -64,23 +64,19 @@ import copy
 import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Callable
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from absl import app, flags, logging
 
-import numpy as np  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from aanets_tf import metrics  # noqa: E402
-from aanets_tf.class_order import PhasePlan, class_order  # noqa: E402
-from aanets_tf.herding import herding_ranking  # noqa: E402
-from aanets_tf.metrics import l2_normalize  # noqa: E402
-from aanets_tf.phase import balanced_draw  # noqa: E402
-from tools import train_flags  # noqa: E402
+from aanets_tf import metrics
+from aanets_tf.class_order import PhasePlan, class_order
+from aanets_tf.herding import herding_ranking
+from aanets_tf.metrics import l2_normalize
+from aanets_tf.phase import balanced_draw
+from benchmarks import harness, pytorch
+from tools import train_flags
 
 FLAGS = flags.FLAGS
 PAD = 4  # pixels of zero padding before the random crop
@@ -90,16 +86,17 @@ FEATURES = 64  # the CIFAR ResNets' feature dimension
 
 def define_flags() -> None:
     train_flags.define_flags()
-    flags.DEFINE_string("out", "benchmarks/results/torch_protocol", "Output directory.")
-    flags.DEFINE_integer("threads", 0, "torch.set_num_threads (0: the machine's cores).")
+    harness.define_output_dir("benchmarks/results/torch_protocol")
+    pytorch.define_torch_threads()
     flags.DEFINE_bool("test_every_epoch", False,
                       "After every epoch, test the network on the seen classes' test images "
                       "(cross-entropy and CNN accuracy), as the authors' loop does.")
     flags.DEFINE_integer("test_batch_size", 100, "Batch size of the test passes (the "
-                                                 "authors' --test_batch_size).")
+                                                 "authors' --test_batch_size).", lower_bound=1)
     flags.DEFINE_integer("feature_batch_size", 128, "Batch size of feature extraction for "
                                                     "imprinting, herding and the class means "
-                                                    "(the authors' --eval_batch_size).")
+                                                    "(the authors' --eval_batch_size).",
+                         lower_bound=1)
 
 
 # === Settings ===
@@ -127,7 +124,8 @@ def check_supported(config) -> None:
     need(config.validation_images_per_class == 0, "validation_images_per_class", "must be 0")
     need(config.dataset != "folder", "dataset", "must be a TFDS dataset")
     if problems:
-        raise ValueError("benchmarks/torch_protocol.py does not implement:\n  "
+        raise ValueError("The PyTorch loop (benchmarks.pytorch.protocol) does not "
+                         "implement:\n  "
                          + "\n  ".join(problems))
 
 
@@ -204,9 +202,9 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
 # === Networks ===
 
 def _reference():
-    from benchmarks import torch_reference
+    from benchmarks.pytorch import reference
 
-    return torch_reference
+    return reference
 
 
 def phase0_network(blocks: int, num_classes: int):
@@ -581,8 +579,9 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
     }
 
 
-def output_name(test_every_epoch: bool) -> str:
-    return "torch_protocol_test_every_epoch.json" if test_every_epoch else "torch_protocol.json"
+def report_name(test_every_epoch: bool) -> str:
+    """The report's name (`<name>.json` in --output_dir) with or without the per-epoch test."""
+    return "torch_protocol_test_every_epoch" if test_every_epoch else "torch_protocol"
 
 
 def main(argv):
@@ -594,37 +593,24 @@ def main(argv):
         check_supported(config)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    for name in ("threads", "test_batch_size", "feature_batch_size"):
-        if FLAGS[name].value < (0 if name == "threads" else 1):
-            raise app.UsageError(f"--{name} must be >= {0 if name == 'threads' else 1}. "
-                                 f"Received: --{name}={FLAGS[name].value}")
-    try:
-        import torch  # noqa: F401
-    except ImportError as error:
-        raise app.UsageError(
-            "benchmarks/torch_protocol.py needs PyTorch, which is not installed (" + str(error)
-            + "). Install the benchmark's pinned CPU build: pip install -r "
-            "benchmarks/requirements-torch.txt") from error
-    from aanets_tf import atomic_io
-    from benchmarks import machine
-
+    pytorch.require_torch("benchmarks.pytorch.protocol")
     load_before = os.getloadavg()
     data_start = time.perf_counter()
     data = load_data(config)
     data_seconds = time.perf_counter() - data_start
     print(f"data: {len(data.train_labels)} training and {len(data.test_labels)} test images "
           f"in {data_seconds:.1f}s", flush=True)
-    report = run(config, data, threads=FLAGS.threads, test_every_epoch=FLAGS.test_every_epoch,
-                 test_batch_size=FLAGS.test_batch_size,
+    report = run(config, data, threads=FLAGS.torch_threads,
+                 test_every_epoch=FLAGS.test_every_epoch, test_batch_size=FLAGS.test_batch_size,
                  feature_batch_size=FLAGS.feature_batch_size,
                  log=lambda line: print(line, flush=True))
     report["data_seconds"] = data_seconds
     # From the start of main (flags, data, every phase); imports before it are not counted.
     report["wall_seconds"] = time.perf_counter() - started
     report["load_average_1_5_15_min"] = {"before": load_before, "after": os.getloadavg()}
-    report["machine"] = machine.describe()  # after the timed work: it imports Keras
-    path = os.path.join(FLAGS.out, output_name(FLAGS.test_every_epoch))
-    atomic_io.write_json(path, report)
+    report["machine"] = harness.describe()  # after the timed work: it imports Keras
+    path, _ = harness.write_report(FLAGS.output_dir, report_name(FLAGS.test_every_epoch),
+                                   report)
     print()
     print("phase | CNN % | NME % | setup s | level1 s | level2 s | epoch tests s | "
           "herding s | evaluation s")

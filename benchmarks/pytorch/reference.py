@@ -1,4 +1,4 @@
-"""The AANets steps in PyTorch, for `benchmarks/throughput.py --torch_reference`.
+"""The AANets steps in PyTorch, for `python -m benchmarks.throughput --torch_reference`.
 
 The same networks and steps as `aanets_tf`, written the way the authors'
 public PyTorch code runs them: NCHW tensors, eager execution, one
@@ -26,7 +26,7 @@ ours, which `parameter_count` lets the benchmark assert; the old-class
 weights are frozen (`requires_grad=False`; theirs sit in the optimizer with
 learning rate 0).
 
-torch is an optional benchmark requirement (`benchmarks/requirements-torch.txt`),
+torch is an optional benchmark requirement (`benchmarks.pytorch.REQUIREMENTS`),
 never needed by the library or the tests.
 """
 
@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-REQUIREMENTS = "benchmarks/requirements-torch.txt"
 CIFAR_MEAN = np.array((0.5071, 0.4866, 0.4409), np.float32)
 CIFAR_STD = np.array((0.2009, 0.1984, 0.2023), np.float32)
 STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
