@@ -141,7 +141,7 @@ def test_hosts_grid_parses_its_run_names_only():
 
 def test_hosts_grid_compares_variants_with_the_single_branch_run(tmp_path):
     from benchmarks import hosts
-    from conftest import write_run_workdir
+    from support import write_run_workdir
 
     runs = tmp_path / "runs"
     write_run_workdir(runs / "lucir_single_1993", [70, 50, 40, 30], [71, 52, 42, 33],
