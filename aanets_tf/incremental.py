@@ -6,14 +6,17 @@ builds the next network (an AANet from the phase-0 ResNet in `dual` mode, a
 copy of the last backbone otherwise), grows the host's classifier, trains
 Level 1 and Level 2 against the frozen previous network, selects exemplars by
 herding, runs the host's step on the memory, and evaluates CNN and NME
-accuracy on all classes seen so far. The steps of a phase are in
-`aanets_tf.phase`; what the workdir holds between phases, in
+accuracy on all classes seen so far. `prepare_run` checks the setting and
+reads the data once (`RunContext`); `PhaseRunner` runs one phase, whose steps
+are in `aanets_tf.phase`; what the workdir holds between phases, in
 `aanets_tf.workdir`. Each finished phase is checkpointed, so a rerun with the
 same workdir resumes after the last one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import time
 from typing import Callable
@@ -28,6 +31,7 @@ from aanets_tf.backbones import aggregation_weights, get_architecture
 from aanets_tf.class_order import PhasePlan, class_order
 from aanets_tf.config import TrainConfig
 from aanets_tf.exemplar_store import ExemplarSource
+from aanets_tf.herding import ExemplarMemory
 from aanets_tf.network import backbone_of
 from aanets_tf.workdir import Workdir
 
@@ -114,18 +118,171 @@ def _load_data(config: TrainConfig, log: Callable[[str], None]) -> datasets.Clas
         log=log)
 
 
-def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | None,
-                plan: PhasePlan | None,
-                eval_split: str, overwrite: bool, verbose: int | str,
-                log: Callable[[str], None]) -> dict:
-    """The body of `run`, inside the strategy's scope and the precision policy."""
+@dataclasses.dataclass
+class Stopwatch:
+    """Wall seconds of named steps, summed over the times each ran."""
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def time(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What every phase of one run shares (resolved once, before the first phase)."""
+    config: TrainConfig
+    data: datasets.ClassIncrementalData
+    plan: PhasePlan
+    num_phases: int
+    evaluation: datasets.Split
+    eval_split: str
+    transform: pipeline.ImageTransform
+    overwrite: bool
+    verbose: int | str
+    log: Callable[[str], None]
+
+    def __post_init__(self):
+        self.workdir = Workdir(self.config.workdir)
+        self.infer = phase_steps.inference(self.config, self.transform)
+        self.export_base = run_state.export_base_dir(self.config)
+        self.train_sizes = [int(np.isin(self.data.train.labels, self.plan.new_classes(p)).sum())
+                            for p in range(self.num_phases)]
+
+    def exemplars(self, phases: int) -> ExemplarSource:
+        """The exemplar files of the first `phases` phases, as one source."""
+        return ExemplarSource([self.workdir.exemplars(p) for p in range(phases)])
+
+    def export(self, network: keras.Model, phase: int) -> None:
+        phase_steps.export_phase_model(self.config, network, phase, self.plan,
+                                       self.data.label_names, self.export_base,
+                                       self.overwrite, self.log)
+
+
+class PhaseRunner:
+    """One phase, step by step, each step returning what the next one takes: `data`,
+    `build`, `train`, `update_memory`, `evaluate`, `commit` (the order `_run_phases`
+    calls them in; the steps themselves are in `aanets_tf.phase`).
+
+    Wall time goes to one `Stopwatch` (`self.clock`); `commit` writes it into
+    the phase's `timings`.
+    """
+
+    def __init__(self, run: RunContext, phase: int):
+        self.run, self.phase = run, phase
+        self.config = run.config
+        self.clock = Stopwatch()
+
+    def data(self) -> phase_steps.PhaseData:
+        exemplars = self.run.exemplars(self.phase) if self.phase else None
+        step = phase_steps.phase_data(self.config, self.run.data.train, self.run.plan,
+                                      self.phase, exemplars)
+        self.run.log(f"=== Phase {self.phase}: {len(step.new_classes)} new classes, "
+                     f"{step.num_seen} seen ===")
+        return step
+
+    def build(self, step: phase_steps.PhaseData, previous: keras.Model | None) -> keras.Model:
+        return phase_steps.build_phase_network(self.config, step, previous,
+                                               self.run.transform.size, self.run.infer)
+
+    def train(self, network: keras.Model, previous: keras.Model | None,
+              step: phase_steps.PhaseData):
+        """Level 1 and Level 2 with epoch checkpoints; returns the phase's `EpochState`."""
+        return phase_steps.train_phase(
+            self.config, network, previous, step, transform=self.run.transform,
+            image_shape=self.run.data.image_shape, verbose=self.run.verbose,
+            later_images=sum(self.run.train_sizes[self.phase + 1:]), log=self.run.log)
+
+    def update_memory(self, memory: ExemplarMemory, network: keras.Model,
+                      step: phase_steps.PhaseData) -> phase_steps.MemoryFeatures:
+        """Herding on the new classes (written to the workdir), then the features of the
+        class-balanced memory the host's step and the NME means use."""
+        infer, run = self.run.infer, self.run
+        with self.clock.time("herding"):
+            new_features = infer(backbone_of(network), step.new.source, step.new.positions)
+            per_class = phase_steps.select_exemplars(
+                self.config, memory, step, run.data.train.source, run.plan, new_features,
+                run.data.label_names, run.log)
+        with self.clock.time("evaluation"):
+            return phase_steps.memory_features(network, run.exemplars(self.phase + 1),
+                                               per_class, infer)
+
+    def evaluate(self, network: keras.Model, step: phase_steps.PhaseData,
+                 memory: phase_steps.MemoryFeatures) -> PhaseOutcome:
+        """The host's step on the memory, then CNN and NME accuracy on every seen class."""
+        with self.clock.time("host_step"):
+            recorded = phase_steps.after_exemplars(self.config, network, memory, self.phase,
+                                                   self.run.log)
+        with self.clock.time("evaluation"):
+            metrics, predictions = phase_steps.evaluate_phase(
+                network, step, memory, self.run.evaluation, self.run.plan,
+                self.run.data.label_names, self.run.infer)
+        per_class = {kind: metrics_lib.per_class_accuracy(
+            predictions[kind], predictions["labels"], step.num_seen) for kind in ("cnn", "nme")}
+        return PhaseOutcome(metrics, recorded, int(step.num_train), per_class)
+
+    def commit(self, state: run_state.RunState, network: keras.Model, outcome: PhaseOutcome,
+               progress) -> dict:
+        """Checkpoint, export, then the run state that points at them, and the outputs.
+        Returns the phase's metrics as recorded."""
+        config, workdir = self.config, self.run.workdir
+        checkpointing.save_network(network, config.workdir, self.phase)
+        if config.export:
+            with self.clock.time("export"):
+                self.run.export(network, self.phase)
+        seconds = {k: self.clock.seconds.get(k, 0.0)
+                   for k in ("herding", "host_step", "evaluation", "export")}
+        phase_metrics = reporting.clean({
+            **outcome.metrics,
+            "aggregation_weights": aggregation_weights(backbone_of(network)) or None,
+            "aggregation_trajectory": progress.trajectory or None,
+            "num_train_images": outcome.num_train_images,
+            "train_seconds": progress.train_seconds,
+            # Herding, the host's step and evaluation.
+            "eval_seconds": seconds["herding"] + seconds["host_step"] + seconds["evaluation"],
+            # Where the phase's time went (wall seconds; a resumed phase adds the
+            # epochs of each process that trained it). `host_step`: the host's
+            # step after herding (PODNet's fine-tuning of the head).
+            "timings": {"level1": progress.train_seconds - progress.level2_seconds,
+                        "level2": progress.level2_seconds, **seconds},
+            **outcome.host_step,
+            "final_losses": {k: v[-1] for k, v in progress.history.items()},
+        })
+        for kind, accuracy in outcome.per_class.items():
+            state.per_class_history[kind].append(accuracy)
+        state.phases.append(phase_metrics)
+        state.save(workdir.phase_state(self.phase))
+        checkpointing.clear_epochs(config.workdir, self.phase)
+        run_state.write_outputs(config.workdir, run_state.assemble_metrics(
+            config, self.run.data, self.run.plan, state, self.run.eval_split))
+        self.run.log(f"Phase {self.phase}: CNN {phase_metrics['cnn_accuracy']:.2f}%  "
+                     f"NME {phase_metrics['nme_accuracy']:.2f}%  "
+                     f"({progress.train_seconds:.0f}s training)")
+        return phase_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseOutcome:
+    """A phase's evaluation: its accuracy metrics, what the host's step recorded, the
+    images Level 1 trained on, and the accuracy of each seen class."""
+    metrics: dict
+    host_step: dict
+    num_train_images: int
+    per_class: dict[str, np.ndarray]
+
+
+def prepare_run(config: TrainConfig, *, data: datasets.ClassIncrementalData | None,
+                plan: PhasePlan | None, eval_split: str, overwrite: bool,
+                verbose: int | str, log: Callable[[str], None]) -> RunContext:
+    """Check the setting, read the data and prepare the workdir; refuses a bad setting
+    before anything is written (the data index aside)."""
     if eval_split not in ("test", "validation"):
         raise ValueError(f"`eval_split` must be 'test' or 'validation'. "
                          f"Received: eval_split={eval_split!r}")
-
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     # Checked before the data is read: indexing writes its cache into the workdir.
     run_state.check_workdir(config, overwrite)
     if config.phase0_from and (overwrite or not Workdir(config.workdir).completed_phases()):
@@ -147,85 +304,31 @@ def _run_phases(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
     evaluation = data.validation if eval_split == "validation" else data.test
     transform = image_transform(config, data)
     run_state.prepare_workdir(config, overwrite)
+    return RunContext(config, data, plan, num_phases, evaluation, eval_split, transform,
+                      overwrite, verbose, log)
 
-    infer = phase_steps.inference(config, transform)
 
-    def exemplars_of(phases: int) -> ExemplarSource:
-        return ExemplarSource([Workdir(config.workdir).exemplars(p) for p in range(phases)])
-
-    base = run_state.export_base_dir(config)
-    adopted = bool(config.phase0_from) and run_state.adopt_phase0(config, log)
-    state, previous = run_state.resume(config.workdir, log)
-    if adopted and config.export and num_phases:
-        phase_steps.export_phase_model(config, previous, 0, plan, data.label_names, base,
-                                       overwrite, log)
-    train_sizes = [int(np.isin(data.train.labels, plan.new_classes(p)).sum())
-                   for p in range(num_phases)]
-
-    for phase in range(len(state.phases), num_phases):
+def _run_phases(config: TrainConfig, **options) -> dict:
+    """The body of `run`, inside the strategy's scope and the precision policy."""
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    run = prepare_run(config, **options)
+    adopted = bool(config.phase0_from) and run_state.adopt_phase0(config, run.log)
+    state, previous = run_state.resume(config.workdir, run.log)
+    if adopted and config.export and run.num_phases:
+        run.export(previous, 0)
+    for phase in range(len(state.phases), run.num_phases):
         # Seeded per phase, so a resumed run draws what an uninterrupted one would.
         keras.utils.set_random_seed(config.seed + phase)
-        exemplars = exemplars_of(phase) if phase else None
-        step = phase_steps.phase_data(config, data.train, plan, phase, exemplars)
-        log(f"=== Phase {phase}: {len(step.new_classes)} new classes, {step.num_seen} seen ===")
-        network = phase_steps.build_phase_network(config, step, previous, transform.size, infer)
-        progress = phase_steps.train_phase(
-            config, network, previous, step, transform=transform, image_shape=data.image_shape,
-            verbose=verbose, later_images=sum(train_sizes[phase + 1:]), log=log)
-
-        start = time.perf_counter()
-        backbone = backbone_of(network)
-        per_class = phase_steps.select_exemplars(
-            config, state.memory, step, data.train.source, plan,
-            infer(backbone, step.new.source, step.new.positions), data.label_names, log)
-        herding_seconds = time.perf_counter() - start
-        memory = phase_steps.memory_features(network, exemplars_of(phase + 1), per_class, infer)
-        host_start = time.perf_counter()
-        host_step = phase_steps.after_exemplars(config, network, memory, phase, log)
-        host_seconds = time.perf_counter() - host_start
-        phase_metrics, predictions = phase_steps.evaluate_phase(
-            network, step, memory, evaluation, plan, data.label_names, infer)
-        eval_seconds = time.perf_counter() - start
-        phase_metrics.update({
-            "aggregation_weights": aggregation_weights(backbone) or None,
-            "aggregation_trajectory": progress.trajectory or None,
-            "num_train_images": int(step.num_train),
-            "train_seconds": progress.train_seconds,
-            "eval_seconds": eval_seconds,  # herding, the host's step and evaluation
-            # Where the phase's time went (wall seconds; a resumed phase adds the
-            # epochs of each process that trained it). `host_step`: the host's
-            # step after herding (PODNet's fine-tuning of the head).
-            "timings": {"level1": progress.train_seconds - progress.level2_seconds,
-                        "level2": progress.level2_seconds, "herding": herding_seconds,
-                        "host_step": host_seconds,
-                        "evaluation": eval_seconds - herding_seconds - host_seconds,
-                        "export": 0.0},
-            **host_step,
-            "final_losses": {k: v[-1] for k, v in progress.history.items()},
-        })
-        for kind in ("cnn", "nme"):
-            state.per_class_history[kind].append(metrics_lib.per_class_accuracy(
-                predictions[kind], predictions["labels"], step.num_seen))
-
-        # === Checkpoint, then the state that points at it ===
-        checkpointing.save_network(network, config.workdir, phase)
-        if config.export:
-            start = time.perf_counter()
-            phase_steps.export_phase_model(config, network, phase, plan, data.label_names,
-                                           base, overwrite, log)
-            phase_metrics["timings"]["export"] = time.perf_counter() - start
-        state.phases.append(reporting.clean(phase_metrics))
-        state.save(Workdir(config.workdir).phase_state(phase))
-        checkpointing.clear_epochs(config.workdir, phase)
-        run_state.write_outputs(config.workdir, run_state.assemble_metrics(
-            config, data, plan, state, eval_split))
-        log(f"Phase {phase}: CNN {phase_metrics['cnn_accuracy']:.2f}%  "
-            f"NME {phase_metrics['nme_accuracy']:.2f}%  "
-            f"({progress.train_seconds:.0f}s training)")
+        runner = PhaseRunner(run, phase)
+        step = runner.data()
+        network = runner.build(step, previous)
+        progress = runner.train(network, previous, step)
+        memory = runner.update_memory(state.memory, network, step)
+        outcome = runner.evaluate(network, step, memory)
+        runner.commit(state, network, outcome, progress)
         previous = network
-
-    results = run_state.assemble_metrics(config, data, plan, state, eval_split)
+    results = run_state.assemble_metrics(config, run.data, run.plan, state, run.eval_split)
     run_state.write_outputs(config.workdir, results)
     return results
-
-
