@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.checkpointing on a small model: epoch checkpoints, phase networks,
+"""Tests for aanets_tf.protocol.checkpointing on a small model: epoch checkpoints, phase networks,
 and files that cannot be used."""
 
 import json
@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from aanets_tf import checkpointing
-from aanets_tf.checkpointing import EpochState
+from aanets_tf.protocol import checkpointing
+from aanets_tf.protocol.checkpointing import EpochState
 from aanets_tf.workdir import Workdir
 
 
@@ -59,8 +59,8 @@ def test_an_unreadable_epoch_checkpoint_restarts_the_phase(tmp_path):
 
 
 def test_phase_networks_load_back_or_fail_clearly(tmp_path):
-    from aanets_tf.backbones import build_resnet
-    from aanets_tf.network import build_network
+    from aanets_tf.models.backbones import build_resnet
+    from aanets_tf.models.network import build_network
 
     workdir = str(tmp_path)
     model = build_network(build_resnet("resnet8", (8, 8, 3)), 0, 2)

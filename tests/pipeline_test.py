@@ -1,10 +1,10 @@
-"""Tests for aanets_tf.pipeline: the streaming pipelines, on synthetic and real images."""
+"""Tests for aanets_tf.data.pipeline: the streaming pipelines, on synthetic and real images."""
 
 import numpy as np
 import pytest
 
-from aanets_tf import datasets, pipeline
-from aanets_tf.sources import ArraySource
+from aanets_tf.data import datasets, pipeline
+from aanets_tf.data.sources import ArraySource
 from support import SHARED_DATA_DIR
 
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3

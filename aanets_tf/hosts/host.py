@@ -14,7 +14,7 @@ between LUCIR, iCaRL and PODNet:
 The settings only one host reads are `aanets_tf.config.HOST_OPTIONS` (a run of
 another host refuses them).
 
-The phase loop (`aanets_tf.phase`) and the learner call hosts only through
+The phase loop (`aanets_tf.protocol.phase`) and the learner call hosts only through
 this interface and know no method by name.
 """
 
@@ -26,8 +26,9 @@ from typing import Callable, ClassVar, Sequence
 import keras
 import tensorflow as tf
 
-from aanets_tf import distribute, losses
-from aanets_tf.network import classifier_of
+from aanets_tf import distribute
+from aanets_tf.hosts import lucir_losses
+from aanets_tf.models.network import classifier_of
 
 
 @dataclasses.dataclass
@@ -72,7 +73,7 @@ class Objective:
                     global_batch: tf.Tensor) -> tf.Tensor:
         """Level 2's loss (share of the global-batch mean): cross-entropy on the logits."""
         logits = student.head(student.features)
-        return batch_share(losses.cross_entropy_per_example(labels, logits), global_batch)
+        return batch_share(lucir_losses.cross_entropy_per_example(labels, logits), global_batch)
 
 
 class CrossEntropy(Objective):
@@ -82,7 +83,7 @@ class CrossEntropy(Objective):
 
     def level1_terms(self, labels, student, teacher, global_batch):
         logits = student.head(student.features)
-        return {"ce": batch_share(losses.cross_entropy_per_example(labels, logits),
+        return {"ce": batch_share(lucir_losses.cross_entropy_per_example(labels, logits),
                                   global_batch)}, logits
 
 
@@ -91,7 +92,7 @@ class Host:
     name: ClassVar[str] = ""
     headline: ClassVar[str] = "cnn"  # "cnn" or "nme"
     # Hosts of one name here train the same phase 0 (head, loss, step after herding),
-    # so a run of one can take another's (`aanets_tf.run_state.adopt_phase0`).
+    # so a run of one can take another's (`aanets_tf.protocol.run_state.adopt_phase0`).
     phase0: ClassVar[str] = ""
 
     def __init__(self, config):
@@ -107,7 +108,7 @@ class Host:
 
     def after_exemplars(self, network: keras.Model, memory, phase: int,
                         log: Callable[[str], None]) -> dict | None:
-        """A step after herding. `memory` (`aanets_tf.phase.MemoryFeatures`) holds the
+        """A step after herding. `memory` (`aanets_tf.protocol.phase.MemoryFeatures`) holds the
         class-balanced memory's features, those of its mirror images and its class
         positions (every seen class). Returns what to record in the phase's metrics,
         or None."""

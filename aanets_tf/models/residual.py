@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from aanets_tf.stable_conv import StableConv2D, conv_initializer
+from aanets_tf.models.stable_conv import StableConv2D, conv_initializer
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here).
 BN_MOMENTUM = 0.9
