@@ -6,6 +6,8 @@ import dataclasses
 import json
 import math
 
+from aanets_tf.hosts import registry
+
 BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
 # The stable branch of an AANet (`aanets_tf.models.backbones`): scaled phase-0 kernels, or
@@ -27,19 +29,14 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # What the tools accept besides: the machine's choice (`aanets_tf.training.precision.resolve`).
 AUTO_PRECISION = "auto"
 LR_SCHEDULES = ("step", "cosine")
-# Class-incremental methods (`aanets_tf.hosts`), in the paper's table order, and
-# the settings only each reads: a run of one host refuses another's settings
-# unless they keep their defaults.
-HOSTS = ("icarl", "lucir", "podnet")
-HOST_NAMES = {"icarl": "iCaRL", "lucir": "LUCIR", "podnet": "PODNet"}
-# The accuracy each host reports (its `Host.headline`), readable without a framework.
-HOST_HEADLINES = {"icarl": "nme", "lucir": "cnn", "podnet": "cnn"}
-HOST_OPTIONS = {
-    "lucir": ("lambda_base", "margin", "top_k"),
-    "icarl": (),
-    "podnet": ("pod_spatial_base", "pod_flat_base", "nca_margin", "proxies_per_class",
-               "finetune_epochs", "finetune_lr"),
-}
+# Class-incremental methods, in the paper's table order, and the settings only each
+# reads (a run of one host refuses another's settings unless they keep their defaults),
+# their display names and the accuracy each reports: `aanets_tf.hosts.registry`, read
+# without a framework.
+HOSTS = registry.HOSTS
+HOST_NAMES = registry.HOST_NAMES
+HOST_HEADLINES = registry.HOST_HEADLINES
+HOST_OPTIONS = registry.HOST_OPTIONS
 
 
 # What a run whose config.json predates a setting computed with, where that differs

@@ -35,8 +35,6 @@ class IcarlObjective(Objective):
 
 class Icarl(Host):
     name = "icarl"
-    headline = "nme"
-    phase0 = "cosine"
 
     def classifier(self, num_old_classes, num_new_classes):
         return cosine_head(num_old_classes, num_new_classes)

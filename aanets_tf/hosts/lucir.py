@@ -49,8 +49,6 @@ class LucirObjective(Objective):
 
 class Lucir(Host):
     name = "lucir"
-    headline = "cnn"
-    phase0 = "cosine"
 
     def classifier(self, num_old_classes, num_new_classes):
         return cosine_head(num_old_classes, num_new_classes)
