@@ -61,6 +61,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         x = inputs if inputs.dtype in (tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
+        # TensorFlow 2 offers the fused kernel as a raw op only (`tf.nn` has no
+        # `fused_batch_norm`).
         if training and self.trainable:
             empty = tf.zeros((0,), tf.float32)
             y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(

@@ -72,6 +72,7 @@ def predict(model: keras.Model, source: pipeline.ImageSource, positions: np.ndar
     step is XLA-compiled (Keras would otherwise choose by itself: XLA on
     accelerators); it applies from the model's first prediction on.
     """
+    # Keras has no public way to ask whether a model has traced its predict step.
     if model.predict_function is None:
         model.jit_compile = bool(jit_compile)
     outputs = model.predict(pipeline.eval_dataset(source, positions, batch_size,
