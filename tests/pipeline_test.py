@@ -10,6 +10,16 @@ from support import SHARED_DATA_DIR
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3
 
 
+@pytest.fixture(autouse=True)
+def _without_a_global_seed():
+    """Each test starts without TensorFlow's global seed, as when run alone: the batches'
+    shuffle pairs its own seed with the global one, which a run sets per phase
+    (`protocol.incremental`) and earlier tests leave set."""
+    import tensorflow as tf
+
+    tf.random.set_seed(None)
+
+
 @pytest.fixture(scope="module")
 def data():
     return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=N_TRAIN,
