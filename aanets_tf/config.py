@@ -6,40 +6,37 @@ import dataclasses
 import json
 import math
 
+from aanets_tf.hosts import registry
+
 BRANCH_MODES = ("dual", "single")
 AGGREGATION_MODES = ("learned", "fixed")
-# The stable branch of an AANet (`aanets_tf.backbones`): scaled phase-0 kernels, or
+# The stable branch of an AANet (`aanets_tf.models.backbones`): scaled phase-0 kernels, or
 # plastic (the ablation); its stem shared by both branches, or one per branch.
 STABLE_BLOCKS = ("scaled", "plastic")
 STEMS = ("shared", "per_branch")
 # Where Level 2's new-class images come from: drawn from those Level 1 trains on
-# (the authors' code), or held out of Level 1 (`aanets_tf.phase.phase_data`).
+# (the authors' code), or held out of Level 1 (`aanets_tf.protocol.phase.phase_data`).
 LEVEL2_IMAGES = ("seen", "held_out")
-# Names of `aanets_tf.backbones.ARCHITECTURES` (kept here so config stays framework-free).
+# Names of `aanets_tf.models.backbones.ARCHITECTURES` (kept here so config stays framework-free).
 ARCHS = ("resnet8", "resnet32", "resnet18")
 # Input sides (pixels) each architecture takes: the CIFAR ResNets halve the input twice
 # (at least a 2x2 map at the last level), ResNet-18 five times (at least 1x1).
 IMAGE_SIZE_RANGE = {"resnet8": (8, 1024), "resnet32": (8, 1024), "resnet18": (32, 1024)}
 # Names of the `tf.distribute` strategies (`aanets_tf.distribute.build_strategy`).
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-# Keras dtype policies (`aanets_tf.precision.precision_policy`).
+# Keras dtype policies (`aanets_tf.training.precision.precision_policy`).
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# What the tools accept besides: the machine's choice (`aanets_tf.precision.resolve`).
+# What the tools accept besides: the machine's choice (`aanets_tf.training.precision.resolve`).
 AUTO_PRECISION = "auto"
 LR_SCHEDULES = ("step", "cosine")
-# Class-incremental methods (`aanets_tf.hosts`), in the paper's table order, and
-# the settings only each reads: a run of one host refuses another's settings
-# unless they keep their defaults.
-HOSTS = ("icarl", "lucir", "podnet")
-HOST_NAMES = {"icarl": "iCaRL", "lucir": "LUCIR", "podnet": "PODNet"}
-# The accuracy each host reports (its `Host.headline`), readable without a framework.
-HOST_HEADLINES = {"icarl": "nme", "lucir": "cnn", "podnet": "cnn"}
-HOST_OPTIONS = {
-    "lucir": ("lambda_base", "margin", "top_k"),
-    "icarl": (),
-    "podnet": ("pod_spatial_base", "pod_flat_base", "nca_margin", "proxies_per_class",
-               "finetune_epochs", "finetune_lr"),
-}
+# Class-incremental methods, in the paper's table order, and the settings only each
+# reads (a run of one host refuses another's settings unless they keep their defaults),
+# their display names and the accuracy each reports: `aanets_tf.hosts.registry`, read
+# without a framework.
+HOSTS = registry.HOSTS
+HOST_NAMES = registry.HOST_NAMES
+HOST_HEADLINES = registry.HOST_HEADLINES
+HOST_OPTIONS = registry.HOST_OPTIONS
 
 
 # What a run whose config.json predates a setting computed with, where that differs
@@ -85,7 +82,7 @@ class TrainConfig:
     aggregation: str = "learned"
     initial_aggregation: float = 0.5
     # 0: a learned alpha is its own variable, clipped to [0, 1] (the authors' code);
-    # b > 0: learned as a logit, inside [b, 1 - b] (`aanets_tf.aggregation`).
+    # b > 0: learned as a logit, inside [b, 1 - b] (`aanets_tf.models.aggregation`).
     aggregation_bound: float = 0.05
     stable_block: str = "scaled"  # plastic: two plastic branches (the paper's ablation)
     stem: str = "shared"  # per_branch: a trainable stem of the plastic branch's own
@@ -123,7 +120,7 @@ class TrainConfig:
     deterministic: bool = False
     workdir: str = "runs/aanets"
     # A finished run's workdir whose phase 0 this run takes instead of training its own
-    # (`aanets_tf.run_state.adopt_phase0`); None: train phase 0.
+    # (`aanets_tf.protocol.run_state.adopt_phase0`); None: train phase 0.
     phase0_from: str | None = None
     export: bool = True  # a SavedModel per phase
     export_dir: str | None = None

@@ -136,6 +136,8 @@ def reducible_logs(logs: dict) -> dict:
     they get an axis of length 1 (the mean of which is the scalar).
     """
     strategy = tf.distribute.get_strategy()
+    # Keras decides by the same private test; no public API says whether a strategy
+    # spans several workers.
     if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
             and strategy.extended._in_multi_worker_mode()):
         return {k: tf.reshape(v, (1,)) for k, v in logs.items()}
@@ -152,6 +154,7 @@ def synchronize_batch_norm(model: keras.Model) -> int:
     way. Returns how many BatchNorm layers were switched.
     """
     count = 0
+    # Keras has no public walk over nested layers (`Model.layers` is the top level only).
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True

@@ -60,8 +60,10 @@ def main(argv) -> int:
         raise app.UsageError(f"--learning_rates must be numbers. "
                              f"Received: --learning_rates={','.join(FLAGS.learning_rates)}"
                              ) from None
-    from aanets_tf import datasets, incremental, reporting
     from aanets_tf.config import TrainConfig
+    from aanets_tf.data import datasets
+    from aanets_tf.protocol import incremental
+    from aanets_tf.reports import reporting
 
     out = FLAGS.output_dir
     base = TrainConfig(**{**CPU_PROTOCOL, "epochs": FLAGS.epochs, "arch": FLAGS.arch,

@@ -152,7 +152,7 @@ def second_epoch_images_per_second(dataset, steps: int) -> float:
 
 def pipeline_images_per_second(data_dir: str, batch_size: int) -> float:
     """Phase 0's training pipeline on the generated data alone: one whole epoch, timed."""
-    from aanets_tf import datasets, pipeline
+    from aanets_tf.data import datasets, pipeline
 
     data = datasets.load_dataset("synthetic_imagenet", data_dir)
     base = np.isin(data.train.labels, np.arange(10))
@@ -221,7 +221,7 @@ def measure_cache(repeats: int = 3) -> dict:
     Images per second over a whole epoch after an untimed first one (which
     fills the cache); the median of `repeats` per variant.
     """
-    from aanets_tf import datasets, pipeline
+    from aanets_tf.data import datasets, pipeline
 
     data = datasets.load_dataset("cifar10", harness.SHARED_DATA_DIR,
                                  train_images_per_class=500, read_test=False)

@@ -56,8 +56,8 @@ def first_and_steady(call, repeats: int) -> tuple[float, float]:
 
 def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
     """Seconds of each fixed cost (see the module's docstring)."""
-    from aanets_tf import checkpointing, incremental, phase
-    from aanets_tf.checkpointing import EpochState
+    from aanets_tf.protocol import checkpointing, incremental, phase
+    from aanets_tf.protocol.checkpointing import EpochState
     from aanets_tf.workdir import Workdir
 
     learner = bench.learners["level1_aanet"]

@@ -47,6 +47,7 @@ from absl import app, flags
 
 from aanets_tf import atomic_io
 from aanets_tf.config import HOST_NAMES, HOSTS
+from aanets_tf.hosts.registry import PHASE0_FAMILIES
 from benchmarks import harness
 
 VARIANTS = {"single": ["--branch_mode=single"],
@@ -56,8 +57,9 @@ VARIANTS = {"single": ["--branch_mode=single"],
             "dual_held_out": ["--branch_mode=dual", "--level2_images=held_out"],
             "dual_clipped": ["--branch_mode=dual", "--aggregation_bound=0"]}
 DEFAULT_VARIANTS = ["single", "dual", "fixed"]
-# Hosts whose phase 0 is the same (`Host.phase0`); the first names the phase-0 run.
-PHASE0_FAMILIES = {"lucir": "cosine", "icarl": "cosine", "podnet": "podnet"}
+# Of hosts whose phase 0 is the same (`PHASE0_FAMILIES`), the one that trains it: LUCIR,
+# the paper's main host, where it is in the family; else the family's first host.
+PHASE0_PREFERRED = "lucir"
 
 FLAGS = flags.FLAGS
 
@@ -109,13 +111,19 @@ def finished(directory: str) -> bool:
 
 def _phase0_run(family: str, seed: str) -> str | None:
     workdir = os.path.join(FLAGS.runs, f"phase0_{family}_{seed}")
-    host = next(h for h, f in PHASE0_FAMILIES.items() if f == family)
+    host = phase0_host(family)
     if checkpoint_exists(workdir):
         return workdir
     code = _train(workdir, [f"--host={host}", "--branch_mode=single", f"--seed={seed}",
                             "--num_phases=1"]).returncode
     print(f"{workdir}: phase 0, exit {code}", flush=True)
     return workdir if code == 0 else None
+
+
+def phase0_host(family: str) -> str:
+    """The host whose run trains phase 0 for every host of `family`."""
+    members = [h for h, f in PHASE0_FAMILIES.items() if f == family]
+    return PHASE0_PREFERRED if PHASE0_PREFERRED in members else members[0]
 
 
 def checkpoint_exists(workdir: str) -> bool:

@@ -77,7 +77,7 @@ def _worker(config, lever: str) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(settings["intra_op"])
     if settings.get("inter_op"):
         tf.config.threading.set_inter_op_parallelism_threads(settings["inter_op"])
-    from aanets_tf import residual
+    from aanets_tf.models import residual
 
     if settings.get("batch_norm") == "keras":
         import keras

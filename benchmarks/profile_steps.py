@@ -187,7 +187,7 @@ def main(argv):
         return _from_traces(FLAGS.output_dir)
     import keras
 
-    from aanets_tf import residual
+    from aanets_tf.models import residual
 
     if FLAGS.keras_batch_norm:
         residual.make_batch_norm = lambda name: keras.layers.BatchNormalization(

@@ -18,7 +18,7 @@ subprocess whose wall clock is timed from launch to exit:
 (c) `torch_test_every_epoch`: the same with `--test_every_epoch`, the test
     pass the authors' loop runs after every epoch;
 (d) `ours_auto`: (a) with `--mixed_precision=auto`, the precision the machine
-    picks (`aanets_tf.precision.resolve`: mixed_bfloat16 on a CPU with
+    picks (`aanets_tf.training.precision.resolve`: mixed_bfloat16 on a CPU with
     AVX-512-BF16 or AMX); skipped where that is the precision (a) ran in.
 Every run setting (`--epochs`, `--train_images_per_class`, `--seed`, ...)
 reaches all three through one generated flagfile; `--only` picks which runs.
@@ -240,7 +240,7 @@ def main(argv):
         for name in FLAGS.only:
             description = None
             if name == OURS_AUTO:
-                from aanets_tf import precision
+                from aanets_tf.training import precision
 
                 resolved, reason = precision.resolve(precision.AUTO)
                 if resolved == config.mixed_precision:

@@ -16,8 +16,8 @@ import json
 
 from absl import app
 
-from aanets_tf.checkpointing import current_loss_names
-from aanets_tf.reporting import without_timings
+from aanets_tf.protocol.checkpointing import current_loss_names
+from aanets_tf.reports.reporting import without_timings
 
 
 def comparable(path: str) -> dict:

@@ -67,10 +67,10 @@ def benchmark_network():
     """(network, class_ids, label_names, description) from the flags."""
     import numpy as np
 
-    from aanets_tf import backbones, network as network_lib
+    from aanets_tf.models import backbones, network as network_lib
 
     if FLAGS.workdir:
-        from aanets_tf import run_export
+        from aanets_tf.protocol import run_export
 
         try:
             phase = run_export.load_phase(FLAGS.workdir, FLAGS.phase)
@@ -131,7 +131,7 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
 
     network, class_ids, label_names, description = benchmark_network()
     signatures = {}

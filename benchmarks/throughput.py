@@ -106,7 +106,8 @@ def protocol_data(config):
     benchmark builds its `StepBench` from."""
     import keras
 
-    from aanets_tf import datasets, incremental
+    from aanets_tf.data import datasets
+    from aanets_tf.protocol import incremental
 
     data = datasets.load_dataset(config.dataset, config.data_dir, download=config.download,
                                  train_images_per_class=config.train_images_per_class,
@@ -123,8 +124,10 @@ class StepBench:
         import numpy as np
         import tensorflow as tf
 
-        from aanets_tf import incremental, phase, pipeline, precision
-        from aanets_tf.losses import less_forget_weight
+        from aanets_tf.data import pipeline
+        from aanets_tf.hosts.lucir_losses import less_forget_weight
+        from aanets_tf.protocol import incremental, phase
+        from aanets_tf.training import precision
 
         batch = config.batch_size
         position = np.asarray(plan.position_of)
@@ -220,7 +223,7 @@ class StepBench:
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters (BatchNorm statistics excluded) of the phase-0 and phase-1 AANet networks."""
-        from aanets_tf.network import parameter_counts
+        from aanets_tf.models.network import parameter_counts
 
         def count(network):
             counts = parameter_counts(network)

@@ -9,7 +9,7 @@ run's class order and label names (`metrics.json`), and writes version
 `phase + 1` to `<export_dir>/<model_name>/`, as the trainer does after each
 phase. Defaults come from the run's `config.json`: the last completed phase,
 its `--export_dir` (else `<workdir>/export`) and its `--model_name`. The work
-is `aanets_tf.run_export.export_from_workdir`; this file only reads flags. A
+is `aanets_tf.protocol.run_export.export_from_workdir`; this file only reads flags. A
 workdir whose files lead outside it, a checkpoint that would run code on load
 (a Lambda layer) and an export directory holding versions linked from
 elsewhere are refused (docs/security.md).
@@ -55,9 +55,9 @@ def main(argv):
         # TensorFlow's SavedModel writer logs every step at INFO.
         logging.set_verbosity(logging.WARNING)
     console.start_tensorflow(verbose=FLAGS["verbosity"].present)
-    from aanets_tf.checkpointing import CorruptCheckpointError
-    from aanets_tf.run_export import export_from_workdir
-    from aanets_tf.serving import ServingLimits
+    from aanets_tf.protocol.checkpointing import CorruptCheckpointError
+    from aanets_tf.protocol.run_export import export_from_workdir
+    from aanets_tf.serving.serving import ServingLimits
 
     try:
         limits = ServingLimits(FLAGS.max_batch, FLAGS.max_image_bytes, FLAGS.max_image_pixels)

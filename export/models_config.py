@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 from aanets_tf import atomic_io  # noqa: E402
-from aanets_tf.serving_config import (POLICIES, model_config,  # noqa: E402,F401
-                                      models_config_text, parse_labels, parse_models_config)
+from aanets_tf.serving.serving_config import (POLICIES, model_config,  # noqa: E402,F401
+                                              models_config_text, parse_labels,
+                                              parse_models_config)
 
 FLAGS = flags.FLAGS
 def define_flags() -> None:

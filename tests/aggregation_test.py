@@ -1,11 +1,11 @@
-"""Tests for aanets_tf.aggregation."""
+"""Tests for aanets_tf.models.aggregation."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf.aggregation import Aggregation, UnitInterval
+from aanets_tf.models.aggregation import Aggregation, UnitInterval
 
 
 def _pair(shape=(3, 4, 4, 5), seed=0):

@@ -1,16 +1,16 @@
-"""Tests for aanets_tf.backbones."""
+"""Tests for aanets_tf.models.backbones."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import backbones
-from aanets_tf.aggregation import Aggregation
-from aanets_tf.backbones import (CIFAR_MEAN, CIFAR_STD, Backbone, aanet_from_resnet,
-                                 aggregation_weights, build_aanet, build_resnet, clone_backbone,
-                                 get_architecture)
-from aanets_tf.stable_conv import StableConv2D
+from aanets_tf.models import backbones
+from aanets_tf.models.aggregation import Aggregation
+from aanets_tf.models.backbones import (Backbone, CIFAR_MEAN, CIFAR_STD, aanet_from_resnet,
+                                        aggregation_weights, build_aanet, build_resnet,
+                                        clone_backbone, get_architecture)
+from aanets_tf.models.stable_conv import StableConv2D
 from support import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (16, 16, 3)

@@ -122,6 +122,8 @@ def test_hosts_grid_shares_phase0_within_a_family():
 
     assert hosts.PHASE0_FAMILIES["lucir"] == hosts.PHASE0_FAMILIES["icarl"]
     assert hosts.PHASE0_FAMILIES["podnet"] != hosts.PHASE0_FAMILIES["lucir"]
+    # LUCIR trains the cosine family's phase 0, PODNet its own.
+    assert hosts.phase0_host("cosine") == "lucir" and hosts.phase0_host("podnet") == "podnet"
     # The grid's families agree with the hosts' own (`Host.phase0`).
     from aanets_tf.config import TrainConfig
     from aanets_tf.hosts import host_for

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.checkpointing on a small model: epoch checkpoints, phase networks,
+"""Tests for aanets_tf.protocol.checkpointing on a small model: epoch checkpoints, phase networks,
 and files that cannot be used."""
 
 import json
@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from aanets_tf import checkpointing
-from aanets_tf.checkpointing import EpochState
+from aanets_tf.protocol import checkpointing
+from aanets_tf.protocol.checkpointing import EpochState
 from aanets_tf.workdir import Workdir
 
 
@@ -59,8 +59,8 @@ def test_an_unreadable_epoch_checkpoint_restarts_the_phase(tmp_path):
 
 
 def test_phase_networks_load_back_or_fail_clearly(tmp_path):
-    from aanets_tf.backbones import build_resnet
-    from aanets_tf.network import build_network
+    from aanets_tf.models.backbones import build_resnet
+    from aanets_tf.models.network import build_network
 
     workdir = str(tmp_path)
     model = build_network(build_resnet("resnet8", (8, 8, 3)), 0, 2)
@@ -82,3 +82,54 @@ def test_phase_networks_load_back_or_fail_clearly(tmp_path):
     risky.save(str(tmp_path / "risky.keras"))
     with pytest.raises(checkpointing.UnsafeCheckpointError, match=r"\['double'\]"):
         checkpointing.load_network(str(tmp_path / "risky.keras"))
+
+
+def _with_flat_modules(path: str, out: str) -> set[str]:
+    """Copy the `.keras` archive at `path` to `out` with its config naming each custom
+    layer's module as the library's flat layout did (`aanets_tf.backbones` for
+    `aanets_tf.models.backbones`); returns the library modules the copy names."""
+    import re
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = re.sub(r'"module": "aanets_tf\.(?:data|models|training|protocol|serving|reports|'
+                    r'tuning)\.(\w+)"', r'"module": "aanets_tf.\1"',
+                    files["config.json"].decode())
+    files["config.json"] = config.encode()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return set(re.findall(r'"module": "(aanets_tf[\w.]*)"', config))
+
+
+def test_checkpoints_naming_the_flat_modules_load(tmp_path):
+    """Phase networks saved before the library's subpackages existed load unchanged: Keras
+    finds each layer by its registered name (`aanets_tf>Backbone`), not its module."""
+    from aanets_tf.models.backbones import aanet_from_resnet, build_resnet
+    from aanets_tf.models.network import backbone_of, build_network, classifier_of, grow_network
+    from support import random_batch
+
+    shape = (8, 8, 3)
+    teacher = build_network(build_resnet("resnet8", shape, name="resnet_phase0"), 0, 2)
+    backbone = aanet_from_resnet(backbone_of(teacher), name="aanet_phase1")
+    images, labels = random_batch(4, shape, 2, seed=2)
+    network = grow_network(teacher, backbone, 2, keras.ops.convert_to_numpy(backbone(images)),
+                           labels, name="network_phase1")
+    # Also the layout before `Backbone`: every custom layer in a plain functional model.
+    inputs = keras.Input(shape, name="images")
+    features = keras.Model(backbone.input, backbone.output, name="aanet_phase1")(inputs)
+    legacy = keras.Model(inputs, {"logits": classifier_of(network)(features),
+                                  "features": features}, name="network_phase1")
+    named = set()
+    for name, model in (("network", network), ("legacy", legacy)):
+        model.save(str(tmp_path / f"{name}.keras"))
+        old = str(tmp_path / f"{name}_flat.keras")
+        named |= _with_flat_modules(str(tmp_path / f"{name}.keras"), old)
+        loaded = checkpointing.load_network(old)
+        for key in ("logits", "features"):
+            np.testing.assert_allclose(loaded(images, training=False)[key],
+                                       network(images, training=False)[key], rtol=1e-5,
+                                       atol=1e-6)
+    assert {"aanets_tf.backbones", "aanets_tf.cosine_classifier", "aanets_tf.residual",
+            "aanets_tf.aggregation"} <= named

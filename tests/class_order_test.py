@@ -1,9 +1,9 @@
-"""Tests for aanets_tf.class_order."""
+"""Tests for aanets_tf.data.class_order."""
 
 import numpy as np
 import pytest
 
-from aanets_tf.class_order import PhasePlan, class_order
+from aanets_tf.data.class_order import PhasePlan, class_order
 
 
 def test_cifar10_order_seed_1993():

@@ -172,7 +172,7 @@ def test_lr_boundaries(epochs, fractions, expected):
 
 
 def test_archs_match_backbones():
-    from aanets_tf.backbones import ARCHITECTURES
+    from aanets_tf.models.backbones import ARCHITECTURES
     assert set(config_lib.ARCHS) == set(ARCHITECTURES)
     assert len(config_lib.ARCHS) == len(ARCHITECTURES)
 
@@ -189,8 +189,8 @@ def test_repeated_decay_fraction_is_refused():
 
 
 def test_class_order_seed_decouples_the_order_from_the_draws():
-    from aanets_tf import incremental
-    from aanets_tf.class_order import class_order
+    from aanets_tf.data.class_order import class_order
+    from aanets_tf.protocol import incremental
 
     assert TrainConfig(seed=7).order_seed == 7  # -1: the order follows --seed
     config = TrainConfig(seed=1, class_order_seed=1993, num_base_classes=4,

@@ -34,7 +34,7 @@ def phase_networks():
 @pytest.fixture(scope="session")
 def exported_phases(phase_networks, tmp_path_factory):
     """A model base path with versions 1 (phase 0, a ResNet) and 2 (phase 1, an AANet)."""
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
     from serving_networks import CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES
 
     base = str(tmp_path_factory.mktemp("export") / "aanets")
@@ -47,7 +47,7 @@ def exported_phases(phase_networks, tmp_path_factory):
 @pytest.fixture(scope="session")
 def limited_export(phase_networks, tmp_path_factory):
     """`(version directory, limits)`: phase 0 exported as version 1 with small request limits."""
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
     from serving_networks import CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES
 
     base = str(tmp_path_factory.mktemp("limited") / "aanets")

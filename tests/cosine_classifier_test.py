@@ -1,11 +1,11 @@
-"""Tests for aanets_tf.cosine_classifier."""
+"""Tests for aanets_tf.models.cosine_classifier."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
+from aanets_tf.models.cosine_classifier import CosineClassifier, imprint_weights
 from support import to_numpy as _np
 
 

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.datasets: indexing the real CIFAR-10, bad records, class subsets."""
+"""Tests for aanets_tf.data.datasets: indexing the real CIFAR-10, bad records, class subsets."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aanets_tf import datasets, pipeline
+from aanets_tf.data import datasets, pipeline
 from support import SHARED_DATA_DIR
 
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3
@@ -186,8 +186,8 @@ def test_bad_tfds_records_are_skipped_counted_and_named(bad_records_dir):
 
 
 def test_strict_run_on_bad_records_stops_before_writing(bad_records_dir, tmp_path):
-    from aanets_tf import incremental
     from aanets_tf.config import TrainConfig
+    from aanets_tf.protocol import incremental
 
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -207,7 +207,7 @@ def test_truncated_record_file_ends_in_an_error_naming_it(bad_records_dir, tmp_p
     import shutil
     import time
 
-    from aanets_tf.sources import UnreadableRecordsError
+    from aanets_tf.data.sources import UnreadableRecordsError
 
     copy = str(tmp_path / "tfds")
     shutil.copytree(bad_records_dir, copy)
@@ -245,7 +245,7 @@ def test_class_subset_keeps_the_first_classes_of_the_order_relabelled():
 
 def test_index_is_kept_and_reused_with_the_same_settings(bad_records_dir, tmp_path,
                                                          monkeypatch):
-    from aanets_tf import sources
+    from aanets_tf.data import sources
 
     index_dir = str(tmp_path / "index")
     first = datasets.load_dataset("bad_image_records", bad_records_dir, index_dir=index_dir)

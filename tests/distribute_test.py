@@ -50,7 +50,7 @@ SUBPROCESS_TIMEOUT = 600
 
 
 def _load_tiny_data():
-    from aanets_tf import datasets
+    from aanets_tf.data import datasets
 
     return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
                                  test_images_per_class=10)
@@ -59,7 +59,7 @@ def _load_tiny_data():
 def _save_data(data, path: str) -> None:
     import numpy as np
 
-    from aanets_tf import datasets
+    from aanets_tf.data import datasets
 
     np.savez(path, train_images=datasets.decoded_images(data.train),
              train_labels=data.train.labels,
@@ -70,7 +70,7 @@ def _save_data(data, path: str) -> None:
 def _saved_data(path: str):
     import numpy as np
 
-    from aanets_tf import datasets
+    from aanets_tf.data import datasets
 
     saved = np.load(path)
     return datasets.from_arrays(saved["train_images"], saved["train_labels"],
@@ -81,8 +81,9 @@ def _saved_data(path: str):
 
 def _run(strategy_name: str, workdir: str, data_path: str | None = None, data=None) -> dict:
     """One tiny protocol run; returns the metrics and the replica count."""
-    from aanets_tf import distribute, incremental
+    from aanets_tf import distribute
     from aanets_tf.config import TrainConfig
+    from aanets_tf.protocol import incremental
 
     # The strategy comes first: a multi-worker cluster must be set up before
     # TensorFlow runs any op.
@@ -216,8 +217,9 @@ def test_chief_exports_each_phase_with_the_checkpoints_logits(runs, run):
     import tensorflow as tf
     from serving_networks import images, keras_outputs
 
-    from aanets_tf import checkpointing, run_state, serving
     from aanets_tf.config import TrainConfig
+    from aanets_tf.protocol import checkpointing, run_state
+    from aanets_tf.serving import serving
 
     result = runs["results"]["worker0" if run == "multi_worker" else run]
     assert result is not None, runs["errors"]

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.exemplar_store: exemplar images kept as encoded files."""
+"""Tests for aanets_tf.protocol.exemplar_store: exemplar images kept as encoded files."""
 
 import os
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import datasets, exemplar_store
-from aanets_tf.sources import ArraySource
+from aanets_tf.data import datasets
+from aanets_tf.data.sources import ArraySource
+from aanets_tf.protocol import exemplar_store
 from aanets_tf.workdir import Workdir
 
 

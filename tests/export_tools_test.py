@@ -1,4 +1,4 @@
-"""Exports from a run's workdir (aanets_tf/run_export.py, export/export_saved_model.py) and
+"""Exports from a run's workdir (aanets_tf/protocol/run_export.py, export/export_saved_model.py) and
 export/models_config.py, including the refusal of workdirs, checkpoints and export directories
 that are not the project's own.
 
@@ -19,8 +19,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from aanets_tf import checkpointing, run_export, serving
 from aanets_tf.config import TrainConfig
+from aanets_tf.protocol import checkpointing, run_export
+from aanets_tf.serving import serving
 from support import REPO_ROOT
 from export import models_config
 from serving_networks import (CLASS_ORDER, LABEL_NAMES, PHASE_CLASSES, images, keras_outputs,
@@ -203,7 +204,7 @@ def test_a_checkpoint_with_a_lambda_layer_is_refused_even_with_unsafe_mode_on(tm
     # the config is read before Keras sees it, so the refusal stands.
     done = subprocess.run([sys.executable, "-c", (
         "import keras, sys; keras.config.enable_unsafe_deserialization(); "
-        "from aanets_tf import checkpointing\n"
+        "from aanets_tf.protocol import checkpointing\n"
         "try:\n    checkpointing.load_network(sys.argv[1])\n"
         "except checkpointing.UnsafeCheckpointError as e:\n    print('refused', e)"), path],
         capture_output=True, text=True, timeout=120, env=ENV, cwd=REPO_ROOT)

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.folders: image folder trees as datasets, and what they may hold."""
+"""Tests for aanets_tf.data.folders: image folder trees as datasets, and what they may hold."""
 
 import io
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aanets_tf import datasets, folders
+from aanets_tf.data import datasets, folders
 from support import bomb_png
 
 
@@ -116,7 +116,7 @@ def test_growing_labels_refuse_a_learned_class_and_unknown_names(tmp_path):
 def test_a_class_name_holding_a_comma_can_be_chosen(tmp_path):
     from absl import flags
 
-    from aanets_tf import growth
+    from aanets_tf.protocol import growth
 
     root = _tree(tmp_path / "data", {"dog, small": 10, "cat": 50, "dog": 90})
     # `--classes` is an absl list: a name holding a comma goes in double quotes.

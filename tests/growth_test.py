@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import growth, incremental, serving_config, run_state
 from aanets_tf.config import TrainConfig
-from aanets_tf.reporting import without_timings
+from aanets_tf.protocol import growth, incremental, run_state
+from aanets_tf.reports.reporting import without_timings
+from aanets_tf.serving import serving_config
 from support import REPO_ROOT, SHARED_DATA_DIR, kill_after_epoch
 from aanets_tf.workdir import Workdir
 from tools import make_folder_dataset
@@ -132,7 +133,7 @@ def test_bad_grows_are_refused_and_change_nothing(grown, trees, tmp_path):
     assert any("already learned ['frog', 'horse']" in line for line in lines)
     with pytest.raises(growth.GrowthError, match="no class folder the run has not learned"):
         growth.grow(workdir, os.path.dirname(trees[1]) + "/base", log=lambda _: None)
-    from aanets_tf import folders
+    from aanets_tf.data import folders
     with pytest.raises(folders.FolderError, match=r"already learned class\(es\) \['frog'\]"):
         growth.grow(workdir, trees[1], classes=["frog"], log=lambda _: None)
     extra = tmp_path / "extra"

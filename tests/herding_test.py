@@ -1,11 +1,11 @@
-"""Tests for aanets_tf.herding."""
+"""Tests for aanets_tf.protocol.herding."""
 
 import json
 
 import numpy as np
 import pytest
 
-from aanets_tf.herding import ExemplarMemory, herding_ranking
+from aanets_tf.protocol.herding import ExemplarMemory, herding_ranking
 
 
 def _unit(x):

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf.backbones import aanet_from_resnet, build_resnet, level_taps
+from aanets_tf.models.backbones import aanet_from_resnet, build_resnet, level_taps
 from aanets_tf.config import TrainConfig
 from aanets_tf.hosts import host_for
 from aanets_tf.hosts.host import Outputs
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier
 from aanets_tf.hosts.podnet import finetune_head
-from aanets_tf.network import backbone_of, build_network, classifier_of, grow_network
+from aanets_tf.models.network import backbone_of, build_network, classifier_of, grow_network
 from support import random_batch, to_numpy
 from aanets_tf.workdir import Workdir
 
@@ -18,7 +18,7 @@ INPUT_SHAPE = (16, 16, 3)
 
 
 def _networks(host_name, num_old=3, num_new=2, dual=True):
-    """Phase 0 and phase 1 networks of `host_name`, as `aanets_tf.phase` builds them."""
+    """Phase 0 and phase 1 networks of `host_name`, as `aanets_tf.protocol.phase` builds them."""
     extra = {"proxies_per_class": 2} if host_name == "podnet" else {}
     host = host_for(TrainConfig(host=host_name, **extra))
     resnet = build_resnet("resnet8", INPUT_SHAPE, name="resnet_phase0")
@@ -164,14 +164,14 @@ def test_a_podnet_checkpoint_loads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys
 
-    from aanets_tf import checkpointing
+    from aanets_tf.protocol import checkpointing
     from support import REPO_ROOT
 
     _, teacher, _ = _networks("podnet")
     classifier_of(teacher).scale.assign(2.5)
     checkpointing.save_network(teacher, str(tmp_path), 0)
     path = Workdir(str(tmp_path)).phase_network(0)
-    code = ("import sys; sys.path.insert(0, '.'); from aanets_tf import checkpointing; "
+    code = ("import sys; sys.path.insert(0, '.'); from aanets_tf.protocol import checkpointing; "
             f"head = checkpointing.load_network({path!r}).get_layer('classifier'); "
             "print(type(head).__name__, float(head.scale))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.images: header reading, refusal before decoding, odd pixel formats."""
+"""Tests for aanets_tf.data.images: header reading, refusal before decoding, odd pixel formats."""
 
 import io
 import resource
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, features
 
-from aanets_tf import images
+from aanets_tf.data import images
 
 HAS_WEBP = features.check("webp")
 RNG = np.random.RandomState(0)

@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from aanets_tf import datasets, incremental, run_state
 from aanets_tf.config import TrainConfig
-from aanets_tf.learner import TrainingDivergedError
-from aanets_tf.reporting import without_timings
+from aanets_tf.data import datasets
+from aanets_tf.protocol import incremental, run_state
+from aanets_tf.reports.reporting import without_timings
+from aanets_tf.training.learner import TrainingDivergedError
 from support import REPO_ROOT, SHARED_DATA_DIR, TINY, kill_after_epoch
 from aanets_tf.workdir import Workdir
 
@@ -112,7 +113,7 @@ def test_changed_configuration_is_refused(finished_run, data):
 
 @pytest.mark.parametrize("host", ["icarl", "podnet"])
 def test_other_hosts_run_export_resume_and_own_their_workdir(host, data, tmp_path):
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
 
     workdir = str(tmp_path / host)
     extra = dict(proxies_per_class=2, finetune_epochs=3) if host == "podnet" else {}

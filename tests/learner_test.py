@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.learner."""
+"""Tests for aanets_tf.training.learner."""
 
 import math
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf.backbones import build_aanet, build_resnet
-from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
-                               TrainingDivergedError, step_schedule)
-from aanets_tf.network import backbone_of, build_network, variable_groups
+from aanets_tf.models.backbones import build_aanet, build_resnet
+from aanets_tf.training.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
+                                        TrainingDivergedError, step_schedule)
+from aanets_tf.models.network import backbone_of, build_network, variable_groups
 from support import phase1_learner, random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from aanets_tf.hosts import podnet_losses
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier, imprint_proxies
-from aanets_tf.precision import precision_policy
+from aanets_tf.training.precision import precision_policy
 from support import to_numpy as _np
 
 

@@ -1,11 +1,11 @@
-"""Tests for aanets_tf.metrics."""
+"""Tests for aanets_tf.protocol.metrics."""
 
 import math
 
 import numpy as np
 import pytest
 
-from aanets_tf import metrics
+from aanets_tf.protocol import metrics
 
 S = 1.0 / math.sqrt(2.0)
 

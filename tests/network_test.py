@@ -1,16 +1,15 @@
-"""Tests for aanets_tf.network."""
+"""Tests for aanets_tf.models.network."""
 
 import keras
 import numpy as np
 import pytest
 
-from aanets_tf.aggregation import Aggregation
-from aanets_tf.backbones import (aanet_from_resnet, build_aanet, build_resnet,
-                                 clone_backbone)
-from aanets_tf.cosine_classifier import CosineClassifier, imprint_weights
-from aanets_tf.network import (backbone_of, build_network, classifier_of, grow_network,
-                               parameter_counts, variable_groups)
-from aanets_tf.stable_conv import StableConv2D
+from aanets_tf.models.aggregation import Aggregation
+from aanets_tf.models.backbones import aanet_from_resnet, build_aanet, build_resnet, clone_backbone
+from aanets_tf.models.cosine_classifier import CosineClassifier, imprint_weights
+from aanets_tf.models.network import (backbone_of, build_network, classifier_of, grow_network,
+                                      parameter_counts, variable_groups)
+from aanets_tf.models.stable_conv import StableConv2D
 from support import random_batch, to_numpy as _np
 
 INPUT_SHAPE = (16, 16, 3)
@@ -187,7 +186,7 @@ def test_keras_round_trip_of_grown_aanet(grown_aanet, tmp_path):
 
 def test_checkpoint_with_a_plain_functional_backbone_is_upgraded(grown_aanet, tmp_path):
     """Checkpoints written before `Backbone` existed load as networks with a `Backbone`."""
-    from aanets_tf import checkpointing
+    from aanets_tf.protocol import checkpointing
 
     backbone = backbone_of(grown_aanet)
     # The earlier format: the same layers in a plain functional model.

@@ -1,4 +1,4 @@
-"""Tests for the run loop's pieces (`aanets_tf.incremental`): the setting checked before
+"""Tests for the run loop's pieces (`aanets_tf.protocol.incremental`): the setting checked before
 any data is read, and a phase run step by step on small in-memory data."""
 
 import json
@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from aanets_tf import datasets, incremental, run_state
+from aanets_tf.data import datasets
+from aanets_tf.protocol import incremental, run_state
 from aanets_tf.config import TrainConfig
 from aanets_tf.workdir import Workdir
 
@@ -122,7 +123,7 @@ def test_the_run_loop_is_the_steps_in_order(tmp_path):
             previous = network
     whole = incremental.run(run.config.replace(workdir=str(tmp_path / "whole")), data=_data(),
                             verbose=0, log=lambda _: None)
-    from aanets_tf.reporting import without_timings
+    from aanets_tf.reports.reporting import without_timings
 
     with open(Workdir(run.config.workdir).metrics) as f:
         assert without_timings(json.load(f)) == without_timings(json.loads(json.dumps(whole)))

@@ -1,13 +1,23 @@
-"""Tests for aanets_tf.pipeline: the streaming pipelines, on synthetic and real images."""
+"""Tests for aanets_tf.data.pipeline: the streaming pipelines, on synthetic and real images."""
 
 import numpy as np
 import pytest
 
-from aanets_tf import datasets, pipeline
-from aanets_tf.sources import ArraySource
+from aanets_tf.data import datasets, pipeline
+from aanets_tf.data.sources import ArraySource
 from support import SHARED_DATA_DIR
 
 N_TRAIN, N_TEST, N_VAL = 5, 7, 3
+
+
+@pytest.fixture(autouse=True)
+def _without_a_global_seed():
+    """Each test starts without TensorFlow's global seed, as when run alone: the batches'
+    shuffle pairs its own seed with the global one, which a run sets per phase
+    (`protocol.incremental`) and earlier tests leave set."""
+    import tensorflow as tf
+
+    tf.random.set_seed(None)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Tests for aanets_tf.precision: mixed float16/bfloat16 steps with float32 where it matters."""
+"""Tests for aanets_tf.training.precision: mixed float16/bfloat16 steps with float32 where
+it matters."""
 
 import math
 
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import precision
-from aanets_tf.network import classifier_of
+from aanets_tf.models.network import classifier_of
+from aanets_tf.training import precision
 from support import phase1_learner, random_batch, to_numpy as _np
 
 INPUT_SHAPE = (8, 8, 3)

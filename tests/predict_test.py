@@ -1,4 +1,4 @@
-"""aanets_tf/serving_client.py and tools/predict.py against a stand-in for TF Serving.
+"""aanets_tf/serving/serving_client.py and tools/predict.py against a stand-in for TF Serving.
 
 The stand-in (tests/serving_standin.py) serves two exported versions through
 `models.config` written by export/models_config.py, on 127.0.0.1: the client
@@ -20,13 +20,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from aanets_tf import serving
+from aanets_tf.serving import serving
 from support import REPO_ROOT
 from export import models_config
 from serving_networks import (CLASS_ORDER, INPUT_SHAPE, LABEL_NAMES, PHASE_CLASSES, images,
                               keras_outputs)
 from serving_standin import StandInModelServer, StandInServer
-from aanets_tf import serving_client as predict
+from aanets_tf.serving import serving_client as predict
 
 H, W, _ = INPUT_SHAPE
 

@@ -1,11 +1,12 @@
-"""Tests for aanets_tf.progress: one bar per phase, with the phase's and the run's time left."""
+"""Tests for aanets_tf.training.progress: one bar per phase, with the phase's and the run's
+time left."""
 
 import io
 
 import keras
 import numpy as np
 
-from aanets_tf.progress import PhaseProgress, _duration
+from aanets_tf.training.progress import PhaseProgress, _duration
 
 
 def test_duration_format():

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.reporting."""
+"""Tests for aanets_tf.reports.reporting."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from aanets_tf import reporting
+from aanets_tf.reports import reporting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

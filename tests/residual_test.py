@@ -1,13 +1,13 @@
-"""Tests for aanets_tf.residual."""
+"""Tests for aanets_tf.models.residual."""
 
 import keras
 import numpy as np
 import pytest
 
-from aanets_tf.residual import (BN_EPSILON, BN_MOMENTUM, FusedBatchNormalization,
-                                ResidualBlock, ResidualLevel, Stem,
-                                make_batch_norm, make_conv)
-from aanets_tf.stable_conv import StableConv2D
+from aanets_tf.models.residual import (BN_EPSILON, BN_MOMENTUM, FusedBatchNormalization,
+                                       ResidualBlock, ResidualLevel, Stem, make_batch_norm,
+                                       make_conv)
+from aanets_tf.models.stable_conv import StableConv2D
 from support import to_numpy as _np
 
 

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.results_table and tools/report.py, on hand-written workdirs."""
+"""Tests for aanets_tf.reports.results_table and tools/report.py, on hand-written workdirs."""
 
 import csv
 import io
@@ -10,9 +10,9 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from aanets_tf import paper_results, results_table as rt, run_records
-from aanets_tf.paper_results import PaperNumber
-from aanets_tf.run_records import Method, ReportInputError, Setting
+from aanets_tf.reports import paper_results, results_table as rt, run_records
+from aanets_tf.reports.paper_results import PaperNumber
+from aanets_tf.reports.run_records import Method, ReportInputError, Setting
 from support import write_run_workdir
 from tools import report
 

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.run_state on small files, before any data is read: what a workdir
+"""Tests for aanets_tf.protocol.run_state on small files, before any data is read: what a workdir
 may hold, what starting over removes, and whose phase 0 a run may take."""
 
 import json
@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from aanets_tf import run_state
 from aanets_tf.config import TrainConfig
-from aanets_tf.run_state import Phase0SourceError, RunState, WorkdirConflictError
+from aanets_tf.protocol import run_state
+from aanets_tf.protocol.run_state import Phase0SourceError, RunState, WorkdirConflictError
 from aanets_tf.workdir import Workdir
 
 SMALL = dict(dataset="cifar10", arch="resnet8", num_base_classes=4, classes_per_phase=2,

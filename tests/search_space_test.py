@@ -3,8 +3,8 @@
 import keras_tuner
 import pytest
 
-from aanets_tf import search_space
 from aanets_tf.config import TrainConfig
+from aanets_tf.tuning import search_space
 
 
 def test_default_search_parses_and_round_trips():

@@ -26,7 +26,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from aanets_tf import serving_config
+from aanets_tf.serving import serving_config
 from support import REPO_ROOT, bomb_image
 from serving_networks import INPUT_SHAPE, PHASE_CLASSES, images
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from aanets_tf.backbones import aanet_from_resnet, build_resnet
-from aanets_tf.network import backbone_of, build_network, classifier_of, grow_network
+from aanets_tf.models.backbones import aanet_from_resnet, build_resnet
+from aanets_tf.models.network import backbone_of, build_network, classifier_of, grow_network
 
 INPUT_SHAPE = (16, 16, 3)
 # Dataset labels in learning order: logit column i is CLASS_ORDER[i].

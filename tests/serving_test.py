@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.serving: versioned exports and their three signatures."""
+"""Tests for aanets_tf.serving.serving: versioned exports and their three signatures."""
 
 import os
 import re
@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from aanets_tf import serving
+from aanets_tf.serving import serving
 from serving_networks import (CLASS_ORDER, INPUT_SHAPE, LABEL_NAMES, PHASE_CLASSES, images,
                               keras_outputs, two_phases)
 
@@ -230,7 +230,7 @@ def test_read_classes_says_what_is_missing(tmp_path):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_a_mixed_precision_network_exports_float32_outputs(policy, tmp_path):
-    from aanets_tf import precision
+    from aanets_tf.training import precision
 
     with precision.precision_policy(policy):
         _, network = two_phases(seed=3)

@@ -1,4 +1,4 @@
-"""Tests for aanets_tf.sources: reading selections, and indexing that finds bad images."""
+"""Tests for aanets_tf.data.sources: reading selections, and indexing that finds bad images."""
 
 import io
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aanets_tf import datasets, pipeline, sources
+from aanets_tf.data import datasets, pipeline, sources
 from support import bomb_png
 
 

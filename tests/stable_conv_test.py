@@ -1,11 +1,11 @@
-"""Tests for aanets_tf.stable_conv."""
+"""Tests for aanets_tf.models.stable_conv."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf.stable_conv import StableConv2D, conv_initializer
+from aanets_tf.models.stable_conv import StableConv2D, conv_initializer
 
 
 def _random_images(shape, seed=0):

@@ -27,10 +27,10 @@ def phase1_learner(input_shape: tuple, *, num_old: int = 2, num_new: int = 2,
     import keras
     import numpy as np
 
-    from aanets_tf.backbones import aanet_from_resnet, build_resnet
+    from aanets_tf.models.backbones import aanet_from_resnet, build_resnet
     from aanets_tf.hosts.lucir import LucirObjective
-    from aanets_tf.learner import IncrementalLearner
-    from aanets_tf.network import build_network, grow_network
+    from aanets_tf.training.learner import IncrementalLearner
+    from aanets_tf.models.network import build_network, grow_network
 
     resnet = build_resnet("resnet8", input_shape, name="resnet_phase0")
     teacher = build_network(resnet, 0, num_old, name="network_phase0")

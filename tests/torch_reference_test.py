@@ -78,8 +78,8 @@ def _steps(torch_reference, blocks):
 
 @pytest.mark.parametrize("arch,blocks", [("resnet8", 1), ("resnet32", 5)])
 def test_reference_has_our_parameter_counts(torch_reference, arch, blocks):
-    from aanets_tf.backbones import aanet_from_resnet, build_resnet
-    from aanets_tf.network import build_network, parameter_counts
+    from aanets_tf.models.backbones import aanet_from_resnet, build_resnet
+    from aanets_tf.models.network import build_network, parameter_counts
 
     resnet = build_resnet(arch)
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import phase, pipeline
-from aanets_tf.learner import AggregationCallback
-from aanets_tf.sources import ArraySource
+from aanets_tf.data import pipeline
+from aanets_tf.data.sources import ArraySource
+from aanets_tf.protocol import phase
+from aanets_tf.training.learner import AggregationCallback
 from support import phase1_learner
 
 INPUT_SHAPE = (8, 8, 3)

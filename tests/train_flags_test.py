@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from absl.testing import flagsaver
 
-from aanets_tf.class_order import PhasePlan
+from aanets_tf.data.class_order import PhasePlan
 from aanets_tf.config import TrainConfig
 from support import REPO_ROOT
 from tools import train_flags
@@ -68,7 +68,7 @@ def test_flag_defaults_are_the_config_defaults():
 def test_auto_precision_is_resolved_before_the_config(monkeypatch):
     """`--mixed_precision=auto` becomes the machine's precision: the config (and the
     run's config.json) holds the resolved name, never `auto`."""
-    from aanets_tf import precision
+    from aanets_tf.training import precision
     for flags_of_cpu, expected in ((["avx2", "avx512_bf16"], "mixed_bfloat16"),
                                    (["avx2"], "float32")):
         monkeypatch.setattr(precision.cpu, "cpu_info",

@@ -1,10 +1,10 @@
-"""Tests for aanets_tf.transforms: geometry, determinism per seed, graph safety."""
+"""Tests for aanets_tf.data.transforms: geometry, determinism per seed, graph safety."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from aanets_tf import transforms as T
+from aanets_tf.data import transforms as T
 
 
 def _image(h, w, seed=0):

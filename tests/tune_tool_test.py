@@ -13,8 +13,9 @@ import pytest
 from absl import app, flags
 from absl.testing import flagsaver
 
-from aanets_tf import datasets, tuning
-from aanets_tf.learner import TrainingDivergedError
+from aanets_tf.data import datasets
+from aanets_tf.training.learner import TrainingDivergedError
+from aanets_tf.tuning import tuning
 from support import REPO_ROOT, SHARED_DATA_DIR
 from tools import train_flags, tune
 

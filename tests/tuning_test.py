@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from aanets_tf import datasets, search_space, tuning
 from aanets_tf.config import TrainConfig
-from aanets_tf.learner import TrainingDivergedError
+from aanets_tf.data import datasets
+from aanets_tf.training.learner import TrainingDivergedError
+from aanets_tf.tuning import search_space, tuning
 from support import SHARED_DATA_DIR, TINY as CONFTEST_TINY
 
 # The end-to-end tests' run with 8 training and 4 validation images per class, 1 epoch.

@@ -23,7 +23,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from aanets_tf.reporting import without_timings  # noqa: E402
+from aanets_tf.reports.reporting import without_timings  # noqa: E402
 from aanets_tf.workdir import Workdir  # noqa: E402
 
 

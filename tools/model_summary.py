@@ -31,8 +31,8 @@ def define_flags() -> None:
 
 def summary(arch: str, num_classes: int) -> dict:
     """Parameter counts of the plain and the AANet model of `arch`."""
-    from aanets_tf.backbones import aanet_from_resnet, build_resnet, get_architecture
-    from aanets_tf.network import build_network, parameter_counts
+    from aanets_tf.models.backbones import aanet_from_resnet, build_resnet, get_architecture
+    from aanets_tf.models.network import build_network, parameter_counts
 
     resnet = build_resnet(arch, name="resnet")
     aanet = aanet_from_resnet(resnet, name="aanet")

@@ -16,7 +16,7 @@ overrides the choice (`features` prints the pooled features' size and norm).
 The request is checked against the model's limits before it is sent: an
 export's own (`--saved_model`), or `--max_batch`, `--max_image_bytes` and
 `--max_image_pixels` for a server (default: the export defaults). The client
-library is `aanets_tf/serving_client.py`; this file only reads flags.
+library is `aanets_tf/serving/serving_client.py`; this file only reads flags.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
 
-from aanets_tf import serving_client as client  # noqa: E402
-from aanets_tf.serving_client import PredictError  # noqa: E402,F401
+from aanets_tf.serving import serving_client as client  # noqa: E402
+from aanets_tf.serving.serving_client import PredictError  # noqa: E402,F401
 from tools import console  # noqa: E402
 from tools.train_flags import as_flag_names  # noqa: E402
 
@@ -62,7 +62,7 @@ def define_flags() -> None:
 
 
 def _server_limits():
-    from aanets_tf.serving import ServingLimits
+    from aanets_tf.serving.serving import ServingLimits
 
     given = {name: FLAGS[name].value for name in ("max_batch", "max_image_bytes",
                                                   "max_image_pixels")

@@ -39,7 +39,7 @@ def main(argv) -> int:
     if not FLAGS["verbosity"].present:
         # Matplotlib announces, through absl, the font cache it builds on a first run.
         logging.set_verbosity(logging.WARNING)
-    from aanets_tf import results_table, run_records
+    from aanets_tf.reports import results_table, run_records
 
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required (where table.md, table.csv and "

@@ -44,8 +44,8 @@ def define_flags() -> None:
 
 
 def _grow(verbose) -> int:
-    from aanets_tf import growth
     from aanets_tf.config import TrainConfig
+    from aanets_tf.protocol import growth
 
     # The run's own settings apply; flags given on the command line override
     # them (and are refused, like a resume, when they would change the run).
@@ -91,10 +91,11 @@ def main(argv):
         print(console.setting_summary(config), flush=True)
     console.start_tensorflow(verbose=verbose_logs)
 
-    from aanets_tf import incremental, reporting
-    from aanets_tf.datasets import DatasetNotFoundError
+    from aanets_tf.data.datasets import DatasetNotFoundError
     from aanets_tf.distribute import StrategyUnavailableError
-    from aanets_tf.run_state import WorkdirConflictError
+    from aanets_tf.protocol import incremental
+    from aanets_tf.protocol.run_state import WorkdirConflictError
+    from aanets_tf.reports import reporting
 
     verbose = 1 if sys.stdout.isatty() else 2
     try:

@@ -173,7 +173,7 @@ def config_from_flags(flag_values=None) -> TrainConfig:
                 raise ValueError(f"--lr_decay_epochs must be numbers. Received: {value}") from e
         if field.name == "mixed_precision" and value == AUTO_PRECISION:
             # The machine's choice: the run's config holds (and records) it.
-            from aanets_tf import precision
+            from aanets_tf.training import precision
 
             value, reason = precision.resolve(value)
             logging.info("--mixed_precision=auto: %s (%s).", value, reason)

@@ -34,8 +34,8 @@ def define_flags() -> None:
     # The search's flags name KerasTuner's choices, and KerasTuner imports TensorFlow:
     # start it quietly first, unless the command line asks for its logs.
     console.start_tensorflow(verbose=console.verbosity_requested(sys.argv))
-    from aanets_tf.search_space import DEFAULT_SEARCH, SEARCHABLE
-    from aanets_tf.tuning import OBJECTIVE_KINDS, TUNERS
+    from aanets_tf.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE
+    from aanets_tf.tuning.tuning import OBJECTIVE_KINDS, TUNERS
 
     train_flags.define_flags()
     if "search" in FLAGS:
@@ -73,7 +73,7 @@ def define_flags() -> None:
 
 def _settings():
     """Validated settings from the flags; raises app.UsageError naming the bad flag."""
-    from aanets_tf import search_space, tuning
+    from aanets_tf.tuning import search_space, tuning
 
     try:
         config = train_flags.config_from_flags()
@@ -110,7 +110,9 @@ def main(argv):
         logging.set_verbosity(logging.ERROR)
     console.start_tensorflow(verbose=FLAGS["verbosity"].present)
 
-    from aanets_tf import atomic_io, datasets, search_space, tuning
+    from aanets_tf import atomic_io
+    from aanets_tf.data import datasets
+    from aanets_tf.tuning import search_space, tuning
 
     try:
         oracle = tuning.build_oracle(

@@ -11,10 +11,11 @@ between LUCIR, iCaRL and PODNet:
 - `after_exemplars(...)`: a step after herding (PODNet's class-balanced
   fine-tuning of the head); nothing for the others.
 
-The settings only one host reads are `aanets_tf.config.HOST_OPTIONS` (a run of
-another host refuses them).
+What the project knows of a host without a framework (its name, headline,
+phase-0 family and the settings only it reads, which a run of another host
+refuses) is its entry in `aanets_tf.hosts.registry`.
 
-The phase loop (`aanets_tf.phase`) and the learner call hosts only through
+The phase loop (`aanets_tf.protocol.phase`) and the learner call hosts only through
 this interface and know no method by name.
 """
 
@@ -26,8 +27,9 @@ from typing import Callable, ClassVar, Sequence
 import keras
 import tensorflow as tf
 
-from aanets_tf import distribute, losses
-from aanets_tf.network import classifier_of
+from aanets_tf import distribute
+from aanets_tf.hosts import lucir_losses, registry
+from aanets_tf.models.network import classifier_of
 
 
 @dataclasses.dataclass
@@ -72,7 +74,7 @@ class Objective:
                     global_batch: tf.Tensor) -> tf.Tensor:
         """Level 2's loss (share of the global-batch mean): cross-entropy on the logits."""
         logits = student.head(student.features)
-        return batch_share(losses.cross_entropy_per_example(labels, logits), global_batch)
+        return batch_share(lucir_losses.cross_entropy_per_example(labels, logits), global_batch)
 
 
 class CrossEntropy(Objective):
@@ -82,20 +84,29 @@ class CrossEntropy(Objective):
 
     def level1_terms(self, labels, student, teacher, global_batch):
         logits = student.head(student.features)
-        return {"ce": batch_share(losses.cross_entropy_per_example(labels, logits),
+        return {"ce": batch_share(lucir_losses.cross_entropy_per_example(labels, logits),
                                   global_batch)}, logits
 
 
 class Host:
-    """A class-incremental method; subclasses set the class attributes and methods."""
+    """A class-incremental method; subclasses set `name` (their registry entry's) and the
+    methods."""
     name: ClassVar[str] = ""
-    headline: ClassVar[str] = "cnn"  # "cnn" or "nme"
-    # Hosts of one name here train the same phase 0 (head, loss, step after herding),
-    # so a run of one can take another's (`aanets_tf.run_state.adopt_phase0`).
-    phase0: ClassVar[str] = ""
 
     def __init__(self, config):
         self.config = config
+
+    @property
+    def headline(self) -> str:
+        """The classifier whose accuracy the method reports: "cnn" or "nme"."""
+        return registry.entry(self.name).headline
+
+    @property
+    def phase0(self) -> str:
+        """The phase-0 family: hosts of one family train the same phase 0 (head, loss, step
+        after herding), so a run of one can take another's
+        (`aanets_tf.protocol.run_state.adopt_phase0`)."""
+        return registry.entry(self.name).phase0_family
 
     def classifier(self, num_old_classes: int, num_new_classes: int) -> keras.layers.Layer:
         """A fresh head named "classifier" (phase 0, `num_old_classes = 0`)."""
@@ -107,7 +118,7 @@ class Host:
 
     def after_exemplars(self, network: keras.Model, memory, phase: int,
                         log: Callable[[str], None]) -> dict | None:
-        """A step after herding. `memory` (`aanets_tf.phase.MemoryFeatures`) holds the
+        """A step after herding. `memory` (`aanets_tf.protocol.phase.MemoryFeatures`) holds the
         class-balanced memory's features, those of its mirror images and its class
         positions (every seen class). Returns what to record in the phase's metrics,
         or None."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aanets_tf.hosts import icarl_losses
 from aanets_tf.hosts.host import Host, Objective, batch_share
-from aanets_tf.network import cosine_head
+from aanets_tf.models.network import cosine_head
 
 
 class IcarlObjective(Objective):
@@ -35,8 +35,6 @@ class IcarlObjective(Objective):
 
 class Icarl(Host):
     name = "icarl"
-    headline = "nme"
-    phase0 = "cosine"
 
     def classifier(self, num_old_classes, num_new_classes):
         return cosine_head(num_old_classes, num_new_classes)

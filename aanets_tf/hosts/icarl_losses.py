@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from aanets_tf.losses import cross_entropy_per_example
+from aanets_tf.hosts.lucir_losses import cross_entropy_per_example
 
 # The AANets code's constants (trainer/incremental_icarl.py): `T` and `beta`.
 DEFAULT_TEMPERATURE = 2.0

@@ -25,8 +25,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from aanets_tf.cosine_classifier import (add_class_weights, check_class_counts,
-                                         cosine_similarity, joined)
+from aanets_tf.models.cosine_classifier import (add_class_weights, check_class_counts,
+                                                cosine_similarity, joined)
 
 IMPRINT_METHODS = ("kmeans", "mean")
 

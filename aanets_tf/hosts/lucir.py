@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from aanets_tf import distribute, losses
+from aanets_tf import distribute
+from aanets_tf.hosts import lucir_losses
 from aanets_tf.hosts.host import Host, Objective, batch_share
-from aanets_tf.network import cosine_head
+from aanets_tf.models.network import cosine_head
 
 
 class LucirObjective(Objective):
@@ -32,14 +33,14 @@ class LucirObjective(Objective):
         cosines = head.cosine(student.features)
         logits = head.sigma * cosines
         zero = tf.zeros((), tf.float32)
-        terms = {"ce": batch_share(losses.cross_entropy_per_example(labels, logits),
+        terms = {"ce": batch_share(lucir_losses.cross_entropy_per_example(labels, logits),
                                    global_batch),
                  "less_forget": zero, "margin_ranking": zero}
         if teacher is not None:
             terms["less_forget"] = self.less_forget_weight * batch_share(
-                losses.less_forget_per_example(student.features, teacher.features),
+                lucir_losses.less_forget_per_example(student.features, teacher.features),
                 global_batch)
-            hinge_sum, pairs = losses.margin_ranking_terms(
+            hinge_sum, pairs = lucir_losses.margin_ranking_terms(
                 cosines, labels, self.num_old_classes, self.margin, self.top_k)
             terms["margin_ranking"] = distribute.share_of_mean(hinge_sum,
                                                                distribute.global_sum(pairs))
@@ -48,13 +49,12 @@ class LucirObjective(Objective):
 
 class Lucir(Host):
     name = "lucir"
-    headline = "cnn"
-    phase0 = "cosine"
 
     def classifier(self, num_old_classes, num_new_classes):
         return cosine_head(num_old_classes, num_new_classes)
 
     def objective(self, network, teacher, num_old_classes, num_new_classes):
-        weight = (losses.less_forget_weight(self.config.lambda_base, num_old_classes,
-                                            num_new_classes) if num_old_classes else 0.0)
+        weight = (lucir_losses.less_forget_weight(self.config.lambda_base, num_old_classes,
+                                                  num_new_classes)
+                  if num_old_classes else 0.0)
         return LucirObjective(num_old_classes, weight, self.config.margin, self.config.top_k)

@@ -66,8 +66,6 @@ class PodnetObjective(Objective):
 
 class Podnet(Host):
     name = "podnet"
-    headline = "cnn"
-    phase0 = "podnet"
 
     def classifier(self, num_old_classes, num_new_classes):
         return LocalSimilarityClassifier(num_old_classes, num_new_classes,

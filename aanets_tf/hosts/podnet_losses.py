@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from aanets_tf.losses import less_forget_per_example
+from aanets_tf.hosts.lucir_losses import less_forget_per_example
 
 # PODNet's released CIFAR-100 configuration.
 DEFAULT_SPATIAL_BASE = 3.0

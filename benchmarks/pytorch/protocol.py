@@ -11,7 +11,7 @@ PyTorch, with the networks and loss pieces of `benchmarks.pytorch.reference`
   read into NumPy (the first `--train_images_per_class` training images of
   each class in the split's order, the first `--test_images_per_class` test
   images, 0: all); the class order of `--class_order_seed`, else `--seed`
-  (`aanets_tf.class_order`);
+  (`aanets_tf.data.class_order`);
 - phase 0: a plain ResNet (resnet32: 5 blocks a level, resnet8: 1) with the
   cosine head, cross-entropy;
 - later phases: the AANet built from the phase-0 ResNet (stable stem and
@@ -32,8 +32,8 @@ PyTorch, with the networks and loss pieces of `benchmarks.pytorch.reference`
   L2-normalised features closest to the class mean), CNN and NME accuracy
   (class means of the exemplars and their mirror images) on the test images
   of every seen class at the end of each phase. These NumPy steps, and Level
-  2's draw, are the project's own (`aanets_tf.herding`, `aanets_tf.metrics`,
-  `aanets_tf.phase.balanced_draw`): the loop differs from ours only where
+  2's draw, are the project's own (`aanets_tf.protocol.herding`, `aanets_tf.protocol.metrics`,
+  `aanets_tf.protocol.phase.balanced_draw`): the loop differs from ours only where
   the framework does.
 `--test_every_epoch` adds what the authors' loop does after every epoch: a
 test pass (cross-entropy and CNN accuracy) over the seen classes' test images.
@@ -70,11 +70,11 @@ from typing import Callable
 import numpy as np
 from absl import app, flags, logging
 
-from aanets_tf import metrics
-from aanets_tf.class_order import PhasePlan, class_order
-from aanets_tf.herding import herding_ranking
-from aanets_tf.metrics import l2_normalize
-from aanets_tf.phase import balanced_draw
+from aanets_tf.data.class_order import PhasePlan, class_order
+from aanets_tf.protocol import metrics
+from aanets_tf.protocol.herding import herding_ranking
+from aanets_tf.protocol.metrics import l2_normalize
+from aanets_tf.protocol.phase import balanced_draw
 from benchmarks import harness, pytorch
 from tools import train_flags
 

@@ -24,10 +24,10 @@ import os
 import numpy as np
 
 from aanets_tf import atomic_io
-from aanets_tf.paper_results import PAPER_SOURCE, PaperNumber, paper_number
-from aanets_tf.run_records import (DUAL_ONLY_KEYS, GROUPING_KEYS, HOST_NAMES, HOSTS,
-                                   LOCATION_KEYS, MISSING, Method, ReportInputError, Run,
-                                   Setting)
+from aanets_tf.reports.paper_results import PAPER_SOURCE, PaperNumber, paper_number
+from aanets_tf.reports.run_records import (DUAL_ONLY_KEYS, GROUPING_KEYS, HOST_NAMES, HOSTS,
+                                           LOCATION_KEYS, MISSING, Method, ReportInputError, Run,
+                                           Setting)
 
 # === Groups ===
 

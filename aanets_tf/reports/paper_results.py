@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from aanets_tf.run_records import Method, Setting
+from aanets_tf.reports.run_records import Method, Setting
 
 # Where the figures come from, printed under every table.
 PAPER_SOURCE = ("Liu, Schiele and Sun, Adaptive Aggregation Networks for Class-Incremental "

@@ -22,8 +22,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import transforms
-from aanets_tf.sources import ArraySource, ImageSource
+from aanets_tf.data import transforms
+from aanets_tf.data.sources import ArraySource, ImageSource
 
 DEFAULT_SHUFFLE_BUFFER = 10_000  # transformed images held for shuffling
 

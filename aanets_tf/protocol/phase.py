@@ -31,18 +31,20 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from aanets_tf import checkpointing, datasets, distribute, metrics as metrics_lib, pipeline
-from aanets_tf.backbones import Backbone, aanet_from_resnet, build_resnet, clone_backbone
-from aanets_tf.checkpointing import EpochCheckpoint, EpochState
-from aanets_tf.class_order import PhasePlan
+from aanets_tf import distribute
 from aanets_tf.config import TrainConfig
-from aanets_tf.exemplar_store import ExemplarSource, write_exemplars
-from aanets_tf.herding import ExemplarMemory
+from aanets_tf.data import datasets, pipeline
+from aanets_tf.data.class_order import PhasePlan
 from aanets_tf.hosts import host_for
-from aanets_tf.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
-                               step_schedule)
-from aanets_tf.network import backbone_of, build_network, grow_network
-from aanets_tf.progress import PhaseProgress
+from aanets_tf.models.backbones import Backbone, aanet_from_resnet, build_resnet, clone_backbone
+from aanets_tf.models.network import backbone_of, build_network, grow_network
+from aanets_tf.protocol import checkpointing, metrics as metrics_lib
+from aanets_tf.protocol.checkpointing import EpochCheckpoint, EpochState
+from aanets_tf.protocol.exemplar_store import ExemplarSource, write_exemplars
+from aanets_tf.protocol.herding import ExemplarMemory
+from aanets_tf.training.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
+                                        step_schedule)
+from aanets_tf.training.progress import PhaseProgress
 from aanets_tf.workdir import Workdir
 
 # Seeds of a phase's two input pipelines. Level 1 and Level 2 read different
@@ -70,6 +72,7 @@ def predict(model: keras.Model, source: pipeline.ImageSource, positions: np.ndar
     step is XLA-compiled (Keras would otherwise choose by itself: XLA on
     accelerators); it applies from the model's first prediction on.
     """
+    # Keras has no public way to ask whether a model has traced its predict step.
     if model.predict_function is None:
         model.jit_compile = bool(jit_compile)
     outputs = model.predict(pipeline.eval_dataset(source, positions, batch_size,
@@ -396,7 +399,7 @@ def export_phase_model(config: TrainConfig, network: keras.Model, phase: int, pl
     and is replaced with a log line. Elsewhere (a shared `export_dir`) an
     existing version is replaced only with `overwrite`.
     """
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
 
     version = phase + 1
     existing = os.path.isdir(os.path.join(base, str(version)))

@@ -17,13 +17,15 @@ from typing import Callable
 import keras
 import numpy as np
 
-from aanets_tf import atomic_io, checkpointing, metrics as metrics_lib, reporting
-from aanets_tf.checkpointing import CorruptCheckpointError
-from aanets_tf.class_order import PhasePlan
+from aanets_tf import atomic_io
 from aanets_tf.config import PREDATING_VALUES, TrainConfig
-from aanets_tf.exemplar_store import CorruptExemplarsError, ExemplarSource
-from aanets_tf.herding import ExemplarMemory
+from aanets_tf.data.class_order import PhasePlan
 from aanets_tf.hosts import host_for
+from aanets_tf.protocol import checkpointing, metrics as metrics_lib
+from aanets_tf.protocol.checkpointing import CorruptCheckpointError
+from aanets_tf.protocol.exemplar_store import CorruptExemplarsError, ExemplarSource
+from aanets_tf.protocol.herding import ExemplarMemory
+from aanets_tf.reports import reporting
 from aanets_tf.workdir import RUN_OUTPUTS, Workdir
 
 # Settings that may differ between a run and its resumption.

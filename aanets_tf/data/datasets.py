@@ -1,9 +1,9 @@
 """Datasets as indexed sources: the splits of a TFDS dataset or arrays, and their classes.
 
 `load_dataset` reads a TFDS dataset's splits once into indexes (labels, which
-records are good images; `aanets_tf.sources`) and returns them as `Split`s of
+records are good images; `aanets_tf.data.sources`) and returns them as `Split`s of
 a `ClassIncrementalData`: images stay encoded on disk and are decoded by the
-input pipelines (`aanets_tf.pipeline`) a batch at a time. The validation split
+input pipelines (`aanets_tf.data.pipeline`) a batch at a time. The validation split
 of tuning is carved from the end of each class's training records.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from aanets_tf.class_order import class_order
-from aanets_tf.sources import (ArraySource, BadImageError, ImageSource,  # noqa: F401
-                               SkippedRecord, TFDSSource, index_tfds_split)
+from aanets_tf.data.class_order import class_order
+from aanets_tf.data.sources import (ArraySource, BadImageError, ImageSource,  # noqa: F401
+                                    SkippedRecord, TFDSSource, index_tfds_split)
 
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # refused from the header, before decoding
 

@@ -9,8 +9,8 @@ seed and every trial). The test split is never read: `load_tuning_data`
 reads only the training split, and the tuner hands every trial a dataset
 whose test split raises on any use.
 
-The search space is parsed by `aanets_tf.search_space`; the distributed
-search's chief lives in `aanets_tf.tuning_chief`. See `docs/tuning.md` for the
+The search space is parsed by `aanets_tf.tuning.search_space`; the distributed
+search's chief lives in `aanets_tf.tuning.tuning_chief`. See `docs/tuning.md` for the
 syntax, the outputs and the chief/worker mode.
 """
 
@@ -28,11 +28,13 @@ from typing import Callable
 import keras
 import keras_tuner
 
-from aanets_tf import atomic_io, checkpointing, datasets, incremental, run_state
+from aanets_tf import atomic_io
 from aanets_tf.config import TrainConfig
-from aanets_tf.learner import TrainingDivergedError
-from aanets_tf.search_space import Dimension, fmt, tuned_values
-from aanets_tf.tuning_chief import is_chief, is_worker, serve_oracle
+from aanets_tf.data import datasets
+from aanets_tf.protocol import checkpointing, incremental, run_state
+from aanets_tf.training.learner import TrainingDivergedError
+from aanets_tf.tuning.search_space import Dimension, fmt, tuned_values
+from aanets_tf.tuning.tuning_chief import is_chief, is_worker, serve_oracle
 from aanets_tf.workdir import Workdir
 
 TUNERS = ("random", "bayesian", "hyperband")

@@ -47,10 +47,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf.images import checked_decode_rgb
+from aanets_tf.data.images import checked_decode_rgb
 # The one listing of an export's versions; the serving module offers it too.
-from aanets_tf.serving_config import (ForeignExportError, export_versions,  # noqa: F401
-                                      version_number)
+from aanets_tf.serving.serving_config import (ForeignExportError, export_versions,  # noqa: F401
+                                              version_number)
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"

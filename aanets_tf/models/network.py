@@ -13,9 +13,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from aanets_tf.aggregation import Aggregation
-from aanets_tf.backbones import ARCHITECTURES, Backbone
-from aanets_tf.cosine_classifier import CosineClassifier
+from aanets_tf.models.aggregation import Aggregation
+from aanets_tf.models.backbones import ARCHITECTURES, Backbone
+from aanets_tf.models.cosine_classifier import CosineClassifier
 
 # Names of an `Aggregation` layer's variable: the weight itself, or its logit.
 AGGREGATION_VARIABLES = ("alpha", "alpha_logit")

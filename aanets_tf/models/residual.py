@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from aanets_tf.stable_conv import StableConv2D, conv_initializer
+from aanets_tf.models.stable_conv import StableConv2D, conv_initializer
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here).
 BN_MOMENTUM = 0.9
@@ -61,6 +61,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         x = inputs if inputs.dtype in (tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
         gamma = tf.cast(self.gamma, tf.float32)
         beta = tf.cast(self.beta, tf.float32)
+        # TensorFlow 2 offers the fused kernel as a raw op only (`tf.nn` has no
+        # `fused_batch_norm`).
         if training and self.trainable:
             empty = tf.zeros((0,), tf.float32)
             y, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(

@@ -101,7 +101,7 @@ def request_inputs(images: Images, signature: str) -> dict:
     """The signature's input tensor as a numpy array, keyed by input name."""
     import tensorflow as tf
 
-    from aanets_tf.images import decode_rgb
+    from aanets_tf.data.images import decode_rgb
 
     if signature not in IMAGE_KEY:
         raise PredictError(f"Unknown signature. Expected one of {SIGNATURES}. "
@@ -139,9 +139,9 @@ def _decoded(name: str, encoded: bytes, decode) -> np.ndarray:
 
 def _header_problem(encoded: bytes, max_pixels: int | None = None) -> str | None:
     """Why the served model would refuse `encoded` from its header, or None when it would not."""
-    from aanets_tf import serving
-    from aanets_tf.images import (FORMATS, OK, STATUS_MESSAGES, TOO_LARGE, check_header,
-                                  read_header)
+    from aanets_tf.data.images import (FORMATS, OK, STATUS_MESSAGES, TOO_LARGE, check_header,
+                                       read_header)
+    from aanets_tf.serving import serving
 
     max_pixels = max_pixels or serving.ServingLimits().max_image_pixels
     status = int(check_header(encoded, max_pixels))
@@ -169,7 +169,7 @@ def check_request(inputs: dict, signature: str, limits=None, *,
     Raises:
         PredictError: naming the image and the limit it exceeds.
     """
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
 
     limits = limits or serving.ServingLimits()
     ((key, batch),) = inputs.items()
@@ -319,7 +319,7 @@ def predict_rest(server: str, model_name: str, signature: str, inputs: dict, *,
 
 def resolve_saved_model(path: str, version: int | None = None) -> tuple[str, int | None]:
     """`serving.resolve_version`, its refusals as `PredictError`."""
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
 
     try:
         return serving.resolve_version(path, version)
@@ -329,7 +329,7 @@ def resolve_saved_model(path: str, version: int | None = None) -> tuple[str, int
 
 def local_limits(saved_model: str, version: int | None = None):
     """(limits, image size) of an export, from its `assets.extra/classes.json`."""
-    from aanets_tf import serving
+    from aanets_tf.serving import serving
 
     directory, _ = resolve_saved_model(saved_model, version)
     try:

@@ -8,7 +8,7 @@ Level 1 and Level 2 against the frozen previous network, selects exemplars by
 herding, runs the host's step on the memory, and evaluates CNN and NME
 accuracy on all classes seen so far. `prepare_run` checks the setting and
 reads the data once (`RunContext`); `PhaseRunner` runs one phase, whose steps
-are in `aanets_tf.phase`; what the workdir holds between phases, in
+are in `aanets_tf.protocol.phase`; what the workdir holds between phases, in
 `aanets_tf.workdir`. Each finished phase is checkpointed, so a rerun with the
 same workdir resumes after the last one.
 """
@@ -25,17 +25,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import (checkpointing, datasets, distribute, metrics as metrics_lib,
-                       phase as phase_steps, pipeline, precision, reporting, run_state, transforms)
-from aanets_tf.backbones import aggregation_weights, get_architecture
-from aanets_tf.class_order import PhasePlan, class_order
+from aanets_tf import distribute
 from aanets_tf.config import TrainConfig
-from aanets_tf.exemplar_store import ExemplarSource
-from aanets_tf.herding import ExemplarMemory
-from aanets_tf.network import backbone_of
+from aanets_tf.data import datasets, pipeline, transforms
+from aanets_tf.data.class_order import PhasePlan, class_order
+from aanets_tf.models.backbones import aggregation_weights, get_architecture
+from aanets_tf.models.network import backbone_of
+from aanets_tf.protocol import (checkpointing, metrics as metrics_lib, phase as phase_steps,
+                                run_state)
+from aanets_tf.protocol.exemplar_store import ExemplarSource
+from aanets_tf.protocol.herding import ExemplarMemory
+from aanets_tf.reports import reporting
+from aanets_tf.training import precision
 from aanets_tf.workdir import Workdir
 
-FOLDER_DATASET = "folder"  # `dataset` of image-folder runs (`aanets_tf.folders`)
+FOLDER_DATASET = "folder"  # `dataset` of image-folder runs (`aanets_tf.data.folders`)
 
 
 def protocol_plan(config: TrainConfig, num_classes: int) -> PhasePlan:
@@ -77,12 +81,12 @@ def run(config: TrainConfig, *, data: datasets.ClassIncrementalData | None = Non
         data: preloaded data (tests, tuning); loaded from TFDS when None.
         eval_split: `"test"`, or `"validation"` (tuning: the test split is never read).
         overwrite: start over in a workdir that holds another run.
-        verbose: 1: one progress bar per phase (`aanets_tf.progress`); 0, 2 or
+        verbose: 1: one progress bar per phase (`aanets_tf.training.progress`); 0, 2 or
             "auto": Keras `fit`'s own verbosity (2: a line per epoch).
         log: where progress lines go.
         strategy: an existing strategy (tests, notebooks); built from
             `config.strategy` when None.
-        plan: the phases (a grown run's, `aanets_tf.growth`); from the
+        plan: the phases (a grown run's, `aanets_tf.protocol.growth`); from the
             configuration and `config.seed` when None.
     """
     strategy = strategy or distribute.build_strategy(config.strategy)
@@ -99,7 +103,7 @@ def run(config: TrainConfig, *, data: datasets.ClassIncrementalData | None = Non
 def _load_data(config: TrainConfig, log: Callable[[str], None]) -> datasets.ClassIncrementalData:
     """The configured dataset: image folders, or a TFDS dataset indexed into the workdir."""
     if config.dataset == FOLDER_DATASET:
-        from aanets_tf import folders
+        from aanets_tf.data import folders
 
         return folders.load_folder_dataset(
             config.data_dir, test_fraction=config.test_fraction, seed=config.seed,
@@ -166,7 +170,7 @@ class RunContext:
 class PhaseRunner:
     """One phase, step by step, each step returning what the next one takes: `data`,
     `build`, `train`, `update_memory`, `evaluate`, `commit` (the order `_run_phases`
-    calls them in; the steps themselves are in `aanets_tf.phase`).
+    calls them in; the steps themselves are in `aanets_tf.protocol.phase`).
 
     Wall time goes to one `Stopwatch` (`self.clock`); `commit` writes it into
     the phase's `timings`.

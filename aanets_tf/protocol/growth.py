@@ -29,11 +29,13 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import (atomic_io, datasets, folders, incremental, run_state, serving,
-                       serving_config)
-from aanets_tf.class_order import PhasePlan
+from aanets_tf import atomic_io
 from aanets_tf.config import TrainConfig
-from aanets_tf.sources import FileSource
+from aanets_tf.data import datasets, folders
+from aanets_tf.data.class_order import PhasePlan
+from aanets_tf.data.sources import FileSource
+from aanets_tf.protocol import incremental, run_state
+from aanets_tf.serving import serving, serving_config
 from aanets_tf.workdir import Workdir
 
 MODELS_CONFIG = "models.config"

@@ -15,12 +15,12 @@ import dataclasses
 import keras
 import numpy as np
 
-from aanets_tf.aggregation import Aggregation
+from aanets_tf.models.aggregation import Aggregation
 # STABLE_BLOCKS: frozen phase-0 kernels times scales (the method), or a second plastic
 # branch (the ablation). STEMS: one stem for both branches, or one per branch.
 from aanets_tf.config import STABLE_BLOCKS, STEMS
-from aanets_tf.residual import ResidualLevel, Stem
-from aanets_tf.stable_conv import StableConv2D
+from aanets_tf.models.residual import ResidualLevel, Stem
+from aanets_tf.models.stable_conv import StableConv2D
 
 # Per-channel pixel statistics used by LUCIR for CIFAR (SPEC section 3).
 CIFAR_MEAN = (0.5071, 0.4866, 0.4409)
@@ -115,7 +115,7 @@ class Backbone(keras.Model):
         initial_aggregation: dual only; the aggregation weights' start value in [0, 1].
         aggregation_bound: dual only; 0: a learnable aggregation weight is its own
             variable, clipped to [0, 1]; `b > 0`: it is learned as a logit and
-            stays inside `[b, 1 - b]` (`aanets_tf.aggregation.Aggregation`).
+            stays inside `[b, 1 - b]` (`aanets_tf.models.aggregation.Aggregation`).
         stable_block: dual only; `"scaled"` (the stable blocks and the stable stem
             are frozen kernels times scales) or `"plastic"` (the paper's ablation:
             both branches and the stems are fully trainable).

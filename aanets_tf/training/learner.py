@@ -23,10 +23,11 @@ import types
 import keras
 import tensorflow as tf
 
-from aanets_tf import distribute, precision
-from aanets_tf.backbones import aggregation_weights, level_taps
+from aanets_tf import distribute
 from aanets_tf.hosts.host import CrossEntropy, Objective, Outputs
-from aanets_tf.network import backbone_of, variable_groups
+from aanets_tf.models.backbones import aggregation_weights, level_taps
+from aanets_tf.models.network import backbone_of, variable_groups
+from aanets_tf.training import precision
 
 
 class TrainingDivergedError(RuntimeError):
@@ -50,7 +51,7 @@ class IncrementalLearner(keras.Model):
     """Trains one phase's network; Level 1 in `train_step`, Level 2 in `level2_step`.
 
     Args:
-        network: the phase's network (`aanets_tf.network.build_network`).
+        network: the phase's network (`aanets_tf.models.network.build_network`).
         teacher: the frozen previous phase's network, or None in phase 0.
         objective: the phase's loss terms (`aanets_tf.hosts.host.Objective`,
             from the host); None: cross-entropy alone.

@@ -21,7 +21,8 @@ import os
 
 import keras
 
-from aanets_tf import checkpointing, serving
+from aanets_tf.protocol import checkpointing
+from aanets_tf.serving import serving
 from aanets_tf.workdir import CONFIG, METRICS, Workdir
 
 

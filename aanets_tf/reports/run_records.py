@@ -18,8 +18,8 @@ import os
 
 import numpy as np
 
-from aanets_tf.config import (AGGREGATION_MODES, BRANCH_MODES, HOST_NAMES, HOSTS,
-                              LEVEL2_IMAGES, PREDATING_VALUES, STABLE_BLOCKS, TrainConfig)
+from aanets_tf.config import (AGGREGATION_MODES, BRANCH_MODES, HOST_NAMES, HOSTS, LEVEL2_IMAGES,
+                              PREDATING_VALUES, STABLE_BLOCKS, TrainConfig)
 from aanets_tf.workdir import Workdir
 
 # config.json written before the host and stable-block settings existed ran
@@ -330,7 +330,7 @@ def _planned_phases(workdir: str, config: dict, metrics: dict, done: int) -> tup
     total = len(order)
     base, per_phase = int(config["num_base_classes"]), int(config["classes_per_phase"])
     planned = int(config["num_phases"]) or 1 + max(total - base, 0) // max(per_phase, 1)
-    # A run grown with new classes (aanets_tf.growth) evaluates more phases than planned.
+    # A run grown with new classes (aanets_tf.protocol.growth) evaluates more phases than planned.
     return max(planned, done), total
 
 

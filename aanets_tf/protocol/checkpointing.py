@@ -21,11 +21,12 @@ import zipfile
 
 import keras
 
+from aanets_tf import atomic_io
 # Imported for their side effect: they register the custom layers that a
 # `.keras` checkpoint names (PODNet's head included), so loading works in a
 # fresh process.
-from aanets_tf import atomic_io, backbones, network  # noqa: F401
 from aanets_tf.hosts import local_similarity  # noqa: F401
+from aanets_tf.models import backbones, network  # noqa: F401
 from aanets_tf.workdir import Workdir
 
 

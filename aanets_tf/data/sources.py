@@ -10,7 +10,7 @@ pipeline needs its pixels. What the payload is depends on the source:
 - `FileSource`: a path of an image file (image folders; the file is read
   when decoded, so a shuffle buffer holds paths, not pixels);
 - `ArraySource`: a row of decoded images held in memory (tests, tiny data);
-- `aanets_tf.exemplar_store.ExemplarSource`: the encoded exemplars a run
+- `aanets_tf.protocol.exemplar_store.ExemplarSource`: the encoded exemplars a run
   keeps in its workdir.
 
 Before a run uses a source it *indexes* it once (`index_tfds_split`,
@@ -31,7 +31,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 import tqdm
 
-from aanets_tf import atomic_io, images
+from aanets_tf import atomic_io
+from aanets_tf.data import images
 
 
 class UnreadableRecordsError(ValueError):

@@ -28,7 +28,7 @@ class PhasePlan:
     """Which classes each phase learns: a base phase, equal-sized phases, then grown ones.
 
     `grown_phases` are the sizes of phases added to a finished run with new
-    classes (`aanets_tf.growth`); their classes end the class order.
+    classes (`aanets_tf.protocol.growth`); their classes end the class order.
     """
     class_order: tuple[int, ...]
     num_base_classes: int

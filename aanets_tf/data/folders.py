@@ -24,8 +24,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from aanets_tf import datasets
-from aanets_tf.sources import FileSource, SkippedRecord, index_files, refuse_bad
+from aanets_tf.data import datasets
+from aanets_tf.data.sources import FileSource, SkippedRecord, index_files, refuse_bad
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 

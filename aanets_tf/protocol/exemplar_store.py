@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from aanets_tf import atomic_io
-from aanets_tf.sources import EncodedSource, ImageSource, _check_positions, _enumerated_selection
+from aanets_tf.data.sources import (EncodedSource, ImageSource, _check_positions,
+                                    _enumerated_selection)
 
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),

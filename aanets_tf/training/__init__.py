@@ -1,0 +1,1 @@
+"""Fitting one phase: the two-level learner, mixed precision and the phase's progress bar."""
