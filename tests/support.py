@@ -5,8 +5,12 @@ path); fixtures live in `conftest.py`.
 """
 
 import os
+import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Test files that also run as scripts (subprocesses of a test) import the library.
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
 SHARED_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow_datasets")
 
 
