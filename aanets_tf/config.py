@@ -258,3 +258,14 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def stored_defaults() -> dict:
+    """What a run's config.json means by a setting it lacks (it was written before the
+    setting existed): the behaviour before the setting (`PREDATING_VALUES`), else the
+    setting's default, as JSON values. Resume, growth, `phase0_from` and the reports
+    read older workdirs through it; an entry of `PREDATING_VALUES` can go once no
+    workdir written before its setting is in use."""
+    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
+                if f.default is not dataclasses.MISSING}
+    return {**defaults, **PREDATING_VALUES}

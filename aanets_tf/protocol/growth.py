@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from aanets_tf import atomic_io
-from aanets_tf.config import TrainConfig
+from aanets_tf.config import TrainConfig, stored_defaults
 from aanets_tf.data import datasets, folders
 from aanets_tf.data.class_order import PhasePlan
 from aanets_tf.data.sources import FileSource
@@ -52,7 +52,7 @@ def stored_config(workdir: str) -> TrainConfig:
         raise GrowthError(f"workdir={workdir} holds no run (no config.json): train it first "
                           "with dataset=folder data_dir=<image folders>.")
     with open(path) as f:
-        return TrainConfig.from_dict({**run_state.field_defaults(), **json.load(f)})
+        return TrainConfig.from_dict({**stored_defaults(), **json.load(f)})
 
 
 def read_growth(workdir: str) -> list[dict]:

@@ -8,7 +8,6 @@ last phase whose checkpoint, state and exemplars all read back.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import keras
 import numpy as np
 
 from aanets_tf import atomic_io
-from aanets_tf.config import PREDATING_VALUES, TrainConfig
+from aanets_tf.config import TrainConfig, stored_defaults
 from aanets_tf.data.class_order import PhasePlan
 from aanets_tf.hosts import host_for
 from aanets_tf.protocol import checkpointing, metrics as metrics_lib
@@ -92,7 +91,7 @@ def phase0_files(config: TrainConfig) -> list[tuple[str, str]]:
                                 f"(missing {', '.join(missing)}).")
     try:
         with open(config_path) as f:
-            source = TrainConfig.from_dict({**field_defaults(), **json.load(f)})
+            source = TrainConfig.from_dict({**stored_defaults(), **json.load(f)})
     except (OSError, ValueError, TypeError) as e:
         raise Phase0SourceError(f"phase0_from={source_dir}: its config.json is unreadable "
                                 f"({type(e).__name__}: {e}).") from e
@@ -182,14 +181,6 @@ def resume(workdir: str, log: Callable[[str], None]) -> tuple[RunState, keras.Mo
     return RunState(), None
 
 
-def field_defaults() -> dict:
-    """What a run's config.json means by a setting it lacks: the behaviour before the
-    setting existed (`PREDATING_VALUES`), else the setting's default."""
-    defaults = {f.name: json.loads(json.dumps(f.default)) for f in dataclasses.fields(TrainConfig)
-                if f.default is not dataclasses.MISSING}
-    return {**defaults, **PREDATING_VALUES}
-
-
 def check_workdir(config: TrainConfig, overwrite: bool) -> None:
     """Refuse a workdir that holds a run of another configuration (reads only)."""
     path = Workdir(config.workdir).config
@@ -198,7 +189,7 @@ def check_workdir(config: TrainConfig, overwrite: bool) -> None:
             old = json.load(f)
         # A setting a run's config.json lacks (written before the setting
         # existed) had its default's behaviour.
-        old = {**field_defaults(), **old}
+        old = {**stored_defaults(), **old}
         new = config.to_dict()
         ignored = set(RELOCATABLE_KEYS)
         if old.get("branch_mode") == new["branch_mode"] == "single":

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from aanets_tf.config import (AGGREGATION_MODES, BRANCH_MODES, HOST_NAMES, HOSTS, LEVEL2_IMAGES,
-                              PREDATING_VALUES, STABLE_BLOCKS, TrainConfig)
+                              STABLE_BLOCKS, TrainConfig, stored_defaults)
 from aanets_tf.workdir import Workdir
 
 # config.json written before the host and stable-block settings existed ran
@@ -213,7 +213,7 @@ def read_run(workdir: str) -> Run:
     if not os.path.isfile(metrics_path):
         raise ReportInputError(f"{workdir}: no metrics.json: the run has not finished phase 0 "
                                f"yet (or was started elsewhere and this is a copy without it).")
-    config = {**_config_defaults(), **_read_json(config_path)}
+    config = {**stored_defaults(), **_read_json(config_path)}
     metrics = _read_json(metrics_path)
     phases = metrics.get("phases")
     if not isinstance(phases, list) or not all(isinstance(p, dict) for p in phases):
@@ -244,15 +244,6 @@ def read_run(workdir: str) -> Run:
     setting = _setting(config, total, planned - 1)
     return Run(workdir=workdir, config=config, phases=tuple(phases), planned_phases=planned,
                setting=setting, method=method, forgetting_values=forgetting)
-
-
-def _config_defaults() -> dict:
-    """Every TrainConfig setting's default, for config.json written before it existed."""
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                if f.default is not dataclasses.MISSING}
-    defaults["lr_decay_epochs"] = list(defaults["lr_decay_epochs"])
-    return {"host": DEFAULT_HOST, "stable_block": DEFAULT_STABLE_BLOCK, **defaults,
-            **PREDATING_VALUES}
 
 
 _INTEGER_KEYS = ("seed", "num_classes", "num_base_classes", "classes_per_phase", "num_phases",
