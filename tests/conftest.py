@@ -7,13 +7,10 @@ Helpers tests share are in `support.py`.
 """
 
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+import support  # noqa: E402,F401 - puts the repository on the path (tools, the library)
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402

@@ -94,22 +94,19 @@ def _merged_test(new: datasets.Split, old: list[tuple[list[str], np.ndarray]]
                           np.arange(len(paths), dtype=np.int64))
 
 
-def _unlearned(add_from: str, known: list[str], classes: list[str] | None) -> list[str]:
-    """The class folders of `add_from` (or `classes`) the run has not learned.
-
-    Without `classes`, a folder holding no image is not a class to learn (see
-    `_empty_folders`).
-    """
-    if classes is not None:
-        return [c for c in classes if c not in known]
-    return [c.name for c in folders.class_folders(folders.train_root(add_from))
-            if c.name not in known and c.images]
+@dataclasses.dataclass(frozen=True)
+class _FolderScan:
+    """The class folders of a tree of new classes, read once per grow."""
+    found: list[str]  # every class folder
+    unlearned: list[str]  # those the run has not learned that hold images
+    empty: list[str]  # those the run has not learned that hold no image
 
 
-def _empty_folders(add_from: str, known: list[str]) -> list[str]:
-    """The class folders of `add_from` the run has not learned that hold no image."""
-    return [c.name for c in folders.class_folders(folders.train_root(add_from))
-            if c.name not in known and not c.images]
+def _scan(add_from: str, known: list[str]) -> _FolderScan:
+    found = folders.class_folders(folders.train_root(add_from))
+    new = [c for c in found if c.name not in known]
+    return _FolderScan([c.name for c in found], [c.name for c in new if c.images],
+                       [c.name for c in new if not c.images])
 
 
 def flag_list(names: list[str]) -> str:
@@ -120,8 +117,9 @@ def flag_list(names: list[str]) -> str:
 
 
 def _pending_or_new(workdir: str, grows: list[dict], done: int, add_from: str,
-                    classes: list[str] | None, known: list[str]) -> tuple[dict, bool]:
-    """The grow to run: the unfinished one (same request) or a new entry."""
+                    classes: list[str] | None, scan: _FolderScan | None) -> tuple[dict, bool]:
+    """The grow to run: the unfinished one (same request) or a new entry (`classes`, else
+    every folder of `scan` the run has not learned that holds images)."""
     if grows and grows[-1]["phase"] >= done:
         last = grows[-1]
         same = last["from"] == add_from and (classes is None or classes == last["classes"])
@@ -133,13 +131,11 @@ def _pending_or_new(workdir: str, grows: list[dict], done: int, add_from: str,
                 f"classes={shlex.quote(flag_list(last['classes']))}")
         return last, True
     if classes is None:
-        classes = _unlearned(add_from, known, None)
+        classes = scan.unlearned
         if not classes:
-            found = [c.name for c in folders.class_folders(folders.train_root(add_from))]
-            empty = _empty_folders(add_from, known)
             raise GrowthError(f"{add_from!r} has no class folder the run has not learned "
-                              f"(found {found}"
-                              + (f"; {empty} hold no image" if empty else "") + ").")
+                              f"(found {scan.found}"
+                              + (f"; {scan.empty} hold no image" if scan.empty else "") + ").")
     return {"phase": done, "from": add_from, "classes": list(classes)}, False
 
 
@@ -189,26 +185,27 @@ def grow(workdir: str, add_from: str, *, classes: list[str] | None = None,
                 f"{base.num_phases} done).")
             metrics = incremental.run(config, log=log, verbose=verbose)
     known = list(metrics["label_names"])
+    # Without `classes`: the tree's folders the run has not learned (read once).
+    scan = _scan(add_from, known) if classes is None else None
+    unlearned = scan.unlearned if scan else [c for c in classes if c not in known]
     if (grows and grows[-1]["phase"] < len(metrics["phases"]) and grows[-1]["from"] == add_from
-            and classes in (None, grows[-1]["classes"])
-            and not set(_unlearned(add_from, known, classes))):
+            and classes in (None, grows[-1]["classes"]) and not unlearned):
         # This grow finished; a kill may have come before models.config was written.
         log(f"{workdir} already learned {grows[-1]['classes']} from {add_from}.")
         if config.export:
             log(f"Wrote {write_models_config(config, promote)}")
         return metrics
     entry, resuming = _pending_or_new(workdir, grows, len(metrics["phases"]), add_from,
-                                      classes, known)
+                                      classes, scan)
     data = folders.load_folder_dataset(
         add_from, label_names=known, names=entry["classes"], test_fraction=config.test_fraction,
         seed=config.seed, train_images_per_class=config.train_images_per_class,
         test_images_per_class=config.test_images_per_class,
         max_image_pixels=config.max_image_pixels, strict_images=config.strict_images, log=log)
     if not resuming:
-        empty = [] if classes is not None else _empty_folders(add_from, known)
-        if empty:
-            log(f"Skipped {len(empty)} empty class folder(s) of {add_from}: {empty} (no "
-                f"image to learn; add images and grow again to learn them).")
+        if scan and scan.empty:
+            log(f"Skipped {len(scan.empty)} empty class folder(s) of {add_from}: {scan.empty} "
+                "(no image to learn; add images and grow again to learn them).")
         grows = grows + [entry]
         atomic_io.write_json(Workdir(workdir).growth, {"grows": grows})
         log(f"Growing {workdir} by {entry['classes']} from {add_from} (phase {entry['phase']}).")
