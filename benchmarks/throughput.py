@@ -125,6 +125,7 @@ class StepBench:
         import tensorflow as tf
 
         from aanets_tf.data import pipeline
+        from aanets_tf.hosts import host_for
         from aanets_tf.hosts.lucir_losses import less_forget_weight
         from aanets_tf.protocol import incremental, phase
         from aanets_tf.training import precision
@@ -151,36 +152,38 @@ class StepBench:
                                      for i in range(0, phase1_size, batch)]
 
         # The networks and learners of phase 0 and phase 1, built by the run's own steps.
-        step_config = config.replace(jit_compile=jit_compile)
+        # Learned aggregation weights: the Level-2 step is one of the steps timed.
+        step_config = config.replace(jit_compile=jit_compile, aggregation="learned")
         base_indices = np.flatnonzero(np.isin(labels, base))
         phase0_new = part(base_indices)
         phase0_data = phase.PhaseData(0, list(base), 0, len(base), phase0_new,
                                       labels[base_indices], [phase0_new], 0)
         phase1_data = phase.PhaseData(1, list(new), len(base), len(base) + len(new),
                                       part(new_indices), labels[new_indices], phase1,
-                                      config.exemplars_per_class)
+                                      config.exemplars_per_class,
+                                      level2_new=part(new_indices))
         infer = phase.inference(step_config, transform)
-        level2_steps = pipeline.steps_per_epoch(phase1_size, batch)
+        host = host_for(step_config)
         with precision.precision_policy(mixed_precision):
-            teacher = phase.build_phase_network(step_config, phase0_data, None, transform.size,
-                                                infer)
-            single = phase.build_phase_network(step_config.replace(branch_mode="single"),
-                                               phase1_data, teacher, transform.size, infer)
-            aanet = phase.build_phase_network(step_config.replace(branch_mode="dual"),
-                                              phase1_data, teacher, transform.size, infer)
+            teacher = phase.phase0_network(step_config, transform.size,
+                                           host.classifier(0, len(base)))
+            single = phase.next_network(step_config.replace(branch_mode="single"),
+                                        phase1_data, teacher, infer)
+            aanet = phase.next_network(step_config.replace(branch_mode="dual"),
+                                       phase1_data, teacher, infer)
 
-            def learner(network, previous, data, level2_steps=0):
-                result = phase.make_learner(step_config, network, previous, data,
-                                            level2_steps=level2_steps)
+            def learner(network, previous, data):
+                objective = host.objective(network, previous, data.num_old,
+                                           len(data.new_classes))
+                result = phase.make_learner(step_config, network, previous, objective, data)
                 result.make_train_function()
                 return result
 
-            plain = phase.build_phase_network(step_config, phase0_data, None, transform.size,
-                                              infer)
+            plain = phase.phase0_network(step_config, transform.size,
+                                         host.classifier(0, len(base)))
             self.learners = {"phase0": learner(plain, None, phase0_data),
                              "level1_single": learner(single, teacher, phase1_data),
-                             "level1_aanet": learner(aanet, teacher, phase1_data,
-                                                     level2_steps)}
+                             "level1_aanet": learner(aanet, teacher, phase1_data)}
             for network in (teacher, aanet):
                 network.compile(jit_compile=jit_compile)
                 network.make_predict_function()

@@ -54,6 +54,32 @@ def limited_export(phase_networks, tmp_path_factory):
     return path, limits
 
 
+@pytest.fixture(scope="session")
+def tiny_cifar():
+    """The real CIFAR-10 images of `support.TINY`'s runs: 12 training and 10 test images per
+    class."""
+    from aanets_tf.data import datasets
+
+    return datasets.load_dataset("cifar10", support.SHARED_DATA_DIR, train_images_per_class=12,
+                                 test_images_per_class=10)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_cifar, tmp_path_factory):
+    """`(config, results)`: the one finished run of `support.TINY` (deterministic, on
+    `tiny_cifar`) that every test needing one shares. Read it or copy it; never change
+    its workdir."""
+    from aanets_tf.config import TrainConfig
+    from aanets_tf.protocol import incremental
+
+    config = TrainConfig(**support.TINY, workdir=str(tmp_path_factory.mktemp("finished_run")),
+                         deterministic=True)
+    return config, incremental.run(config, data=tiny_cifar, verbose=0, log=lambda _: None)
+
+
+# Session fixtures that train: a test taking one belongs to the slow tier.
+_SLOW_FIXTURES = {"tiny_cifar", "finished_run"}
+
 _TIER_STARTS = {"fast": time.monotonic()}
 _SLOW_IDS: set[str] = set()
 FAST_TIER_BUDGET_MINUTES = 2
@@ -68,8 +94,9 @@ _PER_TEST_FIXTURES = {"request", "tmp_path", "tmp_path_factory", "monkeypatch", 
 def pytest_collection_modifyitems(session, config, items):
     """The fast tier first, then the slow one, each in collection order.
 
-    The slow tier holds the tests marked `slow` and the tests of their module
-    that share a fixture with them, so a module's costly fixture is built once.
+    The slow tier holds the tests marked `slow`, those taking a session fixture
+    that trains (`_SLOW_FIXTURES`), and the tests of their module that share a
+    fixture with them, so a costly fixture is built once.
     """
     shared = {}
     for item in items:
@@ -77,6 +104,7 @@ def pytest_collection_modifyitems(session, config, items):
             shared.setdefault(item.path, set()).update(item.fixturenames)
     late = {item.nodeid for item in items
             if item.get_closest_marker("slow") is not None
+            or _SLOW_FIXTURES & set(item.fixturenames)
             or (set(item.fixturenames) - _PER_TEST_FIXTURES) & shared.get(item.path, set())}
     items.sort(key=lambda item: item.nodeid in late)
     _SLOW_IDS.update(late)

@@ -35,7 +35,7 @@ import sys
 
 import pytest
 
-from support import REPO_ROOT, SHARED_DATA_DIR, TINY as CONFTEST_TINY
+from support import REPO_ROOT, TINY as CONFTEST_TINY
 from aanets_tf.workdir import Workdir
 
 pytestmark = pytest.mark.slow
@@ -47,13 +47,6 @@ ACCURACY_TOLERANCE = 100.0 * 2 / NUM_TEST_IMAGES
 LOSS_RTOL = 1e-2
 ALPHA_ATOL = 0.02
 SUBPROCESS_TIMEOUT = 600
-
-
-def _load_tiny_data():
-    from aanets_tf.data import datasets
-
-    return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
-                                 test_images_per_class=10)
 
 
 def _save_data(data, path: str) -> None:
@@ -145,14 +138,14 @@ def _assert_matches(metrics: dict, reference: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_cifar, tmp_path_factory):
     """All runs at once: the distributed ones in subprocesses while this one trains.
 
     Tracing dominates these tiny runs and is single-threaded, so running them
     side by side roughly halves the wall time on two cores.
     """
     root = tmp_path_factory.mktemp("distribute")
-    data = _load_tiny_data()
+    data = tiny_cifar
     data_path = str(root / "data.npz")
     _save_data(data, data_path)
     ports = _free_ports(2)

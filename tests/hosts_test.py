@@ -11,6 +11,7 @@ from aanets_tf.hosts.host import Outputs
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier
 from aanets_tf.hosts.podnet import finetune_head
 from aanets_tf.models.network import backbone_of, build_network, classifier_of, grow_network
+from aanets_tf.training.learner import term_share
 from support import random_batch, to_numpy
 from aanets_tf.workdir import Workdir
 
@@ -38,6 +39,14 @@ def _outputs(network, images, maps=False):
     return Outputs(network, out["features"], out["maps"])
 
 
+def _level1(objective, labels, student, teacher):
+    """The objective's terms as one device averages them over the batch (a term the
+    phase does not have: absent), and its logits."""
+    means, logits = objective.level1_terms(labels, student, teacher)
+    batch = tf.constant(float(len(labels)))
+    return {name: term_share(mean, batch) for name, mean in means.items()}, logits
+
+
 def _softmax(z):
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -58,8 +67,8 @@ def test_icarl_objective_against_numpy():
     host, teacher, network = _networks("icarl")
     images, labels = random_batch(6, INPUT_SHAPE, 5, seed=4)
     objective = host.objective(network, teacher, 3, 2)
-    terms, logits = objective.level1_terms(labels, _outputs(network, images),
-                                           _outputs(teacher, images), tf.constant(6.0))
+    terms, logits = _level1(objective, labels, _outputs(network, images),
+                            _outputs(teacher, images))
     z, z_old = to_numpy(logits), to_numpy(teacher(images)["logits"])
     ce = -np.log(_softmax(z)[np.arange(6), labels])
     p_old, p_new = _softmax(z_old / 2), _softmax(z[:, :3] / 2)
@@ -81,7 +90,7 @@ def test_podnet_objective_reads_every_level_and_weights_by_seen_over_new():
     objective = host.objective(network, teacher, 3, 2)
     student, old = _outputs(network, images, maps=True), _outputs(teacher, images, maps=True)
     assert objective.uses_level_maps and len(student.maps) == 3
-    terms, logits = objective.level1_terms(labels, student, old, tf.constant(6.0))
+    terms, logits = _level1(objective, labels, student, old)
     factor = np.sqrt(5 / 2)
     np.testing.assert_allclose(
         to_numpy(terms["pod_spatial"]),
@@ -99,9 +108,8 @@ def test_podnet_objective_reads_every_level_and_weights_by_seen_over_new():
                                rtol=1e-5, atol=1e-6)
     # Phase 0: NCA alone.
     phase0 = host.objective(teacher, None, 0, 3)
-    terms0, _ = phase0.level1_terms(labels % 3, _outputs(teacher, images, maps=True), None,
-                                    tf.constant(6.0))
-    assert float(terms0["pod_spatial"]) == float(terms0["pod_flat"]) == 0.0
+    terms0, _ = _level1(phase0, labels % 3, _outputs(teacher, images, maps=True), None)
+    assert set(terms0) == {"nca"}
 
 
 def test_level_maps_follow_the_aggregation_weights():
@@ -178,3 +186,15 @@ def test_a_podnet_checkpoint_loads_in_a_fresh_process(tmp_path):
                          cwd=REPO_ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["LocalSimilarityClassifier", "2.5"]
+
+
+def test_a_term_is_a_mean_over_the_batch_or_over_its_own_count():
+    from aanets_tf.hosts.host import Mean, per_example
+
+    batch = tf.constant(4.0)
+    # One value per example: the batch mean, times the weight.
+    assert float(term_share(per_example(tf.constant([1.0, 2.0, 3.0, 6.0]), 0.5), batch)) == 1.5
+    # A mean over its own count (LUCIR's margin ranking: over the pairs), whatever the batch.
+    assert float(term_share(Mean(tf.constant(6.0), tf.constant(3.0)), batch)) == 2.0
+    # No pair in the batch: 0, not NaN.
+    assert float(term_share(Mean(tf.constant(0.0), tf.constant(0.0)), batch)) == 0.0

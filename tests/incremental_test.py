@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from aanets_tf.config import TrainConfig
-from aanets_tf.data import datasets
 from aanets_tf.protocol import incremental, run_state
 from aanets_tf.reports.reporting import without_timings
 from aanets_tf.training.learner import TrainingDivergedError
-from support import REPO_ROOT, SHARED_DATA_DIR, TINY, kill_after_epoch
+from support import REPO_ROOT, TINY, kill_after_epoch
 from aanets_tf.workdir import Workdir
 
 pytestmark = pytest.mark.slow
@@ -24,18 +23,9 @@ def _metrics(workdir):
         return json.load(f)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=12,
-                                 test_images_per_class=10)
-
-
-@pytest.fixture(scope="module")
-def finished_run(data, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("run"))
-    config = TrainConfig(**TINY, workdir=workdir, deterministic=True)
-    results = incremental.run(config, data=data, verbose=0, log=lambda _: None)
-    return config, results
+@pytest.fixture
+def data(tiny_cifar):
+    return tiny_cifar
 
 
 def test_metrics_json_schema(finished_run):

@@ -61,7 +61,7 @@ def test_a_plan_the_data_cannot_fill_is_refused_before_the_workdir_is_written(tm
 @pytest.mark.slow
 def test_phases_step_by_step_each_step_feeding_the_next(tmp_path):
     run = _prepare(tmp_path)
-    assert run.num_phases == 2 and run.train_sizes == [12, 12]
+    assert run.num_phases == 2 and run.feed.train_sizes == (12, 12)
     state, previous = run_state.RunState(), None
     for phase in range(run.num_phases):
         runner = incremental.PhaseRunner(run, phase)

@@ -27,7 +27,6 @@ from typing import Callable, ClassVar, Sequence
 import keras
 import tensorflow as tf
 
-from aanets_tf import distribute
 from aanets_tf.hosts import lucir_losses, registry
 from aanets_tf.models.network import classifier_of
 
@@ -50,31 +49,42 @@ class Outputs:
         return classifier_of(self.network)
 
 
-def batch_share(per_example: tf.Tensor, global_batch: tf.Tensor) -> tf.Tensor:
-    """This replica's share of a per-example term's mean over the global batch."""
-    return distribute.share_of_mean(tf.reduce_sum(tf.cast(per_example, tf.float32)),
-                                    global_batch)
+@dataclasses.dataclass(frozen=True)
+class Mean:
+    """A loss term as one replica computes it: the sum `total` of the values it
+    averages over this replica's part of the batch, and `count`, how many values
+    that is (None: one per example). The learner turns it into this replica's share
+    of the mean over the global batch, times `weight`, so an objective knows
+    nothing of replicas."""
+    total: tf.Tensor
+    count: tf.Tensor | None = None
+    weight: float = 1.0
+
+
+def per_example(values: tf.Tensor, weight: float = 1.0) -> Mean:
+    """A term that is the batch mean of one value per example, times `weight`."""
+    return Mean(tf.reduce_sum(tf.cast(values, tf.float32)), None, weight)
 
 
 class Objective:
-    """One phase's losses. `names` are the Level-1 terms, in the order they are logged.
+    """One phase's losses. `names` are the Level-1 terms, in the order they are logged
+    and summed.
 
-    `level1_terms` returns `(terms, logits)`: each term is this replica's
-    share of its global-batch mean, already weighted (the Level-1 loss is
-    their sum); `logits` are the student's, for the accuracy metric.
+    `level1_terms` returns `(terms, logits)`: a `Mean` for each term the phase has
+    (a name left out is 0, e.g. the distillation of phase 0); `logits` are the
+    student's, for the accuracy metric. `level2_loss` returns Level 2's `Mean`.
     """
     names: ClassVar[tuple[str, ...]] = ()
     uses_level_maps: ClassVar[bool] = False
 
-    def level1_terms(self, labels: tf.Tensor, student: Outputs, teacher: Outputs | None,
-                     global_batch: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    def level1_terms(self, labels: tf.Tensor, student: Outputs, teacher: Outputs | None
+                     ) -> tuple[dict[str, Mean], tf.Tensor]:
         raise NotImplementedError
 
-    def level2_loss(self, labels: tf.Tensor, student: Outputs,
-                    global_batch: tf.Tensor) -> tf.Tensor:
-        """Level 2's loss (share of the global-batch mean): cross-entropy on the logits."""
+    def level2_loss(self, labels: tf.Tensor, student: Outputs) -> Mean:
+        """Level 2's loss: cross-entropy on the logits."""
         logits = student.head(student.features)
-        return batch_share(lucir_losses.cross_entropy_per_example(labels, logits), global_batch)
+        return per_example(lucir_losses.cross_entropy_per_example(labels, logits))
 
 
 class CrossEntropy(Objective):
@@ -82,10 +92,9 @@ class CrossEntropy(Objective):
     for the hosts whose phase 0 is plain classification)."""
     names = ("ce",)
 
-    def level1_terms(self, labels, student, teacher, global_batch):
+    def level1_terms(self, labels, student, teacher):
         logits = student.head(student.features)
-        return {"ce": batch_share(lucir_losses.cross_entropy_per_example(labels, logits),
-                                  global_batch)}, logits
+        return {"ce": per_example(lucir_losses.cross_entropy_per_example(labels, logits))}, logits
 
 
 class Host:

@@ -10,7 +10,7 @@ CNN accuracy is reported beside it).
 from __future__ import annotations
 
 from aanets_tf.hosts import icarl_losses
-from aanets_tf.hosts.host import Host, Objective, batch_share
+from aanets_tf.hosts.host import Host, Objective, per_example
 from aanets_tf.models.network import cosine_head
 
 
@@ -23,14 +23,14 @@ class IcarlObjective(Objective):
         self.temperature = float(temperature)
         self.distillation_weight = float(distillation_weight)
 
-    def level1_terms(self, labels, student, teacher, global_batch):
+    def level1_terms(self, labels, student, teacher):
         logits = student.head(student.features)
         old_logits = None if teacher is None else teacher.head(teacher.features)
-        per_example = icarl_losses.level1_loss_per_example(
+        values = icarl_losses.level1_loss_per_example(
             labels, logits, old_logits, self.temperature, self.distillation_weight)
-        return {"ce": batch_share(per_example["cross_entropy"], global_batch),
-                "distillation": self.distillation_weight * batch_share(
-                    per_example["distillation"], global_batch)}, logits
+        return {"ce": per_example(values["cross_entropy"]),
+                "distillation": per_example(values["distillation"],
+                                            self.distillation_weight)}, logits
 
 
 class Icarl(Host):

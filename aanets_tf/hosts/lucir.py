@@ -9,11 +9,8 @@ classes. Headline: CNN.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
-from aanets_tf import distribute
 from aanets_tf.hosts import lucir_losses
-from aanets_tf.hosts.host import Host, Objective, batch_share
+from aanets_tf.hosts.host import Host, Mean, Objective, per_example
 from aanets_tf.models.network import cosine_head
 
 
@@ -28,22 +25,19 @@ class LucirObjective(Objective):
         self.margin = float(margin)
         self.top_k = int(top_k)
 
-    def level1_terms(self, labels, student, teacher, global_batch):
+    def level1_terms(self, labels, student, teacher):
         head = student.head
         cosines = head.cosine(student.features)
         logits = head.sigma * cosines
-        zero = tf.zeros((), tf.float32)
-        terms = {"ce": batch_share(lucir_losses.cross_entropy_per_example(labels, logits),
-                                   global_batch),
-                 "less_forget": zero, "margin_ranking": zero}
+        terms = {"ce": per_example(lucir_losses.cross_entropy_per_example(labels, logits))}
         if teacher is not None:
-            terms["less_forget"] = self.less_forget_weight * batch_share(
+            terms["less_forget"] = per_example(
                 lucir_losses.less_forget_per_example(student.features, teacher.features),
-                global_batch)
+                self.less_forget_weight)
             hinge_sum, pairs = lucir_losses.margin_ranking_terms(
                 cosines, labels, self.num_old_classes, self.margin, self.top_k)
-            terms["margin_ranking"] = distribute.share_of_mean(hinge_sum,
-                                                               distribute.global_sum(pairs))
+            # A mean over the (old-class example, hard new class) pairs, not the batch.
+            terms["margin_ranking"] = Mean(hinge_sum, pairs)
         return terms, logits
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from aanets_tf.hosts import podnet_losses
-from aanets_tf.hosts.host import Host, Objective, batch_share
+from aanets_tf.hosts.host import Host, Objective, per_example
 from aanets_tf.hosts.local_similarity import LocalSimilarityClassifier
 
 
@@ -41,27 +41,27 @@ class PodnetObjective(Objective):
         self.flat_weight = float(flat_weight)
         self.nca_margin = float(nca_margin)
 
-    def _nca(self, labels, student, global_batch):
+    def _nca(self, labels, student):
         head = student.head
         similarities = head.similarities(student.features)
-        nca = batch_share(podnet_losses.nca_per_example(
-            similarities, labels, self.nca_margin, scale=head.scale), global_batch)
+        nca = per_example(podnet_losses.nca_per_example(
+            similarities, labels, self.nca_margin, scale=head.scale))
         return nca, head.scale * similarities
 
-    def level1_terms(self, labels, student, teacher, global_batch):
-        nca, logits = self._nca(labels, student, global_batch)
-        zero = tf.zeros((), tf.float32)
-        terms = {"nca": nca, "pod_spatial": zero, "pod_flat": zero}
+    def level1_terms(self, labels, student, teacher):
+        nca, logits = self._nca(labels, student)
+        terms = {"nca": nca}
         if teacher is not None:
-            terms["pod_spatial"] = self.spatial_weight * batch_share(
-                podnet_losses.pod_spatial_per_example(teacher.maps, student.maps), global_batch)
-            terms["pod_flat"] = self.flat_weight * batch_share(
+            terms["pod_spatial"] = per_example(
+                podnet_losses.pod_spatial_per_example(teacher.maps, student.maps),
+                self.spatial_weight)
+            terms["pod_flat"] = per_example(
                 podnet_losses.pod_flat_per_example(teacher.features, student.features),
-                global_batch)
+                self.flat_weight)
         return terms, logits
 
-    def level2_loss(self, labels, student, global_batch):
-        return self._nca(labels, student, global_batch)[0]
+    def level2_loss(self, labels, student):
+        return self._nca(labels, student)[0]
 
 
 class Podnet(Host):

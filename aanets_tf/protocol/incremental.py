@@ -29,6 +29,7 @@ from aanets_tf import distribute
 from aanets_tf.config import TrainConfig
 from aanets_tf.data import datasets, pipeline, transforms
 from aanets_tf.data.class_order import PhasePlan, class_order
+from aanets_tf.hosts import host_for
 from aanets_tf.models.backbones import aggregation_weights, get_architecture
 from aanets_tf.models.network import backbone_of
 from aanets_tf.protocol import (checkpointing, metrics as metrics_lib, phase as phase_steps,
@@ -152,10 +153,13 @@ class RunContext:
 
     def __post_init__(self):
         self.workdir = Workdir(self.config.workdir)
+        self.host = host_for(self.config)  # the method, built once for the run
         self.infer = phase_steps.inference(self.config, self.transform)
         self.export_base = run_state.export_base_dir(self.config)
-        self.train_sizes = [int(np.isin(self.data.train.labels, self.plan.new_classes(p)).sum())
-                            for p in range(self.num_phases)]
+        train_sizes = tuple(int(np.isin(self.data.train.labels, self.plan.new_classes(p)).sum())
+                            for p in range(self.num_phases))
+        self.feed = phase_steps.Feed(self.transform, self.data.image_shape, train_sizes,
+                                     self.verbose, self.log)
 
     def exemplars(self, phases: int) -> ExemplarSource:
         """The exemplar files of the first `phases` phases, as one source."""
@@ -190,16 +194,20 @@ class PhaseRunner:
         return step
 
     def build(self, step: phase_steps.PhaseData, previous: keras.Model | None) -> keras.Model:
-        return phase_steps.build_phase_network(self.config, step, previous,
-                                               self.run.transform.size, self.run.infer)
+        """Phase 0: a ResNet with the host's head; later: the previous network, grown."""
+        if step.phase == 0:
+            head = self.run.host.classifier(0, len(step.new_classes))
+            return phase_steps.phase0_network(self.config, self.run.transform.size, head)
+        return phase_steps.next_network(self.config, step, previous, self.run.infer)
 
     def train(self, network: keras.Model, previous: keras.Model | None,
               step: phase_steps.PhaseData):
-        """Level 1 and Level 2 with epoch checkpoints; returns the phase's `EpochState`."""
-        return phase_steps.train_phase(
-            self.config, network, previous, step, transform=self.run.transform,
-            image_shape=self.run.data.image_shape, verbose=self.run.verbose,
-            later_images=sum(self.run.train_sizes[self.phase + 1:]), log=self.run.log)
+        """Level 1 (the host's objective) and Level 2 with epoch checkpoints; returns the
+        phase's `EpochState`."""
+        objective = self.run.host.objective(network, previous, step.num_old,
+                                            len(step.new_classes))
+        learner = phase_steps.make_learner(self.config, network, previous, objective, step)
+        return phase_steps.train_phase(self.config, learner, step, self.run.feed)
 
     def update_memory(self, memory: ExemplarMemory, network: keras.Model,
                       step: phase_steps.PhaseData) -> phase_steps.MemoryFeatures:
@@ -219,8 +227,8 @@ class PhaseRunner:
                  memory: phase_steps.MemoryFeatures) -> PhaseOutcome:
         """The host's step on the memory, then CNN and NME accuracy on every seen class."""
         with self.clock.time("host_step"):
-            recorded = phase_steps.after_exemplars(self.config, network, memory, self.phase,
-                                                   self.run.log)
+            recorded = self.run.host.after_exemplars(network, memory, self.phase,
+                                                     self.run.log) or {}
         with self.clock.time("evaluation"):
             metrics, predictions = phase_steps.evaluate_phase(
                 network, step, memory, self.run.evaluation, self.run.plan,

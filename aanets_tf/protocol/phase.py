@@ -1,21 +1,21 @@
-"""The steps of one phase, in the order `incremental.run` takes them.
+"""The steps of one phase, in the order `incremental.PhaseRunner` takes them.
 
 1. `phase_data`: the phase's training images (new classes) and the exemplars kept.
-2. `build_phase_network`: phase 0's ResNet with the host's head, or the previous
-   network grown by the new classes (an AANet from the phase-0 ResNet in `dual`
-   mode).
-3. `make_learner`, `train_phase`: Level 1 (the host's loss terms) and Level 2
-   against the frozen previous network, with epoch checkpoints.
+2. `phase0_network`: phase 0's ResNet with the host's head; `next_network`: the
+   previous network grown by the new classes (an AANet from the phase-0 ResNet
+   in `dual` mode).
+3. `make_learner` (for the host's objective), `train_phase`: Level 1 (the host's
+   loss terms) and Level 2 against the frozen previous network, with epoch
+   checkpoints, reading images as the run's `Feed` says.
 4. `select_exemplars`: herding on the new classes, written as encoded images;
-   `memory_features`: the class-balanced memory's features, once; then
-   `after_exemplars`, the host's step on them (PODNet: fine-tuning of the head).
-5. `evaluate_phase`: CNN and NME accuracy on every class seen so far (the NME
-   means from the same memory features).
+   `memory_features`: the class-balanced memory's features, once, for the
+   host's step after herding (PODNet: fine-tuning of the head) and the NME means.
+5. `evaluate_phase`: CNN and NME accuracy on every class seen so far.
 6. `export_phase_model`: the phase's SavedModel (after its checkpoint).
 
-The method (`config.host`) enters only through `aanets_tf.hosts.host_for`.
-Each step takes plain values, so the throughput benchmark and the tests build a
-phase's learner exactly as a run does.
+No step names a method: the runner passes in what the host gives (head,
+objective). Each step takes plain values, so the throughput benchmark and the
+tests build a phase's learner exactly as a run does.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from aanets_tf import distribute
 from aanets_tf.config import TrainConfig
 from aanets_tf.data import datasets, pipeline
 from aanets_tf.data.class_order import PhasePlan
-from aanets_tf.hosts import host_for
+from aanets_tf.hosts.host import Objective
 from aanets_tf.models.backbones import Backbone, aanet_from_resnet, build_resnet, clone_backbone
 from aanets_tf.models.network import backbone_of, build_network, grow_network
 from aanets_tf.protocol import checkpointing, metrics as metrics_lib
@@ -179,20 +179,26 @@ def next_backbone(config: TrainConfig, previous: keras.Model, phase: int) -> Bac
     return clone_backbone(backbone, name=f"{backbone.name.split('_phase')[0]}_phase{phase}")
 
 
-def build_phase_network(config: TrainConfig, data: PhaseData, previous: keras.Model | None,
-                        image_size: int, infer) -> keras.Model:
-    """Phase 0: a ResNet with the host's head. Later: the next backbone, with the head's
-    old classes copied and the new ones imprinted from the new classes' features."""
-    if data.phase == 0:
-        backbone = build_resnet(config.arch, (image_size, image_size, 3), name="resnet_phase0")
-        network = build_network(backbone, name="network_phase0",
-                                head=host_for(config).classifier(0, len(data.new_classes)))
-    else:
-        backbone = next_backbone(config, previous, data.phase)
-        features = infer(backbone, data.new.source, data.new.positions)
-        network = grow_network(previous, backbone, len(data.new_classes), features,
-                               data.new.targets - data.num_old,
-                               name=f"network_phase{data.phase}", seed=config.seed + data.phase)
+def phase0_network(config: TrainConfig, image_size: int, head: keras.layers.Layer
+                   ) -> keras.Model:
+    """Phase 0's network: a plain ResNet with the host's head (`Host.classifier`)."""
+    backbone = build_resnet(config.arch, (image_size, image_size, 3), name="resnet_phase0")
+    return _synchronized(build_network(backbone, name="network_phase0", head=head))
+
+
+def next_network(config: TrainConfig, data: PhaseData, previous: keras.Model, infer
+                 ) -> keras.Model:
+    """A later phase's network: the next backbone, with the previous head's classes copied
+    and the new ones imprinted from the new classes' features."""
+    backbone = next_backbone(config, previous, data.phase)
+    features = infer(backbone, data.new.source, data.new.positions)
+    return _synchronized(grow_network(previous, backbone, len(data.new_classes), features,
+                                      data.new.targets - data.num_old,
+                                      name=f"network_phase{data.phase}",
+                                      seed=config.seed + data.phase))
+
+
+def _synchronized(network: keras.Model) -> keras.Model:
     if tf.distribute.get_strategy().num_replicas_in_sync > 1:
         distribute.synchronize_batch_norm(network)
     return network
@@ -219,18 +225,23 @@ def trains_aggregation(config: TrainConfig, network: keras.Model, phase: int) ->
     return bool(phase) and backbone_of(network).is_aanet and config.aggregation_learnable
 
 
-def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Model | None,
-                 data: PhaseData, *, level2_steps: int = 0) -> IncrementalLearner:
-    """The phase's learner, compiled, with both optimizers built (under the strategy's scope).
+def level2_parts(config: TrainConfig, network: keras.Model, data: PhaseData
+                 ) -> list[pipeline.Part] | None:
+    """What Level 2 trains on this phase (`level2_data`), or None: no Level 2."""
+    return level2_data(data) if trains_aggregation(config, network, data.phase) else None
 
-    `level2_steps`: Level-2 batches per epoch (0: no Level 2).
-    """
+
+def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Model | None,
+                 objective: Objective, data: PhaseData) -> IncrementalLearner:
+    """The phase's learner for the host's `objective`, compiled, with both optimizers
+    built (under the strategy's scope); a Level-2 optimizer when the phase has Level 2."""
     level2 = None
-    if level2_steps:
+    balanced = level2_parts(config, network, data)
+    if balanced is not None:
+        level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
+                                                config.batch_size)
         level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, level2_steps),
                                       momentum=config.aggregation_momentum)
-    objective = host_for(config).objective(network, previous, data.num_old,
-                                           len(data.new_classes))
     learner = IncrementalLearner(network, previous, objective=objective,
                                  num_old_classes=data.num_old,
                                  weight_decay=config.weight_decay, level2_optimizer=level2)
@@ -243,33 +254,44 @@ def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Mode
     return learner
 
 
-def train_phase(config: TrainConfig, network: keras.Model, previous: keras.Model | None,
-                data: PhaseData, *, transform: pipeline.ImageTransform, image_shape,
-                verbose: int | str = "auto", later_images: int = 0,
-                log: Callable[[str], None] = print) -> EpochState:
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """How a run's phases read their training images and report their progress: the
+    image transform and shape, each phase's training images (for the progress bar's
+    time to the end of the run), the console's verbosity and where lines go."""
+    transform: pipeline.ImageTransform
+    image_shape: tuple | None
+    train_sizes: tuple[int, ...]
+    verbose: int | str = "auto"
+    log: Callable[[str], None] = print
+
+    def dataset(self, config: TrainConfig, parts: list[pipeline.Part], seed: int,
+                first_epoch: int) -> tf.data.Dataset:
+        return pipeline.train_dataset(
+            parts, seed=seed, batch_size=config.batch_size, epochs=config.epochs,
+            initial_epoch=first_epoch, transform=self.transform,
+            shuffle_buffer=config.shuffle_buffer, cache_bytes=config.cache_mib * 2 ** 20,
+            image_shape=self.image_shape)
+
+
+def train_phase(config: TrainConfig, learner: IncrementalLearner, data: PhaseData,
+                feed: Feed) -> EpochState:
     """Level 1 every epoch, then a Level-2 pass when the phase has one; resumes after the
     last saved epoch. Returns the phase's progress (trajectory, losses, seconds)."""
     phase = data.phase
-    steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
-    balanced, level2_steps = None, 0
-    if trains_aggregation(config, network, phase):
-        balanced = level2_data(data)
-        level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
-                                                config.batch_size)
-    learner = make_learner(config, network, previous, data, level2_steps=level2_steps)
-    progress = checkpointing.restore_epoch(learner, config.workdir, phase, log)
+    progress = checkpointing.restore_epoch(learner, config.workdir, phase, feed.log)
     first_epoch = progress.epochs_done
     if first_epoch >= config.epochs:
         return progress
-    stream = dict(batch_size=config.batch_size, epochs=config.epochs,
-                  initial_epoch=first_epoch, transform=transform,
-                  shuffle_buffer=config.shuffle_buffer,
-                  cache_bytes=config.cache_mib * 2 ** 20, image_shape=image_shape)
+    steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
     callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
     aggregation = None
+    balanced = level2_parts(config, learner.network, data)
     if balanced is not None:
+        level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
+                                                config.batch_size)
         aggregation = AggregationCallback(
-            pipeline.train_dataset(balanced, seed=level2_seed(config.seed, phase), **stream),
+            feed.dataset(config, balanced, level2_seed(config.seed, phase), first_epoch),
             level2_steps, progress.trajectory)
         callbacks.insert(0, aggregation)
     start = time.perf_counter()
@@ -279,14 +301,15 @@ def train_phase(config: TrainConfig, network: keras.Model, previous: keras.Model
     callbacks.append(keras.callbacks.TensorBoard(
         Workdir(config.workdir).tensorboard(phase),
         write_graph=False, profile_batch=0))
+    verbose = feed.verbose
     if verbose == 1:
         # One bar per phase instead of Keras' one per epoch.
         callbacks.append(PhaseProgress(phase, epochs=config.epochs, first_epoch=first_epoch,
-                                       steps_per_epoch=steps, later_images=later_images,
+                                       steps_per_epoch=steps,
+                                       later_images=sum(feed.train_sizes[phase + 1:]),
                                        phase_images=data.num_train))
         verbose = 0
-    learner.fit(pipeline.train_dataset(data.parts, seed=level1_seed(config.seed, phase),
-                                       **stream),
+    learner.fit(feed.dataset(config, data.parts, level1_seed(config.seed, phase), first_epoch),
                 epochs=config.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
                 callbacks=callbacks, verbose=verbose, shuffle=False)
     return progress
@@ -332,13 +355,6 @@ def memory_features(network: keras.Model, exemplars: ExemplarSource, per_class: 
     return MemoryFeatures(infer(backbone, exemplars, kept),
                           infer(backbone, exemplars, kept, flip=True),
                           exemplars.class_positions[kept])
-
-
-def after_exemplars(config: TrainConfig, network: keras.Model, memory: MemoryFeatures,
-                    phase: int, log: Callable[[str], None]) -> dict:
-    """The host's step on the class-balanced memory. Returns what it records (empty:
-    the host has none)."""
-    return host_for(config).after_exemplars(network, memory, phase, log) or {}
 
 
 # === 5. Evaluation ===

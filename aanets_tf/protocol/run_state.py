@@ -19,7 +19,7 @@ import numpy as np
 from aanets_tf import atomic_io
 from aanets_tf.config import TrainConfig, stored_defaults
 from aanets_tf.data.class_order import PhasePlan
-from aanets_tf.hosts import host_for
+from aanets_tf.hosts import registry
 from aanets_tf.protocol import checkpointing, metrics as metrics_lib
 from aanets_tf.protocol.checkpointing import CorruptCheckpointError
 from aanets_tf.protocol.exemplar_store import CorruptExemplarsError, ExemplarSource
@@ -56,12 +56,13 @@ LATER_PHASE_KEYS = AGGREGATION_KEYS + (
 def phase0_differences(source: TrainConfig, config: TrainConfig) -> list[str]:
     """The settings in which `source`'s phase 0 differs from the one `config` would train.
 
-    Hosts may differ where their phase 0 is the same (`Host.phase0`: LUCIR and
+    Hosts may differ where their phase 0 is the same (their registry entries'
+    `phase0_family`: LUCIR and
     iCaRL train the same cosine head by cross-entropy).
     """
     old, new = source.to_dict(), config.to_dict()
     ignored = set(RELOCATABLE_KEYS) | set(LATER_PHASE_KEYS)
-    if host_for(source).phase0 == host_for(config).phase0:
+    if registry.entry(source.host).phase0_family == registry.entry(config.host).phase0_family:
         ignored.add("host")
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(new)
             if k not in ignored and old.get(k) != new[k]]
@@ -232,7 +233,7 @@ def assemble_metrics(config: TrainConfig, data, plan: PhasePlan, state: RunState
         "label_names": list(data.label_names),
         "host": config.host,
         # The accuracy the host reports (iCaRL: NME; LUCIR, PODNet: CNN).
-        "headline": host_for(config).headline,
+        "headline": registry.entry(config.host).headline,
         "branch_mode": config.branch_mode,
         "aggregation": config.aggregation,
         "phases": phases,

@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from aanets_tf import distribute
-from aanets_tf.hosts.host import CrossEntropy, Objective, Outputs
+from aanets_tf.hosts.host import CrossEntropy, Mean, Objective, Outputs
 from aanets_tf.models.backbones import aggregation_weights, level_taps
 from aanets_tf.models.network import backbone_of, variable_groups
 from aanets_tf.training import precision
@@ -45,6 +45,19 @@ def step_schedule(learning_rate: float, boundaries_epochs: list[int], factor: fl
     if not boundaries:
         return learning_rate
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def _global_batch(labels: tf.Tensor) -> tf.Tensor:
+    """Examples in the global batch (every replica's), from inside a replica's step."""
+    return distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
+
+
+def term_share(term: Mean, global_batch: tf.Tensor) -> tf.Tensor:
+    """This replica's share of a term's mean over the global batch, weighted: the
+    replicas' shares sum to what one device computes on the whole batch."""
+    count = global_batch if term.count is None else distribute.global_sum(term.count)
+    share = distribute.share_of_mean(term.total, count)
+    return share if term.weight == 1.0 else term.weight * share
 
 
 class IncrementalLearner(keras.Model):
@@ -148,8 +161,11 @@ class IncrementalLearner(keras.Model):
         student = self._outputs(self.network, images, training)
         teacher = (None if self.teacher is None
                    else self._outputs(self.teacher, images, training=False))
-        global_batch = distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
-        terms, logits = self.objective.level1_terms(labels, student, teacher, global_batch)
+        means, logits = self.objective.level1_terms(labels, student, teacher)
+        global_batch = _global_batch(labels)
+        zero = tf.zeros((), tf.float32)
+        terms = {name: zero if name not in means else term_share(means[name], global_batch)
+                 for name in self.objective.names}
         return tf.add_n(list(terms.values())), terms, logits
 
     def train_step(self, data):
@@ -177,9 +193,8 @@ class IncrementalLearner(keras.Model):
         variables = self.level2_variables()
         with tf.GradientTape() as tape:
             features = backbone_of(self.network)(images, training=False)
-            global_batch = distribute.global_sum(tf.cast(tf.shape(labels)[0], tf.float32))
-            loss = self.objective.level2_loss(labels, Outputs(self.network, features),
-                                              global_batch)
+            loss = term_share(self.objective.level2_loss(labels, Outputs(self.network, features)),
+                          _global_batch(labels))
             scaled = self.level2_optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.level2_optimizer.apply(gradients, variables)
