@@ -109,6 +109,9 @@ def define_only(choices: Sequence[str], what: str, default: Sequence[str] | None
 
 def describe() -> dict:
     """CPU, core count, platform and framework versions, for a benchmark's report."""
+    from tools import console
+
+    console.start_tensorflow()  # quietly: no CUDA probing lines on a CPU machine
     import keras
     import tensorflow as tf
 
