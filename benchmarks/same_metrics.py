@@ -16,11 +16,14 @@ import json
 
 from absl import app
 
-from aanets_tf.protocol.checkpointing import current_loss_names
-from aanets_tf.reports.reporting import without_timings
-
 
 def comparable(path: str) -> dict:
+    from tools import console
+
+    console.start_tensorflow()  # quietly: the readers below import it
+    from aanets_tf.protocol.checkpointing import current_loss_names
+    from aanets_tf.reports.reporting import without_timings
+
     with open(path) as f:
         metrics = json.load(f)
     for phase in metrics.get("phases", []):

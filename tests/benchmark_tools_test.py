@@ -331,3 +331,22 @@ def test_every_benchmark_imports_as_a_module_and_defines_its_flags():
         scripts["benchmarks.hosts"]["flags"])
     assert {"output_dir", "host", "learning_rates"} <= set(
         scripts["benchmarks.aggregation_lr"]["flags"])
+
+
+def test_same_metrics_sets_timings_and_old_loss_names_aside_and_names_what_differs(tmp_path):
+    from benchmarks import same_metrics
+
+    def write(name, **phase):
+        path = tmp_path / name
+        path.write_text(json.dumps({"phases": [{"cnn_accuracy": 70.0, **phase}]}))
+        return str(path)
+
+    before = write("before.json", train_seconds=10.0, final_losses={"lf": 0.5, "ce": 1.0})
+    after = write("after.json", train_seconds=99.0, final_losses={"less_forget": 0.5, "ce": 1.0})
+    assert same_metrics.main(["same_metrics", before, after]) == 0
+    changed = write("changed.json", cnn_accuracy=70.5, final_losses={"less_forget": 0.5,
+                                                                    "ce": 1.0})
+    assert same_metrics.differences(same_metrics.comparable(before),
+                                    same_metrics.comparable(changed)) == [
+        "phases[0].cnn_accuracy: 70.0 != 70.5"]
+    assert same_metrics.main(["same_metrics", before, changed]) == 1
