@@ -55,6 +55,16 @@ def limited_export(phase_networks, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_cifar():
+    """Real CIFAR-10, 5 training, 7 test and 3 validation images per class: read once for
+    the data and pipeline tests."""
+    from aanets_tf.data import datasets
+
+    return datasets.load_dataset("cifar10", support.SHARED_DATA_DIR, train_images_per_class=5,
+                                 test_images_per_class=7, validation_images_per_class=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_cifar():
     """The real CIFAR-10 images of `support.TINY`'s runs: 12 training and 10 test images per
     class."""

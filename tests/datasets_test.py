@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from aanets_tf.data import datasets, pipeline
 from support import SHARED_DATA_DIR
 
-N_TRAIN, N_TEST, N_VAL = 5, 7, 3
+N_TRAIN, N_TEST, N_VAL = 5, 7, 3  # conftest's `small_cifar`
 
 
 def _encoded_split(split):
@@ -28,11 +28,9 @@ def _decode(encoded):
     return np.stack([tf.io.decode_png(e).numpy() for e in encoded])
 
 
-@pytest.fixture(scope="module")
-def data():
-    return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=N_TRAIN,
-                                 test_images_per_class=N_TEST,
-                                 validation_images_per_class=N_VAL)
+@pytest.fixture
+def data(small_cifar):
+    return small_cifar
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ import pytest
 
 from aanets_tf.data import datasets, pipeline
 from aanets_tf.data.sources import ArraySource
-from support import SHARED_DATA_DIR
 
-N_TRAIN, N_TEST, N_VAL = 5, 7, 3
+N_TRAIN, N_TEST, N_VAL = 5, 7, 3  # conftest's `small_cifar`
 
 
 @pytest.fixture(autouse=True)
@@ -20,11 +19,9 @@ def _without_a_global_seed():
     tf.random.set_seed(None)
 
 
-@pytest.fixture(scope="module")
-def data():
-    return datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=N_TRAIN,
-                                 test_images_per_class=N_TEST,
-                                 validation_images_per_class=N_VAL)
+@pytest.fixture
+def data(small_cifar):
+    return small_cifar
 
 
 # --- The training pipeline on synthetic images whose pixels encode index and label. ---
