@@ -18,9 +18,6 @@ from absl import app
 
 
 def comparable(path: str) -> dict:
-    from tools import console
-
-    console.start_tensorflow()  # quietly: the readers below import it
     from aanets_tf.protocol.checkpointing import current_loss_names
     from aanets_tf.reports.reporting import without_timings
 
@@ -46,6 +43,9 @@ def differences(a: dict, b: dict, where: str = "") -> list[str]:
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         raise app.UsageError(f"Name two metrics.json files. Received: {argv[1:]}")
+    from tools import console
+
+    console.start_tensorflow()  # quietly, once: `comparable` reads through the library
     found = differences(comparable(argv[1]), comparable(argv[2]))
     for line in found[:50]:
         print(line)

@@ -87,7 +87,7 @@ def finished_run(tiny_cifar, tmp_path_factory):
     return config, incremental.run(config, data=tiny_cifar, verbose=0, log=lambda _: None)
 
 
-# Session fixtures that train: a test taking one belongs to the slow tier.
+# Session fixtures of the end-to-end tests (a run, its data): a test taking one is slow.
 _SLOW_FIXTURES = {"tiny_cifar", "finished_run"}
 
 _TIER_STARTS = {"fast": time.monotonic()}

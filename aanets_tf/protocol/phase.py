@@ -225,10 +225,21 @@ def trains_aggregation(config: TrainConfig, network: keras.Model, phase: int) ->
     return bool(phase) and backbone_of(network).is_aanet and config.aggregation_learnable
 
 
-def level2_parts(config: TrainConfig, network: keras.Model, data: PhaseData
-                 ) -> list[pipeline.Part] | None:
-    """What Level 2 trains on this phase (`level2_data`), or None: no Level 2."""
-    return level2_data(data) if trains_aggregation(config, network, data.phase) else None
+@dataclasses.dataclass(frozen=True)
+class Level2Plan:
+    """What Level 2 trains on in a phase (`level2_data`) and its batches per epoch."""
+    parts: list[pipeline.Part]
+    steps: int
+
+
+def level2_plan(config: TrainConfig, network: keras.Model, data: PhaseData
+                ) -> Level2Plan | None:
+    """The phase's Level 2, or None: the phase has none."""
+    if not trains_aggregation(config, network, data.phase):
+        return None
+    parts = level2_data(data)
+    return Level2Plan(parts, pipeline.steps_per_epoch(sum(len(p) for p in parts),
+                                                      config.batch_size))
 
 
 def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Model | None,
@@ -236,11 +247,9 @@ def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Mode
     """The phase's learner for the host's `objective`, compiled, with both optimizers
     built (under the strategy's scope); a Level-2 optimizer when the phase has Level 2."""
     level2 = None
-    balanced = level2_parts(config, network, data)
-    if balanced is not None:
-        level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
-                                                config.batch_size)
-        level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, level2_steps),
+    plan = level2_plan(config, network, data)
+    if plan is not None:
+        level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, plan.steps),
                                       momentum=config.aggregation_momentum)
     learner = IncrementalLearner(network, previous, objective=objective,
                                  num_old_classes=data.num_old,
@@ -286,13 +295,11 @@ def train_phase(config: TrainConfig, learner: IncrementalLearner, data: PhaseDat
     steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
     callbacks: list[keras.callbacks.Callback] = [DivergenceGuard(phase)]
     aggregation = None
-    balanced = level2_parts(config, learner.network, data)
-    if balanced is not None:
-        level2_steps = pipeline.steps_per_epoch(sum(len(p) for p in balanced),
-                                                config.batch_size)
+    level2 = level2_plan(config, learner.network, data)
+    if level2 is not None:
         aggregation = AggregationCallback(
-            feed.dataset(config, balanced, level2_seed(config.seed, phase), first_epoch),
-            level2_steps, progress.trajectory)
+            feed.dataset(config, level2.parts, level2_seed(config.seed, phase), first_epoch),
+            level2.steps, progress.trajectory)
         callbacks.insert(0, aggregation)
     start = time.perf_counter()
     callbacks.append(EpochCheckpoint(

@@ -57,8 +57,7 @@ def phase0_differences(source: TrainConfig, config: TrainConfig) -> list[str]:
     """The settings in which `source`'s phase 0 differs from the one `config` would train.
 
     Hosts may differ where their phase 0 is the same (their registry entries'
-    `phase0_family`: LUCIR and
-    iCaRL train the same cosine head by cross-entropy).
+    `phase0_family`: LUCIR and iCaRL train the same cosine head by cross-entropy).
     """
     old, new = source.to_dict(), config.to_dict()
     ignored = set(RELOCATABLE_KEYS) | set(LATER_PHASE_KEYS)

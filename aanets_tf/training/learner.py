@@ -193,8 +193,8 @@ class IncrementalLearner(keras.Model):
         variables = self.level2_variables()
         with tf.GradientTape() as tape:
             features = backbone_of(self.network)(images, training=False)
-            loss = term_share(self.objective.level2_loss(labels, Outputs(self.network, features)),
-                          _global_batch(labels))
+            mean = self.objective.level2_loss(labels, Outputs(self.network, features))
+            loss = term_share(mean, _global_batch(labels))
             scaled = self.level2_optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, variables)
         self.level2_optimizer.apply(gradients, variables)
