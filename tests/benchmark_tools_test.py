@@ -316,6 +316,7 @@ print(json.dumps(found))
 """
 
 
+@pytest.mark.slow  # a fresh process
 def test_every_benchmark_imports_as_a_module_and_defines_its_flags():
     modules = _script_modules()
     process = subprocess.run([sys.executable, "-c", _IMPORT_ALL, *modules],

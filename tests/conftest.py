@@ -1,8 +1,8 @@
 """Shared test setup: quiet TensorFlow, importable tools, absl flags usable under pytest.
 
-Also the suite's two tiers: tests marked `slow` (end-to-end runs on real data,
-subprocesses) run after all the others, and the wall time of each tier is
-printed. `python -m pytest -q -m "not slow" tests` runs the fast tier alone.
+Also the suite's two tiers: tests marked `slow` (end-to-end runs, real CIFAR-10,
+fresh processes, servers, XLA compiles) run after all the others, and the wall
+time of each tier is printed. `python -m pytest -q -m "not slow" tests` runs the fast tier alone.
 Helpers tests share are in `support.py`.
 """
 
@@ -87,8 +87,8 @@ def finished_run(tiny_cifar, tmp_path_factory):
     return config, incremental.run(config, data=tiny_cifar, verbose=0, log=lambda _: None)
 
 
-# Session fixtures of the end-to-end tests (a run, its data): a test taking one is slow.
-_SLOW_FIXTURES = {"tiny_cifar", "finished_run"}
+# Fixtures that train, read real CIFAR-10 or start a server: a test taking one is slow.
+_SLOW_FIXTURES = {"tiny_cifar", "finished_run", "small_cifar", "server"}
 
 _TIER_STARTS = {"fast": time.monotonic()}
 _SLOW_IDS: set[str] = set()
@@ -104,9 +104,10 @@ _PER_TEST_FIXTURES = {"request", "tmp_path", "tmp_path_factory", "monkeypatch", 
 def pytest_collection_modifyitems(session, config, items):
     """The fast tier first, then the slow one, each in collection order.
 
-    The slow tier holds the tests marked `slow`, those taking a session fixture
-    that trains (`_SLOW_FIXTURES`), and the tests of their module that share a
-    fixture with them, so a costly fixture is built once.
+    The slow tier holds the tests marked `slow`, those taking a fixture that
+    trains, reads real CIFAR-10 or starts a server (`_SLOW_FIXTURES`), and the
+    tests of their module that share a fixture with them, so a costly fixture
+    is built once.
     """
     shared = {}
     for item in items:

@@ -64,6 +64,7 @@ def test_validation_is_last_per_class_and_disjoint_from_training(data, raw_train
     assert not set(data.validation.positions) & set(data.train.positions)
 
 
+@pytest.mark.slow  # reads real CIFAR-10
 def test_indexing_stops_once_every_class_is_full():
     data = datasets.load_dataset("cifar10", SHARED_DATA_DIR, train_images_per_class=N_TRAIN,
                                  read_test=False)

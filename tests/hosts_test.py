@@ -168,6 +168,7 @@ def test_class_balanced_finetuning_removes_the_new_class_bias():
         finetune_head(head, features, targets[:3], epochs=1, learning_rate=0.1, batch_size=4)
 
 
+@pytest.mark.slow  # a fresh process
 def test_a_podnet_checkpoint_loads_in_a_fresh_process(tmp_path):
     import subprocess
     import sys

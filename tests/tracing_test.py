@@ -103,6 +103,7 @@ def without_op_determinism():
         tf_config.enable_op_determinism()
 
 
+@pytest.mark.slow  # XLA compiles
 def test_xla_steps_compute_what_the_graph_steps_compute(without_op_determinism):
     # One learner, run from the same weights without and then with XLA.
     learner = _phase1_learner(jit_compile=False)
