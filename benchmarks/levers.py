@@ -21,7 +21,7 @@ folded: the library before these levers), `inter_op_1` / `intra_op_1` /
 one thread per core for both), `xla` (`jit_compile=True`), `bfloat16`
 (`mixed_bfloat16`), `bfloat16_fused_bn` (`mixed_bfloat16` without the
 folding), and `pytorch` (the PyTorch reference of
-`benchmarks.pytorch.reference` in its own process, for comparison).
+`benchmarks.pytorch.authors` in its own process, for comparison).
 
 Writes `levers.json` and `levers.md` into `--output_dir`.
 """

@@ -30,12 +30,15 @@ Memory: the peak resident set size of this process, and (with
 
 Writes `throughput.json` and `throughput.md` (the table) into `--output_dir`.
 
-With `--torch_reference` the same run also times the PyTorch reference of
-`benchmarks.pytorch.reference` (needs `pip install -r
-benchmarks/pytorch/requirements.txt`) on the same batches, every step of both
-frameworks interleaved in each repeat, and reports ours / PyTorch images per
+With `--torch_reference` the same run also times the authors' code path in
+PyTorch, `benchmarks.pytorch.authors` (needs `pip install -r
+benchmarks/pytorch/requirements.txt`), on the same batches, every step of both
+frameworks interleaved in each repeat, and reports ours / theirs images per
 second per step type against the targets of `TORCH_TARGETS` (into
-`benchmarks/results/throughput_torch` unless `--output_dir` is given):
+`benchmarks/results/throughput_torch` unless `--output_dir` is given). Before
+timing, `benchmarks.pytorch.fidelity` checks that their networks given our
+weights (ours with a stem per branch, as theirs) compute our losses on the same
+batches, and the run stops if they do not:
 
     python -m benchmarks.throughput --flagfile=flags/cifar10_cpu.flags \
         --variants=float32 --torch_reference
@@ -78,9 +81,11 @@ def define_flags() -> None:
     harness.define_only(STEPS, "Steps to measure (a target is judged when both its steps "
                                "are measured)")
     flags.DEFINE_bool("torch_reference", False,
-                      "Also time the PyTorch reference (benchmarks.pytorch.reference) in "
-                      "the same run, interleaved, and report ours / PyTorch ratios. Measures "
-                      f"the steps {', '.join(TORCH_STEPS)} unless --only is given, and skips "
+                      "Also time the authors' code path in PyTorch "
+                      "(benchmarks.pytorch.authors) in the same run, interleaved, and "
+                      "report ours / theirs ratios, after checking that their networks "
+                      "given our weights compute our losses. Measures the steps"
+                      f" {', '.join(TORCH_STEPS)} unless --only is given, and skips "
                       "the protocol run unless --protocol_epochs is given.")
     pytorch.define_torch_threads()
     flags.DEFINE_integer("protocol_epochs", 1, "Also run the flagfile's protocol with this "
@@ -274,29 +279,29 @@ class StepBench:
 
 
 def load_torch_reference():
-    """`benchmarks.pytorch.reference`, or a UsageError naming the requirements file."""
+    """`benchmarks.pytorch.authors`, or a UsageError naming the requirements file."""
     pytorch.require_torch("--torch_reference")
-    from benchmarks.pytorch import reference
+    from benchmarks.pytorch import authors
 
-    return reference
+    return authors
 
 
 class TorchBench:
-    """The PyTorch reference steps on the same batches as a `StepBench`, same interface."""
+    """The authors' code path in PyTorch on the same batches as a `StepBench`, same
+    interface."""
 
     def __init__(self, config, bench: StepBench, threads: int = 0):
-        torch_reference = load_torch_reference()
+        authors = load_torch_reference()
         batches = bench.batches()
         num_old, num_new = bench.num_classes
-        self.steps = torch_reference.TorchSteps(
+        self.steps = authors.AuthorsSteps(
             *batches["phase0"], *batches["phase1"], batches["eval"],
             num_old=num_old, num_new=num_new, learning_rate=config.learning_rate,
             momentum=config.momentum, weight_decay=config.weight_decay,
             aggregation_lr=config.aggregation_lr,
-            aggregation_momentum=config.aggregation_momentum,
             less_forget_weight=bench.less_forget_weight, margin=config.margin,
             top_k=config.top_k, threads=threads or None, seed=config.seed)
-        self.supported = torch_reference.STEPS
+        self.supported = authors.STEPS
         self.batch = bench.batch
         import torch
 
@@ -310,6 +315,21 @@ class TorchBench:
         start = time.perf_counter()
         self.steps.run(step, steps)
         return steps * self.batch, time.perf_counter() - start
+
+
+def check_fidelity(config, data, plan) -> dict:
+    """`benchmarks.pytorch.fidelity.check` on our networks with a stem per branch (the
+    authors' layout), float32: raises when the authors' networks given our weights do not
+    compute our losses."""
+    from benchmarks.pytorch import fidelity
+
+    from aanets_tf.hosts.lucir_losses import less_forget_weight
+
+    config = config.replace(stem="per_branch", jit_compile=False, mixed_precision="float32")
+    bench = StepBench(config, data, plan, "float32", False)
+    num_old, num_new = bench.num_classes
+    return fidelity.check(bench, less_forget_weight(config.lambda_base, num_old, num_new),
+                          config.margin, config.top_k, seed=config.seed)
 
 
 def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_steps: int,
@@ -378,16 +398,15 @@ def main(argv):
     data, plan = protocol_data(config)
     benches = {name: StepBench(config, data, plan, *settings)
                for name, settings in variants.items()}
-    parameters = None
+    parameters = fidelity = None
     if torch_mode:
         first = next(iter(benches.values()))
         benches[TORCH_VARIANT] = TorchBench(config, first, FLAGS.torch_threads)
         parameters = {"ours": first.parameter_counts(),
-                      "torch": benches[TORCH_VARIANT].parameter_counts()}
-        if parameters["ours"] != parameters["torch"]:
-            raise AssertionError(f"The PyTorch reference is not the same network: parameter "
-                                 f"counts {parameters}.")
-        print(f"parameters (ours = PyTorch): {parameters['ours']}")
+                      "authors": benches[TORCH_VARIANT].parameter_counts()}
+        fidelity = check_fidelity(config, data, plan)
+        print(f"fidelity: the authors' networks given our weights compute our losses "
+              f"(rtol {fidelity['rtol']}); parameters {fidelity['parameter_counts']}")
     samples = measure(benches, names, FLAGS.repeats, FLAGS.steps, FLAGS.pipeline_steps,
                       FLAGS.warmup)
     summary = summarize({v: s for v, s in samples.items() if v != TORCH_VARIANT})
@@ -421,7 +440,7 @@ def main(argv):
         # Other work on a shared machine slows PyTorch's OpenMP threads more than
         # TensorFlow's thread pool: the load average says how busy the machine was.
         load = {"before": load_before, "after": os.getloadavg()}
-        report.update(torch=versions, parameter_counts=parameters,
+        report.update(torch=versions, parameter_counts=parameters, fidelity=fidelity,
                       torch_comparison=comparison, load_average_1_5_15_min=load)
         markdown = (torch_table(comparison, config.batch_size,
                                 harness.summary_line(report["machine"]), versions)

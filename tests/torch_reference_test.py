@@ -1,7 +1,8 @@
 """The PyTorch comparison of benchmarks.throughput: its error without torch, its ratios,
-and (only where torch is installed) that the reference (benchmarks.pytorch.reference) is
-the same network as ours, and that the PyTorch loop of the whole protocol
-(benchmarks.pytorch.protocol) runs."""
+and (only where torch is installed) that the authors' code path
+(benchmarks.pytorch.authors) is the network ours is, given the same weights
+(benchmarks.pytorch.fidelity), trains what their loop trains, and that the PyTorch loop
+of the whole protocol (benchmarks.pytorch.protocol) runs."""
 
 import sys
 
@@ -59,25 +60,25 @@ def test_compare_frameworks_takes_the_median_of_per_repeat_ratios():
 
 
 @pytest.fixture(scope="module")
-def torch_reference():
+def authors():
     pytest.importorskip("torch")
-    from benchmarks.pytorch import reference
+    from benchmarks.pytorch import authors
 
-    return reference
+    return authors
 
 
-def _steps(torch_reference, blocks):
+def _steps(authors, blocks):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
-    return torch_reference.TorchSteps(
+    return authors.AuthorsSteps(
         images, np.arange(8) % 4, images, np.arange(8) % 6, images, num_old=4, num_new=2,
         learning_rate=0.1, momentum=0.9, weight_decay=5e-4, aggregation_lr=0.1,
-        aggregation_momentum=0.9, less_forget_weight=7.0, margin=0.5, top_k=2,
-        threads=1, blocks=blocks)
+        less_forget_weight=7.0, margin=0.5, top_k=2, threads=1, blocks=blocks)
 
 
 @pytest.mark.parametrize("arch,blocks", [("resnet8", 1), ("resnet32", 5)])
-def test_reference_has_our_parameter_counts(torch_reference, arch, blocks):
+def test_authors_networks_are_ours_with_a_stem_per_branch_and_an_unused_head(
+        authors, arch, blocks):
     from aanets_tf.models.backbones import aanet_from_resnet, build_resnet
     from aanets_tf.models.network import build_network, parameter_counts
 
@@ -88,14 +89,18 @@ def test_reference_has_our_parameter_counts(torch_reference, arch, blocks):
         return counts["total"] - counts["statistics"]
 
     ours = {"plain_phase0": count(build_network(resnet, 0, 4)),
-            "aanet_phase1": count(build_network(aanet_from_resnet(resnet), 4, 2))}
-    assert _steps(torch_reference, blocks).parameter_counts() == ours
+            "aanet_phase1": count(build_network(aanet_from_resnet(resnet, stem="per_branch"),
+                                                4, 2))}
+    unused_head = 64 * 4 + 1  # the plastic branch's phase-0 cosine head and its sigma
+    assert _steps(authors, blocks).parameter_counts() == {
+        "plain_phase0": ours["plain_phase0"],
+        "aanet_phase1": ours["aanet_phase1"] + unused_head}
 
 
-def test_reference_steps_train_what_each_level_trains(torch_reference):
+def test_authors_steps_train_what_their_loop_trains(authors):
     import torch
 
-    steps = _steps(torch_reference, blocks=1)
+    steps = _steps(authors, blocks=1)
     aanet = steps.aanet
 
     def snapshot():
@@ -106,19 +111,56 @@ def test_reference_steps_train_what_each_level_trains(torch_reference):
     after = snapshot()
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert not any("alphas" in n for n in changed)
-    assert not any(n.endswith(".weight") and "stable" in n and "bn" not in n
-                   and "downsample.1" not in n for n in changed)  # frozen kernels
-    assert not any("head.old" in n for n in changed)
+    frozen = {n for n, p in aanet.b1.named_parameters() if not p.requires_grad}
+    assert frozen and not {f"b1.{n}" for n in frozen} & changed  # the stable kernels
+    assert not any(n.startswith("b1.fc.fc1") for n in changed)  # old rows: learning rate 0
+    assert not any(n.startswith("b2.fc") for n in changed)  # the plastic head is unused
     assert any(n.endswith(".scale") for n in changed)
-    assert any("plastic" in n for n in changed)
-
+    assert any(n.startswith("b1.fc.fc2") for n in changed)
+    assert any(n.startswith("b2.layer3") for n in changed)
+    # Their Level 1 records the teacher's graph, and Level 2 back-propagates into every
+    # parameter (only the aggregation weights move).
+    aanet.zero_grad(set_to_none=True)
     steps.run("level2_aanet", 2)
     changed = {n for n, p in snapshot().items() if not torch.equal(after[n], p)}
-    assert changed and all("alphas" in n for n in changed)
-    assert all(0.0 <= a.item() <= 1.0 for a in steps.alphas)
+    assert changed == {"alphas.0", "alphas.1", "alphas.2"}
+    assert aanet.b2.layer3[0].conv1.weight.grad is not None
+    # The single-branch baseline runs both branches, its weights fixed at 1.
+    steps.run("level1_single", 1)
+    assert [float(a.detach()) for a in steps.single.alphas] == [1.0, 1.0, 1.0]
 
 
-def test_protocol_loop_runs_every_phase(torch_reference):
+def test_an_unknown_step_is_refused_naming_it(authors):
+    with pytest.raises(ValueError, match=r"step='level3'"):
+        _steps(authors, blocks=1).run("level3", 1)
+
+
+@pytest.mark.slow  # reads real CIFAR-10
+def test_authors_networks_given_our_weights_compute_our_losses(authors, monkeypatch):
+    from aanets_tf.config import TrainConfig
+    from benchmarks.pytorch import fidelity
+
+    config = TrainConfig(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8",
+                         num_base_classes=4, classes_per_phase=2, train_images_per_class=20,
+                         test_images_per_class=10, batch_size=32, exemplars_per_class=3)
+    data, plan = throughput.protocol_data(config)
+    result = throughput.check_fidelity(config, data, plan)
+    assert result["passed"]
+    assert set(result["authors"]) == {"phase0_loss", "level1_loss", "level1_ce",
+                                      "level1_less_forget", "level1_margin_ranking",
+                                      "level2_loss"}
+    assert result["ours"]["level1_margin_ranking"] > 0  # every term is compared, not 0 = 0
+    counts = result["parameter_counts"]
+    assert counts["authors"]["aanet_phase1"] == (counts["ours"]["aanet_phase1"]
+                                                 + counts["authors_plastic_unused_head"])
+    # PyTorch's own stride-2 padding (one pixel on every side) is a different network:
+    # the check sees it.
+    monkeypatch.setattr(fidelity, "_pad_as_tensorflow", lambda module: None)
+    with pytest.raises(AssertionError, match=r"do not compute what ours do: level2_loss"):
+        throughput.check_fidelity(config, data, plan)
+
+
+def test_protocol_loop_runs_every_phase(authors):
     import math
 
     from aanets_tf.config import TrainConfig
