@@ -35,7 +35,7 @@ PyTorch, `benchmarks.pytorch.authors` (needs `pip install -r
 benchmarks/pytorch/requirements.txt`), on the same batches, every step of both
 frameworks interleaved in each repeat, and reports ours / theirs images per
 second per step type against the targets of `TORCH_TARGETS` (into
-`benchmarks/results/throughput_torch` unless `--output_dir` is given). Before
+`benchmarks/results/throughput_authors` unless `--output_dir` is given). Before
 timing, `benchmarks.pytorch.fidelity` checks that their networks given our
 weights (ours with a stem per branch, as theirs) compute our losses on the same
 batches, and the run stops if they do not:
@@ -387,7 +387,7 @@ def main(argv):
     names = [s for s in STEPS if s in only]
     out_dir = FLAGS.output_dir
     if torch_mode and not FLAGS["output_dir"].present:
-        out_dir = "benchmarks/results/throughput_torch"
+        out_dir = "benchmarks/results/throughput_authors"
     protocol_epochs = FLAGS.protocol_epochs
     if torch_mode and not FLAGS["protocol_epochs"].present:
         protocol_epochs = 0
