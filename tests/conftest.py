@@ -1,8 +1,9 @@
 """Shared test setup: quiet TensorFlow, importable tools, absl flags usable under pytest.
 
 Also the suite's two tiers: tests marked `slow` (end-to-end runs, real CIFAR-10,
-fresh processes, servers, XLA compiles) run after all the others, and the wall
-time of each tier is printed. `python -m pytest -q -m "not slow" tests` runs the fast tier alone.
+fresh processes, servers, XLA compiles, SavedModel exports) run after all the
+others, and the wall time of each tier is printed.
+`python -m pytest -q -m "not slow" tests` runs the fast tier alone.
 Helpers tests share are in `support.py`.
 """
 
@@ -87,8 +88,10 @@ def finished_run(tiny_cifar, tmp_path_factory):
     return config, incremental.run(config, data=tiny_cifar, verbose=0, log=lambda _: None)
 
 
-# Fixtures that train, read real CIFAR-10 or start a server: a test taking one is slow.
-_SLOW_FIXTURES = {"tiny_cifar", "finished_run", "small_cifar", "server"}
+# Fixtures that train, read real CIFAR-10, write SavedModels or start a server: a test
+# taking one is slow.
+_SLOW_FIXTURES = {"tiny_cifar", "finished_run", "small_cifar", "exported_phases",
+                  "limited_export", "server"}
 
 _TIER_STARTS = {"fast": time.monotonic()}
 _SLOW_IDS: set[str] = set()
@@ -105,9 +108,9 @@ def pytest_collection_modifyitems(session, config, items):
     """The fast tier first, then the slow one, each in collection order.
 
     The slow tier holds the tests marked `slow`, those taking a fixture that
-    trains, reads real CIFAR-10 or starts a server (`_SLOW_FIXTURES`), and the
-    tests of their module that share a fixture with them, so a costly fixture
-    is built once.
+    trains, reads real CIFAR-10, writes SavedModels or starts a server
+    (`_SLOW_FIXTURES`), and the tests of their module that share a fixture with
+    them, so a costly fixture is built once.
     """
     shared = {}
     for item in items:

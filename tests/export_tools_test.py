@@ -51,6 +51,7 @@ def workdir(networks, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow  # writes a SavedModel
 def test_exports_the_last_completed_phase_by_default(workdir, networks):
     path = run_export.export_from_workdir(workdir)
     assert path == os.path.join(workdir, "export", "cifar_aanets", "2")
@@ -63,6 +64,7 @@ def test_exports_the_last_completed_phase_by_default(workdir, networks):
         run_export.export_from_workdir(workdir)
 
 
+@pytest.mark.slow  # writes a SavedModel
 def test_phase_export_dir_and_model_name_override_the_run(workdir, tmp_path):
     path = run_export.export_from_workdir(workdir, 0, export_dir=str(tmp_path),
                                                   model_name="other", top_k=3)

@@ -338,6 +338,7 @@ def test_dataset_map_matches_eager():
         list(names.map(lambda e, n: images.checked_decode_rgb(e, 10**6, name=n)))
 
 
+@pytest.mark.slow  # writes a SavedModel
 def test_saved_model_signature_round_trip(tmp_path):
     class Decoder(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])

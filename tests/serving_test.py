@@ -172,6 +172,7 @@ def test_warmup_request_is_a_valid_serving_default_request(exported, loaded):
     assert out["top_k_class_ids"].shape == (1, 5)
 
 
+@pytest.mark.slow  # writes a SavedModel
 def test_an_existing_version_is_never_overwritten_silently(networks, tmp_path):
     base = str(tmp_path / "aanets")
     phase0 = networks[0]
@@ -228,6 +229,7 @@ def test_read_classes_says_what_is_missing(tmp_path):
         serving.read_classes(str(tmp_path))
 
 
+@pytest.mark.slow  # writes a SavedModel
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_a_mixed_precision_network_exports_float32_outputs(policy, tmp_path):
     from aanets_tf.training import precision
@@ -326,6 +328,7 @@ def test_bytes_signature_refuses_other_ranks_and_every_signature_an_empty_batch(
     assert fn(image_bytes=tf.constant([good]))["logits"].shape == (1, PHASE_CLASSES[0])
 
 
+@pytest.mark.slow  # writes a SavedModel
 def test_export_without_checks_exists_only_to_measure_them(networks, tmp_path):
     """`checks=False` (the latency benchmark's baseline) really leaves the checks out."""
     path = str(tmp_path / "unchecked")

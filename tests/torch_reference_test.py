@@ -160,6 +160,7 @@ def test_authors_networks_given_our_weights_compute_our_losses(authors, monkeypa
         throughput.check_fidelity(config, data, plan)
 
 
+@pytest.mark.slow  # reads real CIFAR-10
 def test_protocol_loop_runs_every_phase(authors):
     import math
 
