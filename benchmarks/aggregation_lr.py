@@ -136,4 +136,4 @@ def _plot(results: dict, path: str) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

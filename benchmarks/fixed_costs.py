@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import harness, throughput
 from tools import train_flags
@@ -141,4 +141,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

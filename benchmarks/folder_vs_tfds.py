@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import harness
 
@@ -119,4 +119,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

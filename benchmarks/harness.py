@@ -105,6 +105,24 @@ def define_only(choices: Sequence[str], what: str, default: Sequence[str] | None
     define_choices("only", choices if default is None else default, choices, what)
 
 
+def run_main(main) -> None:
+    """`app.run(main)` with a quiet start, as `tools/train.py` has: absl logs errors only
+    (TFDS logs INFO lines at every dataset it opens) and TensorFlow starts without its
+    native start-up lines; `--verbosity` leaves both on."""
+    from absl import app, logging
+
+    from tools import console
+
+    def quiet(argv):
+        verbose = flags.FLAGS["verbosity"].present
+        if not verbose:
+            logging.set_verbosity(logging.ERROR)
+        console.start_tensorflow(verbose=verbose)
+        return main(argv)
+
+    app.run(quiet)
+
+
 # === The machine ===
 
 def describe() -> dict:

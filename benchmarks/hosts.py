@@ -43,7 +43,7 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from absl import app, flags
+from absl import flags
 
 from aanets_tf import atomic_io
 from aanets_tf.config import HOST_NAMES, HOSTS
@@ -295,4 +295,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import harness, throughput
 from tools import train_flags
@@ -192,4 +192,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

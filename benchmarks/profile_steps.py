@@ -21,7 +21,7 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from benchmarks import harness, throughput
 from tools import train_flags
@@ -223,4 +223,4 @@ def _from_traces(output_dir: str) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

@@ -460,4 +460,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    harness.run_main(main)

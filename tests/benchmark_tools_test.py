@@ -351,3 +351,23 @@ def test_same_metrics_sets_timings_and_old_loss_names_aside_and_names_what_diffe
                                     same_metrics.comparable(changed)) == [
         "phases[0].cnn_accuracy: 70.0 != 70.5"]
     assert same_metrics.main(["same_metrics", before, changed]) == 1
+
+
+def test_benchmarks_start_quietly_unless_verbosity_is_given(monkeypatch):
+    from absl import app, logging
+
+    from tools import console
+
+    started, ran = [], []
+    monkeypatch.setattr(console, "start_tensorflow", lambda verbose: started.append(verbose))
+    monkeypatch.setattr(app, "run", lambda main: main(["benchmark"]))
+    before = logging.get_verbosity()
+    try:
+        harness.run_main(lambda argv: ran.append((argv, logging.get_verbosity())))
+        assert started == [False] and ran == [(["benchmark"], logging.ERROR)]
+        logging.set_verbosity(logging.INFO)
+        monkeypatch.setattr(flags.FLAGS["verbosity"], "present", 1)
+        harness.run_main(lambda argv: ran.append((argv, logging.get_verbosity())))
+        assert started == [False, True] and ran[-1][1] == logging.INFO
+    finally:
+        logging.set_verbosity(before)
