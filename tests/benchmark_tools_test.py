@@ -298,7 +298,7 @@ import importlib, json, sys
 from absl import flags
 before, found = list(sys.path), {}
 for name in sys.argv[1:]:
-    if name == "benchmarks.pytorch.reference":
+    if name in ("benchmarks.pytorch.authors", "benchmarks.pytorch.fidelity"):
         try:
             import torch
         except ImportError:

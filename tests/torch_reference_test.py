@@ -193,8 +193,18 @@ def test_protocol_loop_runs_every_phase(authors):
         assert all(0.0 <= t["accuracy"] <= 100.0 for t in p["epoch_tests"])
         assert p["wall_seconds"] >= p["phase_seconds"] > 0
     assert phases[0]["aggregation_weights"] is None
-    assert all(0.0 <= a <= 1.0 for p in phases[1:] for a in p["aggregation_weights"])
+    # Their Level 2 (no clipping) moves the three weights a little from 0.5.
+    weights = [p["aggregation_weights"] for p in phases[1:]]
+    assert all(len(w) == 3 and all(0.0 < a < 1.0 for a in w) for w in weights)
+    assert weights[-1] != [0.5, 0.5, 0.5]
     assert report["average_incremental_accuracy"]["cnn"] == pytest.approx(
         np.mean([p["cnn_accuracy"] for p in phases]))
-    with pytest.raises(ValueError, match=r"--stem must be 'shared'.*per_branch"):
-        torch_protocol.check_supported(config.replace(stem="per_branch"))
+    with pytest.raises(ValueError, match=r"--stable_block must be 'scaled'.*plastic"):
+        torch_protocol.check_supported(config.replace(stable_block="plastic"))
+    torch_protocol.check_supported(config.replace(stem="per_branch"))  # theirs: per branch
+    # Their single-branch baseline: both branches run, the weights stay at 1.
+    single = torch_protocol.run(config.replace(branch_mode="single", epochs=1), data,
+                                threads=1, test_batch_size=32, feature_batch_size=32,
+                                log=lambda _: None)
+    assert [p["aggregation_weights"] for p in single["phases"][1:]] == [[1.0, 1.0, 1.0]] * 3
+    assert all(p["timings"]["level2"] > 0 for p in single["phases"][1:])

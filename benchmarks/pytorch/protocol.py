@@ -3,38 +3,44 @@ r"""The CPU protocol (SPEC section 7) as a PyTorch loop, run the way the authors
     python -m benchmarks.pytorch.protocol --flagfile=flags/cifar10_cpu.flags \
         --output_dir=benchmarks/results/torch_protocol [--test_every_epoch]
 
-What `python tools/train.py --flagfile=flags/cifar10_cpu.flags` does, in
-PyTorch, with the networks and loss pieces of `benchmarks.pytorch.reference`
-(NCHW tensors, eager mode, `torch.set_num_threads(cores)`), for
-`benchmarks.protocol_time` to time against ours (issue 18):
+What `python tools/train.py --flagfile=flags/cifar10_cpu.flags` does, on the
+authors' code path of `benchmarks.pytorch.authors` (their networks, losses,
+optimiser groups and loop; NCHW tensors, eager mode,
+`torch.set_num_threads(cores)`), for `benchmarks.protocol_time` to time
+against ours:
 - data: the TFDS dataset of `--dataset` / `--data_dir` (`download=False`),
   read into NumPy (the first `--train_images_per_class` training images of
   each class in the split's order, the first `--test_images_per_class` test
   images, 0: all); the class order of `--class_order_seed`, else `--seed`
   (`aanets_tf.data.class_order`);
-- phase 0: a plain ResNet (resnet32: 5 blocks a level, resnet8: 1) with the
-  cosine head, cross-entropy;
-- later phases: the AANet built from the phase-0 ResNet (stable stem and
-  stable levels: its kernels frozen times scales of 1, its BatchNorm; plastic
-  levels: copies; aggregation weights at `--initial_aggregation`), later a
-  copy of the previous AANet; the head's old rows copied and frozen, the new
-  ones imprinted from the new classes' features, sigma carried over; each
-  epoch one Level-1 epoch (CE + less-forget with `lambda_base *
-  sqrt(old / new)` + margin ranking, against the frozen previous network),
-  then one Level-2 pass (the aggregation weights only, SGD at
-  `--aggregation_lr` / `--aggregation_momentum`, BatchNorm in eval mode, on
-  the class-balanced subset: each new class downsampled to the exemplar count
-  with `RandomState(seed + phase)`, plus the exemplars, augmented);
-- SGD with momentum and (coupled) weight decay, the learning rates divided by
-  `1 / --lr_decay_factor` at `--lr_decay_epochs`; random crop (4-pixel zero
-  pad) and horizontal flip;
+- phase 0: a ResNet (resnet32: 5 blocks a layer, resnet8: 1) with the cosine
+  head, cross-entropy, SGD;
+- phase 1 (their `init_current_phase_model`): the stable branch (the ResNet's
+  kernels frozen times scales of 1, its BatchNorm, its own stem) and a copy
+  of the ResNet as the plastic branch (its stem and its unused head
+  included), mixed at `--initial_aggregation`; later phases continue from a
+  copy of the previous AANet; the head split into the old rows (copied, at
+  learning rate 0) and the new ones, imprinted from the new classes'
+  features (their `imprint_weights`), sigma carried over. The single-branch
+  baseline (`--branch_mode=single`) runs their `single` mode: both branches,
+  the first a plain copy, the weights fixed at 1;
+- each epoch one Level-1 epoch (CE + less-forget with `lambda_base *
+  sqrt(old / new)` + margin ranking against the previous network, run with
+  autograd recording; one SGD with their three parameter groups), then one
+  Level-2 pass (BatchNorm in eval mode, `loss.backward()`, SGD on the three
+  weights at `--aggregation_lr` with the network's momentum and weight decay,
+  learning rate 0 unless the weights learn, no clipping; the class-balanced
+  subset in order at `--test_batch_size`, augmented: each new class
+  downsampled to the exemplar count with `RandomState(seed + phase)`, plus
+  the exemplars), in every later phase, as their loop runs it;
+- the learning rates multiplied by `--lr_decay_factor` at `--lr_decay_epochs`;
+  random crop (4-pixel zero pad) and horizontal flip;
 - herding of `--exemplars_per_class` exemplars per new class (running mean of
   L2-normalised features closest to the class mean), CNN and NME accuracy
   (class means of the exemplars and their mirror images) on the test images
   of every seen class at the end of each phase. These NumPy steps, and Level
-  2's draw, are the project's own (`aanets_tf.protocol.herding`, `aanets_tf.protocol.metrics`,
-  `aanets_tf.protocol.phase.balanced_draw`): the loop differs from ours only where
-  the framework does.
+  2's draw, are the project's own (`aanets_tf.protocol.herding`,
+  `aanets_tf.protocol.metrics`, `aanets_tf.protocol.phase.balanced_draw`).
 `--test_every_epoch` adds what the authors' loop does after every epoch: a
 test pass (cross-entropy and CNN accuracy) over the seen classes' test images.
 
@@ -43,19 +49,16 @@ Writes `torch_protocol.json` (or `torch_protocol_test_every_epoch.json`) into
 Level 2, the per-epoch tests, herding and evaluation, CNN/NME accuracy;
 their averages; total wall seconds; the machine (`harness.describe`).
 
-Differences from the authors' loop, each in PyTorch's favour or neutral: the
-batches are cropped and flipped in NumPy in the training process (theirs: a
-`DataLoader` worker running torchvision's PIL transforms per image, which
-competes with the step for the 2 cores); the teacher runs under
-`torch.no_grad()`; Level 2 asks `torch.autograd.grad` for the aggregation
-weights only and clears them every step (theirs: `loss.backward()`, and
-gradients that accumulate); the stem is one stable stem (SPEC section 2;
-theirs has one per branch); their Level-2 learning rate is 1e-8, ours
-`--aggregation_lr` (the same work either way). The settings that are
-TensorFlow's alone (`--mixed_precision`, `--jit_compile`, `--strategy`,
-`--cache_mib`, `--eval_batch_size`, `--workdir`, ...) are ignored: this loop
-is float32, eager, and evaluates with the authors' batch sizes
-(`--test_batch_size`, `--feature_batch_size`).
+Differences from the authors' loop: the batches are cropped and flipped in
+NumPy in the training process (theirs: a `DataLoader` worker running
+torchvision's PIL transforms per image, which competes with the step for
+the 2 cores); the exemplars and the Level-2 draw follow this project's
+rules; their Level-2 learning rate is 1e-8, here `--aggregation_lr` (the
+same work either way). The settings that are TensorFlow's alone
+(`--mixed_precision`, `--jit_compile`, `--strategy`, `--cache_mib`,
+`--eval_batch_size`, `--workdir`, `--stem`: theirs has a stem per branch,
+...) are ignored: this loop is float32, eager, and evaluates with the
+authors' batch sizes (`--test_batch_size`, `--feature_batch_size`).
 """
 
 from __future__ import annotations
@@ -117,7 +120,6 @@ def check_supported(config) -> None:
     need(config.arch in BLOCKS, "arch", f"must be one of {sorted(BLOCKS)} (CIFAR layouts)")
     need(config.image_size in (0, 32), "image_size", "must be 0 or 32")
     need(config.stable_block == "scaled", "stable_block", "must be 'scaled'")
-    need(config.stem == "shared", "stem", "must be 'shared'")
     need(config.lr_schedule == "step", "lr_schedule", "must be 'step'")
     need(config.memory_budget == 0, "memory_budget", "must be 0 (growing memory)")
     need(config.num_classes == 0, "num_classes", "must be 0 (all classes)")
@@ -201,85 +203,51 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator | None = None):
 
 # === Networks ===
 
-def _reference():
-    from benchmarks.pytorch import reference
+def _authors():
+    from benchmarks.pytorch import authors
 
-    return reference
+    return authors
 
 
 def phase0_network(blocks: int, num_classes: int):
-    """Plain ResNet + cosine head; the new rows drawn from U(-d^-0.5, d^-0.5) as ours and
-    the authors' heads are."""
-    import torch
-
-    ref = _reference()
-    network = ref.Network(ref.ResNet(blocks), 0, num_classes)
-    with torch.no_grad():
-        network.head.new.uniform_(-FEATURES ** -0.5, FEATURES ** -0.5)
-    return network
+    """A ResNet with the cosine head (rows drawn from U(-d^-0.5, d^-0.5), sigma 1), their
+    phase-0 network."""
+    return _authors().ResNet32(num_classes, blocks)
 
 
-def aanet_from_resnet(resnet, blocks: int, initial_aggregation: float, learnable: bool):
-    """An AANet whose stable and plastic levels start from a trained ResNet.
+def next_network(previous, blocks: int, num_new: int, new_images: np.ndarray,
+                 new_targets: np.ndarray, *, dual: bool, initial_aggregation: float,
+                 feature_batch_size: int):
+    """The next phase's network, as their `init_current_phase_model` and `imprint_weights`
+    build it.
 
-    Stable stem and levels: the ResNet's kernels (frozen) with scales of 1 and its
-    BatchNorm (parameters and statistics); plastic levels: copies of its levels.
-    At creation it computes the ResNet's features, whatever the aggregation weights.
+    After phase 0: the stable branch (`dual`; the single-branch baseline: a plain copy)
+    and a copy of the ResNet as the plastic branch, mixed at `initial_aggregation` (1 for
+    the single-branch baseline); later, a copy of the previous AANet. The head is split:
+    the previous rows as the old ones, sigma carried over, the new rows imprinted from
+    the new classes' features (each class's normalised mean normalised feature, scaled
+    to the old rows' mean norm).
     """
     import torch
 
-    aanet = _reference().AANet(blocks)
-    mapped = {}
-    for name, value in resnet.state_dict().items():
-        if name.startswith("stem."):
-            mapped[name] = value
-        elif name.startswith("levels."):
-            rest = name[len("levels."):]
-            mapped["stable." + rest] = value
-            mapped["plastic." + rest] = value
-        else:
-            raise ValueError(f"Unexpected ResNet state entry {name!r}.")
-    missing, unexpected = aanet.load_state_dict(mapped, strict=False)
-    left = [n for n in missing if not (n.endswith(".scale") or n.startswith("alphas."))]
-    if left or unexpected:
-        raise ValueError(f"The ResNet does not fit the AANet: missing {left}, "
-                         f"unexpected {unexpected}.")
-    with torch.no_grad():
-        for alpha in aanet.alphas:
-            alpha.fill_(initial_aggregation)
-            alpha.requires_grad_(learnable)
-    return aanet
-
-
-def features_of(backbone, images: np.ndarray, batch_size: int, flip: bool = False
-                ) -> np.ndarray:
-    """`(n, d)` features of uint8 images, eval mode, no augmentation (`flip`: mirrored)."""
-    import torch
-
-    ref = _reference()
-    backbone.eval()
-    out = []
-    with torch.no_grad():
-        for idx in _batches(len(images), batch_size):
-            batch = images[idx][:, :, ::-1] if flip else images[idx]
-            out.append(backbone(ref.to_nchw(batch)).numpy())
-    return np.concatenate(out).astype(np.float64)
-
-
-def grown_network(previous, backbone, num_new: int, new_features: np.ndarray,
-                  new_targets: np.ndarray):
-    """The next phase's network: the previous head's rows copied (frozen) and its sigma,
-    the new rows imprinted: each new class's normalised mean normalised feature, scaled to
-    the old rows' mean norm (LUCIR)."""
-    import torch
-    from torch import nn
-
-    ref = _reference()
-    old = torch.cat([w.detach() for w in (previous.head.old, previous.head.new)
-                     if w is not None]).clone()
-    network = ref.Network(backbone, old.shape[0], num_new)
-    scale = float(old.norm(dim=1).mean())
-    unit = l2_normalize(new_features)
+    authors = _authors()
+    if isinstance(previous, authors.ResNet32):
+        first = (authors.stable_from_plain(previous, num_new, blocks) if dual
+                 else authors._split_head(copy.deepcopy(previous), previous, num_new))
+        network = authors.AANet(first, copy.deepcopy(previous),
+                                alpha=initial_aggregation if dual else 1.0)
+    else:
+        network = copy.deepcopy(previous)
+        old = network.b1.fc
+        head = authors.SplitCosineLinear(FEATURES, old.fc1.weight.shape[0]
+                                         + old.fc2.weight.shape[0], num_new)
+        with torch.no_grad():
+            head.fc1.weight.copy_(torch.cat([old.fc1.weight, old.fc2.weight]))
+            head.sigma.copy_(old.sigma)
+        network.b1.fc = head
+    old_rows = network.b1.fc.fc1.weight.detach()
+    scale = float(old_rows.norm(dim=1).mean())
+    unit = l2_normalize(features_of(network, new_images, feature_batch_size))
     rows = []
     for c in range(num_new):
         members = unit[new_targets == c]
@@ -287,10 +255,23 @@ def grown_network(previous, backbone, num_new: int, new_features: np.ndarray,
             raise ValueError(f"No features for new class {c} to imprint from.")
         rows.append(scale * l2_normalize(members.mean(axis=0)))
     with torch.no_grad():
-        network.head.old = nn.Parameter(old, requires_grad=False)
-        network.head.new.copy_(torch.as_tensor(np.stack(rows), dtype=torch.float32))
-        network.head.sigma.copy_(previous.head.sigma.detach())
+        network.b1.fc.fc2.weight.copy_(torch.as_tensor(np.stack(rows), dtype=torch.float32))
     return network
+
+
+def features_of(network, images: np.ndarray, batch_size: int, flip: bool = False
+                ) -> np.ndarray:
+    """`(n, d)` features of uint8 images, eval mode, no augmentation (`flip`: mirrored)."""
+    import torch
+
+    authors = _authors()
+    network.eval()
+    out = []
+    with torch.no_grad():
+        for idx in _batches(len(images), batch_size):
+            batch = images[idx][:, :, ::-1] if flip else images[idx]
+            out.append(network.features(authors.to_nchw(batch)).numpy())
+    return np.concatenate(out).astype(np.float64)
 
 
 # === Exemplars and evaluation ===
@@ -301,12 +282,12 @@ def test_pass(network, images: np.ndarray, targets: np.ndarray, batch_size: int
     import torch
     import torch.nn.functional as F
 
-    ref = _reference()
+    authors = _authors()
     network.eval()
     logits, features, loss = [], [], 0.0
     with torch.no_grad():
         for idx in _batches(len(images), batch_size):
-            out, _, feats = network(ref.to_nchw(images[idx]))
+            out, _, feats = network(authors.to_nchw(images[idx]))
             loss += float(F.cross_entropy(out, torch.as_tensor(targets[idx]),
                                           reduction="sum"))
             logits.append(out.numpy())
@@ -334,27 +315,26 @@ def level1_epoch(network, teacher, optimizer, images: np.ndarray, targets: np.nd
                  where: tuple[int, int]) -> float:
     """One Level-1 epoch over shuffled, augmented batches; returns its mean loss.
 
-    Phase 0 (no teacher): cross-entropy. Later: + less-forget (weight
-    `less_forget`) against the teacher's features + margin ranking.
+    Phase 0 (no teacher): cross-entropy. Later: LUCIR's CE + less-forget (weight
+    `less_forget`) + margin ranking against the teacher's features, the teacher
+    run with autograd recording as theirs is (`authors.lucir_loss` detaches them).
     """
     import torch
     import torch.nn.functional as F
 
-    ref = _reference()
+    authors = _authors()
     network.train()
     total, steps = 0.0, 0
     for idx in _batches(len(images), batch_size, rng):
-        x = ref.to_nchw(augment(images[idx], rng))
+        x = authors.to_nchw(augment(images[idx], rng))
         y = torch.as_tensor(targets[idx])
         optimizer.zero_grad()
-        logits, cosines, features = network(x)
-        loss = F.cross_entropy(logits, y)
-        if teacher is not None:
-            with torch.no_grad():
-                old_features = teacher.backbone(x)
-            loss = loss + less_forget * F.cosine_embedding_loss(
-                features, old_features, torch.ones(features.shape[0]))
-            loss = loss + ref._margin_ranking(cosines, y, num_old, margin, top_k)
+        outputs = network(x)
+        if teacher is None:
+            loss = F.cross_entropy(outputs[0], y)
+        else:
+            loss, _ = authors.lucir_loss(outputs, teacher(x)[2], y, num_old, less_forget,
+                                         margin, top_k)
         loss.backward()
         optimizer.step()
         total += _check(loss.item(), where, "loss")
@@ -362,25 +342,23 @@ def level1_epoch(network, teacher, optimizer, images: np.ndarray, targets: np.nd
     return total / steps
 
 
-def level2_pass(network, alphas: list, optimizer, images: np.ndarray, targets: np.ndarray,
+def level2_pass(network, optimizer, images: np.ndarray, targets: np.ndarray,
                 rng: np.random.Generator, *, batch_size: int, where: tuple[int, int]) -> None:
-    """One Level-2 pass: cross-entropy, BatchNorm in eval mode, the aggregation weights'
-    gradients only (clean every step), SGD, then the weights clipped to [0, 1]."""
+    """One Level-2 pass as theirs: the balanced subset in order, augmented, BatchNorm in
+    eval mode, cross-entropy, `loss.backward()` (every parameter's gradient), SGD on the
+    aggregation weights, no clipping."""
     import torch
     import torch.nn.functional as F
 
-    ref = _reference()
+    authors = _authors()
     network.eval()
-    for idx in _batches(len(images), batch_size, rng):
-        logits, _, _ = network(ref.to_nchw(augment(images[idx], rng)))
+    for idx in _batches(len(images), batch_size):
+        optimizer.zero_grad()
+        logits = network(authors.to_nchw(augment(images[idx], rng)))[0]
         loss = F.cross_entropy(logits, torch.as_tensor(targets[idx]))
         _check(loss.item(), where, "level2_loss")
-        for alpha, grad in zip(alphas, torch.autograd.grad(loss, alphas)):
-            alpha.grad = grad
+        loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            for alpha in alphas:
-                alpha.clamp_(0.0, 1.0)
 
 
 def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = False,
@@ -403,7 +381,7 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
                         ("feature_batch_size", feature_batch_size)):
         if value < 1:
             raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
-    ref = _reference()
+    authors = _authors()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     blocks = BLOCKS[config.arch]
@@ -440,20 +418,14 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
         if phase == 0:
             network = phase0_network(blocks, num_new)
         else:
-            old_backbone = previous.backbone
-            if dual and isinstance(old_backbone, ref.ResNet):
-                backbone = aanet_from_resnet(old_backbone, blocks, config.initial_aggregation,
-                                             learned)
-            else:
-                backbone = copy.deepcopy(old_backbone)
-            network = grown_network(
-                previous, backbone, num_new,
-                features_of(backbone, new_images, feature_batch_size), new_targets - num_old)
+            network = next_network(previous, blocks, num_new, new_images,
+                                   new_targets - num_old, dual=dual,
+                                   initial_aggregation=config.initial_aggregation,
+                                   feature_batch_size=feature_batch_size)
         teacher = previous
         if teacher is not None:
-            teacher.eval()  # frozen: BatchNorm statistics, and run under no_grad
-        alphas = [a for a in getattr(network.backbone, "alphas", []) if a.requires_grad]
-        level2 = bool(phase) and bool(alphas)
+            teacher.eval()  # frozen BatchNorm statistics; its parameters keep requires_grad
+        level2 = bool(phase)  # their loop runs Level 2 in every later phase
 
         # === Data: new classes + exemplars (Level 1), the balanced subset (Level 2) ===
         old_positions = sorted(c for c in exemplars if c < num_old)
@@ -467,16 +439,21 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
             balanced_images = np.concatenate([new_images[keep], *kept_images])
             balanced_targets = np.concatenate([new_targets[keep], *kept_targets])
 
-        # === Optimizers ===
-        level1_params = [p for n, p in network.named_parameters()
-                         if p.requires_grad and not n.startswith("backbone.alphas")]
-        optimizer = torch.optim.SGD(level1_params, lr=config.learning_rate,
-                                    momentum=config.momentum, weight_decay=config.weight_decay)
+        # === Optimizers (theirs: SGD; Level 1 in three groups; Level 2 at the
+        # network's momentum and weight decay, learning rate 0 unless the weights learn) ===
+        if phase == 0:
+            optimizer = torch.optim.SGD(network.parameters(), lr=config.learning_rate,
+                                        momentum=config.momentum,
+                                        weight_decay=config.weight_decay)
+        else:
+            optimizer = authors.level1_optimizer(network, config.learning_rate,
+                                                 config.momentum, config.weight_decay)
         schedulers = [torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones,
                                                            config.lr_decay_factor)]
         if level2:
-            level2_optimizer = torch.optim.SGD(alphas, lr=config.aggregation_lr,
-                                               momentum=config.aggregation_momentum)
+            level2_optimizer = torch.optim.SGD(
+                network.alphas, lr=config.aggregation_lr if dual and learned else 0.0,
+                momentum=config.momentum, weight_decay=config.weight_decay)
             schedulers.append(torch.optim.lr_scheduler.MultiStepLR(
                 level2_optimizer, milestones, config.lr_decay_factor))
         less_forget = (config.lambda_base * math.sqrt(num_old / num_new)) if phase else 0.0
@@ -498,9 +475,8 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
 
             if level2:
                 start = time.perf_counter()
-                level2_pass(network, alphas, level2_optimizer, balanced_images,
-                            balanced_targets, rng, batch_size=config.batch_size,
-                            where=(phase, epoch))
+                level2_pass(network, level2_optimizer, balanced_images, balanced_targets,
+                            rng, batch_size=test_batch_size, where=(phase, epoch))
                 seconds["level2"] += time.perf_counter() - start
             for scheduler in schedulers:
                 scheduler.step()
@@ -518,7 +494,7 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
 
         # === Herding: exemplars of the new classes ===
         start = time.perf_counter()
-        new_features = features_of(network.backbone, new_images, feature_batch_size)
+        new_features = features_of(network, new_images, feature_batch_size)
         for c in range(num_old, num_seen):
             members = np.flatnonzero(new_targets == c)
             exemplars[c] = new_images[members[herding_ranking(new_features[members],
@@ -531,9 +507,9 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
         memory_targets = np.concatenate([np.full(len(exemplars[c][:per_class]), c)
                                          for c in range(num_seen)])
         means = metrics.class_means(
-            features_of(network.backbone, memory, feature_batch_size), memory_targets,
-            num_seen, flipped_features=features_of(network.backbone, memory,
-                                                   feature_batch_size, flip=True))
+            features_of(network, memory, feature_batch_size), memory_targets,
+            num_seen, flipped_features=features_of(network, memory, feature_batch_size,
+                                                   flip=True))
         logits, features, _ = test_pass(network, test_images, test_labels, test_batch_size)
         cnn_accuracy = metrics.accuracy(logits.argmax(axis=1), test_labels)
         nme_accuracy = metrics.accuracy(metrics.nme_predict(features, means), test_labels)
@@ -547,8 +523,7 @@ def run(config, data: ArrayData, *, threads: int = 0, test_every_epoch: bool = F
             "num_level2_images": len(balanced_images) if level2 else 0,
             "num_exemplars": len(memory),
             "cnn_accuracy": cnn_accuracy, "nme_accuracy": nme_accuracy,
-            "aggregation_weights": [a.item() for a in getattr(network.backbone, "alphas", [])]
-            or None,
+            "aggregation_weights": [a.item() for a in getattr(network, "alphas", [])] or None,
             "final_loss": last_loss, "epoch_tests": epoch_tests or None,
             "timings": timings,
             "train_seconds": seconds["level1"] + seconds["level2"] + seconds["epoch_tests"],
