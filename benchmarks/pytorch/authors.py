@@ -317,7 +317,6 @@ class AuthorsSteps:
                                               weight_decay),
             "level1_aanet": level1_optimizer(self.aanet, learning_rate, momentum,
                                              weight_decay),
-            "level2_single": sgd(self.single.alphas, 0.0),
             "level2_aanet": sgd(self.aanet.alphas, aggregation_lr),
         }
 
