@@ -11,6 +11,8 @@ validation accuracy; the machine) and `trajectories.png` into `--output_dir`.
     python -m benchmarks.aggregation_lr --output_dir=runs/aggregation_lr
     python -m benchmarks.aggregation_lr --host=icarl --learning_rates=0.003,0.01,0.03 \
         --output_dir=runs/aggregation_lr_icarl
+    python -m benchmarks.aggregation_lr --host=podnet --level2_images=held_out \
+        --learning_rates=0.003,0.03,0.3 --output_dir=runs/aggregation_lr_podnet_held_out
 
 The rule (README, "Aggregation weights"): the largest learning rate whose validation
 headline accuracy (iCaRL: NME; LUCIR, PODNet: CNN) stays within one point of fixed
@@ -24,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from aanets_tf.config import HOST_HEADLINES, HOSTS
+from aanets_tf.config import HOST_HEADLINES, HOSTS, LEVEL2_IMAGES
 from benchmarks import harness
 
 FLAGS = flags.FLAGS
@@ -48,6 +50,9 @@ def define_flags() -> None:
                          "Training images per class (0: all).", lower_bound=0)
     flags.DEFINE_string("arch", CPU_PROTOCOL["arch"], "Backbone architecture.")
     flags.DEFINE_enum("host", "lucir", list(HOSTS), "The host method.")
+    flags.DEFINE_enum("level2_images", "seen", list(LEVEL2_IMAGES),
+                      "Where Level 2's new-class images come from (--level2_images of "
+                      "tools/train.py).")
     flags.DEFINE_integer("seed", CPU_PROTOCOL["seed"], "Seed and class order.")
 
 
@@ -70,6 +75,7 @@ def main(argv) -> int:
                           "train_images_per_class": FLAGS.train_images_per_class,
                           "seed": FLAGS.seed},
                        data_dir=FLAGS.data_dir, host=FLAGS.host,
+                       level2_images=FLAGS.level2_images,
                        validation_images_per_class=FLAGS.validation_images_per_class,
                        num_phases=2, export=False)
     data = datasets.load_dataset(

@@ -330,7 +330,7 @@ def test_every_benchmark_imports_as_a_module_and_defines_its_flags():
             assert "output_dir" in f["flags"], name
     assert {"flagfile_path", "extra_flags", "parallel", "runs"} <= set(
         scripts["benchmarks.hosts"]["flags"])
-    assert {"output_dir", "host", "learning_rates"} <= set(
+    assert {"output_dir", "host", "learning_rates", "level2_images"} <= set(
         scripts["benchmarks.aggregation_lr"]["flags"])
 
 
