@@ -2,7 +2,8 @@ r"""Choose the Level-2 learning rate of the aggregation weights by measurement.
 
 Trains phase 0 of the CPU protocol once, then phase 1 once per candidate
 `--aggregation_lr` (and once with fixed weights, the 1e-8 behaviour of the
-public code), all from the same phase-0 checkpoint. Candidates are scored on a
+public code, and once with the host alone, `--branch_mode=single`, to show
+whether the two branches help at all), all from the same phase-0 checkpoint. Candidates are scored on a
 validation split carved from the training data (the last
 `--validation_images_per_class` images of each class), never the test split.
 Writes `results.json` (per candidate: alpha trajectory, CNN/NME/old/new
@@ -87,7 +88,8 @@ def main(argv) -> int:
     phase0 = base.replace(num_phases=1, workdir=phase0_dir)
     incremental.run(phase0, data=data, eval_split="validation", verbose=2)
 
-    runs = [("fixed", base.replace(aggregation="fixed"))]
+    runs = [("single", base.replace(branch_mode="single")),
+            ("fixed", base.replace(aggregation="fixed"))]
     runs += [(f"lr={lr:g}", base.replace(aggregation_lr=lr)) for lr in candidates]
     results = {"protocol": base.to_dict(), "headline": HOST_HEADLINES[FLAGS.host],
                "machine": harness.describe(), "candidates": {}}
@@ -98,7 +100,7 @@ def main(argv) -> int:
         metrics = incremental.run(config, data=data, eval_split="validation", verbose=2)
         phase1 = metrics["phases"][1]
         results["candidates"][name] = {
-            "aggregation_lr": None if name == "fixed" else config.aggregation_lr,
+            "aggregation_lr": None if name in ("single", "fixed") else config.aggregation_lr,
             "cnn_accuracy": phase1["cnn_accuracy"],
             "nme_accuracy": phase1["nme_accuracy"],
             "old_accuracy": phase1["old_accuracy"],
