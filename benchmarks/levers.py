@@ -20,8 +20,19 @@ folded: the library before these levers), `inter_op_1` / `intra_op_1` /
 `threads_1_1` (TensorFlow's inter-op / intra-op thread pools; the default is
 one thread per core for both), `xla` (`jit_compile=True`), `bfloat16`
 (`mixed_bfloat16`), `bfloat16_fused_bn` (`mixed_bfloat16` without the
-folding), and `pytorch` (the PyTorch reference of
-`benchmarks.pytorch.authors` in its own process, for comparison).
+folding), `pytorch` (the PyTorch reference of
+`benchmarks.pytorch.authors` in its own process, for comparison), and levers
+set in the worker's environment: `bfc_allocator` (TensorFlow's BFC allocator
+on the CPU, `TF_CPU_ALLOCATOR_USE_BFC=true`, which `import aanets_tf` now
+asks for: the default), `malloc_allocator` (`TF_CPU_ALLOCATOR_USE_BFC=false`:
+TensorFlow's malloc-based allocator, the library before), `malloc_keep`
+(glibc keeps freed blocks of up to 32 MiB instead of returning them to the
+kernel) and `onednn_caller_thread` (oneDNN also computes on the calling
+thread).
+
+Each worker also reports, per step type, the CPU time (user and system) and
+the minor page faults of the timed steps (`getrusage`): CPU seconds per image
+and faults per image depend far less on other load than images per second do.
 
 Writes `levers.json` and `levers.md` into `--output_dir`.
 """
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,8 +65,17 @@ LEVERS = {
     "bfloat16": {"precision": "mixed_bfloat16"},
     "bfloat16_fused_bn": {"precision": "mixed_bfloat16", "folding": False},
     "pytorch": {"torch": True},
+    # Memory allocation: a step allocates and frees every activation; where the allocator
+    # hands large blocks back to the kernel, the next step faults them in again (system
+    # time, pages zeroed).
+    "bfc_allocator": {"env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}},  # the default now
+    "malloc_allocator": {"env": {"TF_CPU_ALLOCATOR_USE_BFC": "false"}},  # the library before
+    "malloc_keep": {"env": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),
+                            "MALLOC_TRIM_THRESHOLD_": str(2 ** 36)}},
+    "onednn_caller_thread": {"env": {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "true"}},
 }
 TIMED = throughput.MODEL_STEPS
+USAGE_KEYS = ("images", "user", "system", "minor_faults")
 
 
 def define_flags() -> None:
@@ -102,8 +123,13 @@ def _worker(config, lever: str) -> None:
     print(json.dumps({"ready": lever, "threads": threads}), flush=True)
     for line in sys.stdin:
         step, count = line.split()
+        before = resource.getrusage(resource.RUSAGE_SELF)
         images, seconds = bench.run(step, int(count))
-        print(json.dumps({"images": images, "seconds": seconds}), flush=True)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"images": images, "seconds": seconds,
+                          "user": after.ru_utime - before.ru_utime,
+                          "system": after.ru_stime - before.ru_stime,
+                          "minor_faults": after.ru_minflt - before.ru_minflt}), flush=True)
     # Endless input pipelines can keep the interpreter from exiting: nothing is left to save.
     os._exit(0)
 
@@ -114,8 +140,11 @@ class Worker:
         self.lever = lever
         self.process = subprocess.Popen(
             harness.python_command("benchmarks.levers", *argv, f"--worker={lever}"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
+            env={**os.environ, **LEVERS[lever].get("env", {})})
         self.info = None
+        # step -> summed images, user and system CPU seconds, minor faults of its timed steps
+        self.usage: dict[str, dict[str, float]] = {}
 
     def wait_ready(self) -> dict:
         for line in self.process.stdout:
@@ -128,6 +157,9 @@ class Worker:
         self.process.stdin.write(f"{step} {count}\n")
         self.process.stdin.flush()
         reply = json.loads(self.process.stdout.readline())
+        usage = self.usage.setdefault(step, dict.fromkeys(USAGE_KEYS, 0.0))
+        for key in USAGE_KEYS:
+            usage[key] += reply[key]
         return reply["images"] / reply["seconds"]
 
     def close(self) -> None:
@@ -136,6 +168,22 @@ class Worker:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def per_image(usage: dict) -> dict:
+    """CPU milliseconds, the system share of them and minor faults, per image of a step."""
+    cpu = usage["user"] + usage["system"]
+    return {"cpu_ms_per_image": 1000 * cpu / usage["images"],
+            "system_share": usage["system"] / cpu if cpu else 0.0,
+            "minor_faults_per_image": usage["minor_faults"] / usage["images"]}
+
+
+def usage_table(usage: dict) -> str:
+    rows = [[lever, step, f"{u['cpu_ms_per_image']:.1f}", f"{100 * u['system_share']:.0f}%",
+             f"{u['minor_faults_per_image']:.0f}"]
+            for lever, steps in usage.items() for step, u in steps.items()]
+    return harness.markdown_table(
+        ["lever", "step", "CPU ms per image", "system share", "minor faults per image"], rows)
 
 
 def relative(samples: dict, reference: str) -> dict:
@@ -182,9 +230,13 @@ def main(argv):
               "repeats": FLAGS.repeats, "steps_per_repeat": FLAGS.steps,
               "load_average_before": load_before, "load_average_after": os.getloadavg(),
               "timed_seconds": time.perf_counter() - started,
-              "samples_images_per_second": samples, "relative_to_" + reference: ratios}
+              "samples_images_per_second": samples, "relative_to_" + reference: ratios,
+              "cpu_usage": {w.lever: {step: per_image(u) for step, u in w.usage.items()}
+                            for w in workers}}
     markdown = (f"Machine: {harness.summary_line(described)}.\n\n"
-                + table(samples, ratios, reference))
+                + table(samples, ratios, reference)
+                + "\n\nCPU time and minor page faults of the timed steps (`getrusage` of "
+                "each worker):\n\n" + usage_table(report["cpu_usage"]))
     harness.write_report(FLAGS.output_dir, "levers", report, markdown)
     print(markdown)
     return 0

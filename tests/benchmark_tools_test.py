@@ -44,6 +44,27 @@ def test_lever_ratios_are_medians_of_per_repeat_ratios():
     assert "| keras_bn / fused_bn | 0.50 |" in levers.table(samples, ratios, "fused_bn")
 
 
+def test_lever_usage_is_per_image_and_a_lever_environment_reaches_its_worker(monkeypatch):
+    usage = levers.per_image({"images": 256, "user": 3.0, "system": 1.0, "minor_faults": 512})
+    assert usage == {"cpu_ms_per_image": pytest.approx(1000 * 4.0 / 256),
+                     "system_share": pytest.approx(0.25), "minor_faults_per_image": 2.0}
+    assert "| bfc_allocator | phase0 | 15.6 | 25% | 2 |" in levers.usage_table(
+        {"bfc_allocator": {"phase0": usage}})
+
+    started = {}
+
+    class Popen:
+        def __init__(self, command, **kwargs):
+            started.update(kwargs)
+
+    monkeypatch.setattr(levers.subprocess, "Popen", Popen)
+    levers.Worker("bfc_allocator", [])
+    assert started["env"]["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    levers.Worker("default", [])
+    assert started["env"].get("TF_CPU_ALLOCATOR_USE_BFC") == os.environ.get(
+        "TF_CPU_ALLOCATOR_USE_BFC")  # the parent's environment, nothing added
+
+
 def _metrics(timings=None):
     phase = {"phase": 1, "num_seen_classes": 6, "num_exemplars": 80,
              "num_train_images": 1080, "train_seconds": 100.0, "eval_seconds": 12.5}
