@@ -3,8 +3,8 @@ r"""Choose the Level-2 learning rate of the aggregation weights by measurement.
 Trains phase 0 of the CPU protocol once, then phase 1 once per candidate
 `--aggregation_lr` (and once with fixed weights, the 1e-8 behaviour of the
 public code, and once with the host alone, `--branch_mode=single`, to show
-whether the two branches help at all), all from the same phase-0 checkpoint. Candidates are scored on a
-validation split carved from the training data (the last
+whether the two branches help at all), all from the same phase-0 checkpoint.
+Candidates are scored on a validation split carved from the training data (the last
 `--validation_images_per_class` images of each class), never the test split.
 Writes `results.json` (per candidate: alpha trajectory, CNN/NME/old/new
 validation accuracy; the machine) and `trajectories.png` into `--output_dir`.

@@ -49,6 +49,7 @@ import time
 
 from absl import flags
 
+from aanets_tf.cpu import BFC_ALLOCATOR_VARIABLE
 from benchmarks import harness, throughput
 from tools import train_flags
 
@@ -68,8 +69,8 @@ LEVERS = {
     # Memory allocation: a step allocates and frees every activation; where the allocator
     # hands large blocks back to the kernel, the next step faults them in again (system
     # time, pages zeroed).
-    "bfc_allocator": {"env": {"TF_CPU_ALLOCATOR_USE_BFC": "true"}},  # the default now
-    "malloc_allocator": {"env": {"TF_CPU_ALLOCATOR_USE_BFC": "false"}},  # the library before
+    "bfc_allocator": {"env": {BFC_ALLOCATOR_VARIABLE: "true"}},  # the default now
+    "malloc_allocator": {"env": {BFC_ALLOCATOR_VARIABLE: "false"}},  # the library before
     "malloc_keep": {"env": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),
                             "MALLOC_TRIM_THRESHOLD_": str(2 ** 36)}},
     "onednn_caller_thread": {"env": {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "true"}},
