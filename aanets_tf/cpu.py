@@ -14,6 +14,16 @@ from typing import MutableMapping
 # freed blocks for the next step (system time 5%; steps 1.4-1.7x faster:
 # docs/performance.md, "Levers measured").
 BFC_ALLOCATOR_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
+# TensorFlow's switch for its oneDNN kernels, read once when TensorFlow is imported. By
+# default TensorFlow turns them on only on x86 CPUs with AVX-512 VNNI, bfloat16 or AMX;
+# elsewhere (an AVX2-only CPU) it runs Eigen's convolutions, whose filter gradient took half
+# of a phase-0 step: on a 2-core AVX2 EPYC oneDNN's kernels made phase 0 1.68x and Level 1
+# 1.87x faster (docs/performance.md, "Levers measured"). With them TensorFlow allocates
+# CPU tensors through oneDNN's allocator (BFC for large blocks) whatever
+# `BFC_ALLOCATOR_VARIABLE` says.
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+# Machines (`platform.machine()`) whose TensorFlow builds carry x86 oneDNN kernels.
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 # Features with which oneDNN runs bfloat16 convolutions natively.
 NATIVE_BFLOAT16_FEATURES = ("avx512_bf16", "amx_bf16")
 # Features a benchmark reports: the ones that change which oneDNN kernels run.
@@ -44,3 +54,15 @@ def prefer_bfc_allocator(environ: MutableMapping[str, str] | None = None) -> str
     not yet allocated a tensor; returns the value in force."""
     environ = os.environ if environ is None else environ
     return environ.setdefault(BFC_ALLOCATOR_VARIABLE, "true")
+
+
+def prefer_onednn(environ: MutableMapping[str, str] | None = None,
+                  machine: str | None = None) -> str | None:
+    """Ask TensorFlow for its oneDNN kernels on every x86 CPU unless the environment
+    already says (`TF_ENABLE_ONEDNN_OPTS=0` keeps Eigen's). Takes effect if TensorFlow is
+    not yet imported; returns the value in force (None off x86, where it is left alone)."""
+    environ = os.environ if environ is None else environ
+    machine = platform.machine() if machine is None else machine
+    if machine.lower() not in X86_MACHINES:
+        return environ.get(ONEDNN_VARIABLE)
+    return environ.setdefault(ONEDNN_VARIABLE, "1")

@@ -74,6 +74,10 @@ LEVERS = {
     "malloc_keep": {"env": {"MALLOC_MMAP_THRESHOLD_": str(32 * 2 ** 20),
                             "MALLOC_TRIM_THRESHOLD_": str(2 ** 36)}},
     "onednn_caller_thread": {"env": {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "true"}},
+    # TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI,
+    # bfloat16 or AMX; elsewhere (an AVX2 CPU) it runs Eigen's convolutions.
+    "onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}},
+    "no_onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
 }
 TIMED = throughput.MODEL_STEPS
 USAGE_KEYS = ("images", "user", "system", "minor_faults")
