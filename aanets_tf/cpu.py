@@ -66,3 +66,19 @@ def prefer_onednn(environ: MutableMapping[str, str] | None = None,
     if machine.lower() not in X86_MACHINES:
         return environ.get(ONEDNN_VARIABLE)
     return environ.setdefault(ONEDNN_VARIABLE, "1")
+
+
+def tensorflow_kernels() -> dict:
+    """Which CPU kernels and allocator the TensorFlow of this process runs:
+    `{"onednn": bool or None (unknown), "TF_ENABLE_ONEDNN_OPTS": ..., "TF_CPU_ALLOCATOR_USE_BFC": ...}`
+    (the variables as set, None where unset). Imports TensorFlow."""
+    import tensorflow  # noqa: F401 - its oneDNN decision is made at import
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    return {"onednn": onednn, ONEDNN_VARIABLE: os.environ.get(ONEDNN_VARIABLE),
+            BFC_ALLOCATOR_VARIABLE: os.environ.get(BFC_ALLOCATOR_VARIABLE)}

@@ -36,7 +36,7 @@ from absl import flags
 
 from aanets_tf import atomic_io
 from aanets_tf.cpu import FEATURES_OF_INTEREST as FLAGS_OF_INTEREST
-from aanets_tf.cpu import cpu_info
+from aanets_tf.cpu import cpu_info, tensorflow_kernels
 
 FLAGS = flags.FLAGS
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,7 +135,8 @@ def describe() -> dict:
 
     return {"cpu": cpu_info(), "cpus": os.cpu_count(), "platform": platform.platform(),
             "tensorflow": tf.__version__, "keras": keras.__version__,
-            "devices": [d.name for d in tf.config.list_logical_devices()]}
+            "devices": [d.name for d in tf.config.list_logical_devices()],
+            "kernels": tensorflow_kernels()}
 
 
 def summary_line(described: dict) -> str:
@@ -143,7 +144,15 @@ def summary_line(described: dict) -> str:
     cpu = described["cpu"]
     return (f"{cpu['model']} ({described['cpus']} cores; flags: "
             f"{', '.join(cpu['flags']) or 'none of ' + ', '.join(FLAGS_OF_INTEREST)}), "
-            f"TensorFlow {described['tensorflow']}, Keras {described['keras']}")
+            f"TensorFlow {described['tensorflow']}{_kernels_words(described)}, "
+            f"Keras {described['keras']}")
+
+
+def _kernels_words(described: dict) -> str:
+    """' (oneDNN kernels)' or ' (Eigen kernels)'; nothing where a report predates the
+    record or TensorFlow did not say."""
+    onednn = (described.get("kernels") or {}).get("onednn")
+    return "" if onednn is None else (" (oneDNN kernels)" if onednn else " (Eigen kernels)")
 
 
 # === Memory ===

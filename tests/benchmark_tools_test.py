@@ -12,7 +12,8 @@ import sys
 import pytest
 from absl import flags
 
-from benchmarks import fixed_costs, harness, levers, phase_cost, profile_steps, protocol_time
+from benchmarks import (fixed_costs, harness, levers, phase_cost, profile_steps, protocol_time,
+                        run_speed)
 
 BENCHMARKS = pathlib.Path(harness.REPO_ROOT) / "benchmarks"
 
@@ -115,6 +116,41 @@ def test_protocol_time_compares_each_of_our_runs_with_each_pytorch_run():
     assert protocol_time.compare({"torch": runs["torch"]}, target=2.0) == {}
 
 
+def test_run_speed_compares_each_phase_with_the_step_it_runs():
+    throughput = {"summary": {"float32": {"images_per_second": {
+        "phase0": 200.0, "level1_single": 150.0, "level1_aanet": 100.0}}}}
+    metrics = {"phases": [
+        {"phase": 0, "num_train_images": 2000, "train_seconds": 250.0,
+         "timings": {"level1": 200.0, "level2": 0.0}},
+        {"phase": 1, "num_train_images": 1000, "train_seconds": 260.0,
+         "timings": {"level1": 250.0, "level2": 10.0}}]}
+    rows = run_speed.compare(metrics, {"epochs": 20, "branch_mode": "dual"}, throughput, 0.05)
+    # Level 1's images over Level 1's seconds (not Level 2's), against its own step.
+    assert [r["step"] for r in rows] == ["phase0", "level1_aanet"]
+    assert rows[0]["run_images_per_second"] == pytest.approx(200.0)
+    assert rows[0]["within_target"] and rows[0]["run / step"] == pytest.approx(1.0)
+    assert rows[1]["run_images_per_second"] == pytest.approx(80.0)
+    assert not rows[1]["within_target"]
+    single = run_speed.compare(metrics, {"epochs": 20, "branch_mode": "single"}, throughput,
+                               0.5)
+    assert single[1]["step"] == "level1_single" and single[1]["within_target"]
+    with pytest.raises(ValueError, match="no float32 step"):
+        run_speed.compare(metrics, {"epochs": 20}, {"summary": {"mixed_bfloat16": {}}}, 0.05)
+    # The progress lines split a phase: its first epoch, and the steady ones after it.
+    log = ("Epoch 1/3\n16/16 - 12s - 759ms/step - loss: 1.0\nEpoch 2/3\n"
+           "16/16 - 8s - 473ms/step - loss: 0.9\nEpoch 3/3\n16/16 - 8s - 470ms/step\n"
+           "Phase 0: CNN 66.70%\nEpoch 1/3\n9/9 - 25s - 3s/step\nEpoch 2/3\n"
+           "9/9 - 10s - 1s/step - level2_loss: 1.3\nEpoch 3/3\n9/9 - 10s - 1s/step\n")
+    epochs = run_speed.epoch_seconds(log)
+    assert epochs == [[12, 8, 8], [25, 10, 10]]
+    rows = run_speed.compare(metrics, {"epochs": 3, "branch_mode": "dual"}, throughput, 0.05,
+                             epochs)
+    assert rows[0]["first_epoch_excess_seconds"] == pytest.approx(4.0)
+    assert rows[0]["steady_images_per_second"] == pytest.approx(250.0)  # 2000 / 8 s
+    # Phase 1: 10 s an epoch less 10 / 3 s of Level 2.
+    assert rows[1]["steady_images_per_second"] == pytest.approx(1000 / (10 - 10 / 3))
+
+
 def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
     from aanets_tf.config import TrainConfig
 
@@ -211,13 +247,20 @@ def test_write_report_writes_json_and_markdown(tmp_path):
 
 def test_machine_description_names_cpu_cores_and_versions():
     described = harness.describe()
-    assert set(described) == {"cpu", "cpus", "platform", "tensorflow", "keras", "devices"}
+    assert set(described) == {"cpu", "cpus", "platform", "tensorflow", "keras", "devices",
+                              "kernels"}
     assert set(described["cpu"]) == {"model", "flags"}
+    assert described["kernels"]["onednn"] in (True, False, None)
     assert described["cpus"] == os.cpu_count()
     line = harness.summary_line(described)
     assert described["cpu"]["model"] in line and f"TensorFlow {described['tensorflow']}" in line
     no_flags = {**described, "cpu": {"model": "a CPU", "flags": []}}
     assert "flags: none of avx2" in harness.summary_line(no_flags)
+    # Which kernels ran is named; a report from before the record names none.
+    for onednn, words in ((True, "(oneDNN kernels)"), (False, "(Eigen kernels)")):
+        assert words in harness.summary_line({**described, "kernels": {"onednn": onednn}})
+    older = {k: v for k, v in described.items() if k != "kernels"}
+    assert "kernels" not in harness.summary_line(older)
 
 
 def test_launcher_reports_a_failing_exit_code_and_its_log(tmp_path):

@@ -103,6 +103,22 @@ def test_single_branch_ignores_aggregation_settings(tmp_path):
     assert group.method == Method("lucir", False) and group.variant == ""
 
 
+def test_fixed_aggregation_ignores_how_a_learned_alpha_is_learned(tmp_path):
+    # Fixed weights run no Level 2: its settings, or a run from before one existed, do not
+    # split the row; the fixed value itself does.
+    a = _cpu(tmp_path, "a", [50, 40, 30, 20], aggregation="fixed", aggregation_bound=0.0)
+    b = _cpu(tmp_path, "b", [60, 50, 40, 30], aggregation="fixed", seed=1994,
+             aggregation_bound=0.05, aggregation_lr=0.5, level2_images="held_out")
+    (group,) = _groups(a, b)
+    assert group.variant == "" and len(group.runs) == 2
+    c = _cpu(tmp_path, "c", [60, 50, 40, 30], aggregation="fixed", seed=1995,
+             initial_aggregation=0.7)
+    assert len(_groups(a, b, c)) == 2
+    learned = [_cpu(tmp_path, n, [50, 40, 30, 20], seed=s, aggregation_lr=lr)
+               for n, s, lr in (("d", 1993, 0.003), ("e", 1994, 0.03))]
+    assert len(_groups(*learned)) == 2
+
+
 def test_setting_reads_memory_rule_subset_and_imagenet_subset(tmp_path):
     fixed = run_records.read_run(write_run_workdir(tmp_path / "f", [70] * 6, memory_budget=2000,
                                           **C100_N5))

@@ -26,8 +26,8 @@ import numpy as np
 from aanets_tf import atomic_io
 from aanets_tf.reports.paper_results import PAPER_SOURCE, PaperNumber, paper_number
 from aanets_tf.reports.run_records import (DUAL_ONLY_KEYS, GROUPING_KEYS, HOST_NAMES, HOSTS,
-                                           LOCATION_KEYS, MISSING, Method, ReportInputError, Run,
-                                           Setting)
+                                           LEARNED_ONLY_KEYS, LOCATION_KEYS, MISSING, Method,
+                                           ReportInputError, Run, Setting)
 
 # === Groups ===
 
@@ -112,6 +112,8 @@ def _variant_key(run: Run) -> tuple:
     ignored = LOCATION_KEYS | GROUPING_KEYS
     if not run.method.aanets:
         ignored |= DUAL_ONLY_KEYS
+    elif run.method.aggregation != "learned":
+        ignored |= LEARNED_ONLY_KEYS
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in run.config.items()
                         if k not in ignored))
 

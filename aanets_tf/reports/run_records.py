@@ -41,6 +41,10 @@ LOCATION_KEYS = frozenset({
 DUAL_ONLY_KEYS = frozenset({
     "aggregation", "aggregation_lr", "aggregation_momentum", "initial_aggregation",
     "aggregation_bound", "level2_images", "stable_block", "stem"})
+# Settings of how a learned alpha is learned, without effect where it stays fixed
+# (`--aggregation=fixed` keeps it at --initial_aggregation and runs no Level 2).
+LEARNED_ONLY_KEYS = frozenset({
+    "aggregation_lr", "aggregation_momentum", "aggregation_bound", "level2_images"})
 # Settings that the setting or the method of a group already name, and the seed,
 # which is what varies inside a group.
 GROUPING_KEYS = frozenset({
