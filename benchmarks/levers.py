@@ -131,10 +131,13 @@ def _worker(config, lever: str) -> None:
         before = resource.getrusage(resource.RUSAGE_SELF)
         images, seconds = bench.run(step, int(count))
         after = resource.getrusage(resource.RUSAGE_SELF)
-        print(json.dumps({"images": images, "seconds": seconds,
-                          "user": after.ru_utime - before.ru_utime,
-                          "system": after.ru_stime - before.ru_stime,
-                          "minor_faults": after.ru_minflt - before.ru_minflt}), flush=True)
+        reply = {"images": images, "seconds": seconds,
+                 "user": after.ru_utime - before.ru_utime,
+                 "system": after.ru_stime - before.ru_stime,
+                 "minor_faults": after.ru_minflt - before.ru_minflt}
+        if settings.get("torch"):  # the steps ran in the PyTorch step worker, a child
+            reply.update(bench.last_usage)
+        print(json.dumps(reply), flush=True)
     # Endless input pipelines can keep the interpreter from exiting: nothing is left to save.
     os._exit(0)
 

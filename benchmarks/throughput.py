@@ -46,6 +46,7 @@ batches, and the run stops if they do not:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -288,33 +289,69 @@ def load_torch_reference():
 
 class TorchBench:
     """The authors' code path in PyTorch on the same batches as a `StepBench`, same
-    interface."""
+    interface; its steps run in a worker process of their own
+    (`benchmarks.pytorch.step_worker`), which never imports TensorFlow, as the authors'
+    `main.py` does not."""
 
     def __init__(self, config, bench: StepBench, threads: int = 0):
-        authors = load_torch_reference()
+        import subprocess
+        import sys
+
+        import numpy as np
+
+        load_torch_reference()  # a UsageError naming the requirements file without torch
         batches = bench.batches()
         num_old, num_new = bench.num_classes
-        self.steps = authors.AuthorsSteps(
-            *batches["phase0"], *batches["phase1"], batches["eval"],
-            num_old=num_old, num_new=num_new, learning_rate=config.learning_rate,
-            momentum=config.momentum, weight_decay=config.weight_decay,
-            aggregation_lr=config.aggregation_lr,
-            less_forget_weight=bench.less_forget_weight, margin=config.margin,
-            top_k=config.top_k, threads=threads or None, seed=config.seed)
-        self.supported = authors.STEPS
+        settings = dict(num_old=num_old, num_new=num_new, learning_rate=config.learning_rate,
+                        momentum=config.momentum, weight_decay=config.weight_decay,
+                        aggregation_lr=config.aggregation_lr,
+                        less_forget_weight=bench.less_forget_weight, margin=config.margin,
+                        top_k=config.top_k, threads=threads or None, seed=config.seed)
+        self._dir = tempfile.TemporaryDirectory(prefix="torch_steps_")
+        path = os.path.join(self._dir.name, "batches.npz")
+        np.savez(path, phase0_images=batches["phase0"][0], phase0_labels=batches["phase0"][1],
+                 phase1_images=batches["phase1"][0], phase1_labels=batches["phase1"][1],
+                 eval_images=batches["eval"])
+        self._worker = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.pytorch.step_worker", path,
+             json.dumps({k: (float(v) if isinstance(v, np.floating) else v)
+                         for k, v in settings.items()})],
+            cwd=harness.REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        ready = self._reply()
+        self.supported = load_torch_reference().STEPS
         self.batch = bench.batch
-        import torch
+        self.versions = ready["versions"]
+        self._parameter_counts = ready["parameter_counts"]
+        self.usage: dict[str, dict[str, float]] = {}  # per step: CPU time and faults
+        self.last_usage: dict[str, float] = {}  # of the last `run`
 
-        self.versions = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                         "interop_threads": torch.get_num_interop_threads()}
+    def _reply(self) -> dict:
+        line = self._worker.stdout.readline()
+        if not line:
+            code = self._worker.wait()
+            raise RuntimeError(f"The PyTorch step worker (benchmarks.pytorch.step_worker) "
+                               f"ended with exit code {code}; its error output is above.")
+        return json.loads(line)
 
     def parameter_counts(self) -> dict[str, int]:
-        return self.steps.parameter_counts()
+        return self._parameter_counts
 
     def run(self, step: str, steps: int) -> tuple[int, float]:
-        start = time.perf_counter()
-        self.steps.run(step, steps)
-        return steps * self.batch, time.perf_counter() - start
+        self._worker.stdin.write(f"{step} {steps}\n")
+        self._worker.stdin.flush()
+        reply = self._reply()
+        self.last_usage = {k: reply[k] for k in ("user", "system", "minor_faults")}
+        usage = self.usage.setdefault(step, {"images": 0, "user": 0.0, "system": 0.0,
+                                             "minor_faults": 0})
+        for key in usage:
+            usage[key] += reply[key]
+        return reply["images"], reply["seconds"]
+
+    def close(self) -> None:
+        if self._worker.poll() is None:
+            self._worker.stdin.close()
+            self._worker.wait(timeout=60)
+        self._dir.cleanup()
 
 
 def check_fidelity(config, data, plan) -> dict:
@@ -437,17 +474,30 @@ def main(argv):
     if torch_mode:
         comparison = compare_frameworks(samples)
         versions = benches[TORCH_VARIANT].versions
+        usage = benches[TORCH_VARIANT].usage
+        benches[TORCH_VARIANT].close()
         # Other work on a shared machine slows PyTorch's OpenMP threads more than
         # TensorFlow's thread pool: the load average says how busy the machine was.
         load = {"before": load_before, "after": os.getloadavg()}
         report.update(torch=versions, parameter_counts=parameters, fidelity=fidelity,
-                      torch_comparison=comparison, load_average_1_5_15_min=load)
+                      torch_comparison=comparison, load_average_1_5_15_min=load,
+                      torch_cpu_usage={step: {
+                          "cpu_ms_per_image": 1000 * (u["user"] + u["system"]) / u["images"],
+                          "system_share": u["system"] / max(1e-9, u["user"] + u["system"]),
+                          "minor_faults_per_image": u["minor_faults"] / u["images"]}
+                          for step, u in usage.items() if u["images"]})
         markdown = (torch_table(comparison, config.batch_size,
                                 harness.summary_line(report["machine"]), versions)
                     + f"Load average (1, 5, 15 min) before the run: "
                     f"{', '.join(f'{x:.2f}' for x in load['before'])}; after: "
                     f"{', '.join(f'{x:.2f}' for x in load['after'])} "
-                    f"({report['machine']['cpus']} cores).\n\n" + markdown)
+                    f"({report['machine']['cpus']} cores).\n\n"
+                    + "The authors' steps ran in a process of their own "
+                    "(`benchmarks.pytorch.step_worker`); its system share of CPU time and "
+                    "minor faults per image: " + "; ".join(
+                        f"{step} {u['system_share']:.0%}, {u['minor_faults_per_image']:.0f}"
+                        for step, u in report["torch_cpu_usage"].items()) + ".\n\n"
+                    + markdown)
         failed += [f"{v}: {step} ours/PyTorch {row['ratio']:.2f} < {row['target']}"
                    for v, rows in comparison.items() for step, row in rows.items()
                    if "target" in row and not row["reached"]]

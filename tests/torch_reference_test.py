@@ -208,3 +208,29 @@ def test_protocol_loop_runs_every_phase(authors):
                                 log=lambda _: None)
     assert [p["aggregation_weights"] for p in single["phases"][1:]] == [[1.0, 1.0, 1.0]] * 3
     assert all(p["timings"]["level2"] > 0 for p in single["phases"][1:])
+
+
+def test_step_worker_serves_steps_with_their_cpu_time(authors, tmp_path):
+    import io
+    import json
+
+    from benchmarks.pytorch import step_worker
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+    path = tmp_path / "batches.npz"
+    np.savez(path, phase0_images=images, phase0_labels=np.array([0, 1, 2, 3]),
+             phase1_images=images, phase1_labels=np.array([0, 3, 4, 5]), eval_images=images)
+    settings = dict(num_old=4, num_new=2, learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
+                    aggregation_lr=0.003, less_forget_weight=5.0, margin=0.5, top_k=2,
+                    threads=1, blocks=1)
+    replies = io.StringIO()
+    step_worker.serve(str(path), settings, io.StringIO("phase0 2\nlevel2_aanet 1\n"), replies)
+    ready, phase0, level2 = [json.loads(line) for line in replies.getvalue().splitlines()]
+    assert ready["ready"] and ready["parameter_counts"]["plain_phase0"] > 0
+    assert ready["versions"]["threads"] == 1
+    assert phase0["images"] == 8 and level2["images"] == 4
+    assert phase0["seconds"] > 0 and phase0["user"] + phase0["system"] > 0
+    assert {"minor_faults"} <= set(level2)
+    with pytest.raises(ValueError, match="Unknown step"):
+        step_worker.serve(str(path), settings, io.StringIO("phase9 1\n"), io.StringIO())
