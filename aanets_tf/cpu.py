@@ -75,6 +75,7 @@ def tensorflow_kernels() -> dict:
     import tensorflow  # noqa: F401 - its oneDNN decision is made at import
 
     try:
+        # Private: no public API says whether oneDNN's kernels are on (tests/layout_test.py).
         from tensorflow.python.util import _pywrap_util_port
 
         onednn = bool(_pywrap_util_port.IsMklEnabled())

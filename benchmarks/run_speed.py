@@ -126,8 +126,10 @@ def table(report: dict) -> str:
             lines.append(f"| {r['phase']} | {r['first_epoch_seconds']} | "
                          f"{r['first_epoch_excess_seconds']:.1f} | "
                          f"{r['steady_images_per_second']:.1f} | {r['steady / step']:.3f} |")
+    wall = report["run_wall_seconds"]
     lines += ["", f"Target: run / step >= {1 - report['tolerance']:.2f} in every phase. "
-              f"Wall time of the run: {report['run_wall_seconds'] or 0:.1f} s."]
+              + (f"Wall time of the run: {wall:.1f} s." if wall is not None
+                 else "The run was not started here (its files were given).")]
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +186,10 @@ def main(argv):
         config_json = os.path.join(os.path.dirname(metrics_json),
                                    "run_config.json" if not FLAGS.metrics_json
                                    else "config.json")
+        # A metrics.json kept without its run's config.json (benchmarks.protocol_time
+        # keeps one): the settings given here stand for the run's.
+        run_config = (_read(config_json) if os.path.exists(config_json)
+                      else config.to_dict())
         throughput = _read(throughput_json)
         run_log = FLAGS.run_log or (None if FLAGS.metrics_json
                                     else os.path.join(FLAGS.output_dir, "run.log"))
@@ -191,8 +197,7 @@ def main(argv):
         if run_log:
             with open(run_log, errors="replace") as f:
                 epochs = epoch_seconds(f.read())
-        rows = compare(_read(metrics_json), _read(config_json), throughput, FLAGS.tolerance,
-                       epochs)
+        rows = compare(_read(metrics_json), run_config, throughput, FLAGS.tolerance, epochs)
     machine = harness.describe()
     report = {"phases": rows, "tolerance": FLAGS.tolerance, "run_wall_seconds": run_wall,
               "run_command": run_command, "throughput_command": throughput_command,

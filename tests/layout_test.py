@@ -32,6 +32,8 @@ FOUNDATION_MODULES = ("aanets_tf.hosts.registry",)
 # export/): (file, what it uses) -> why no public API serves. docs/architecture.md
 # lists the same.
 ALLOWED_PRIVATE = {
+    ("aanets_tf/cpu.py", "tensorflow.python.util._pywrap_util_port"):
+        "whether TensorFlow runs its oneDNN kernels, recorded with every benchmark",
     ("aanets_tf/distribute.py", "_in_multi_worker_mode"):
         "a multi-worker strategy with several workers (Keras reduces step outputs there)",
     ("aanets_tf/distribute.py", "_flatten_layers"):

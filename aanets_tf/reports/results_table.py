@@ -77,11 +77,7 @@ class Group:
         'forgetting_nme'. Runs without the value (forgetting of a one-phase run)
         are left out; the deviation needs two runs.
         """
-        if name.startswith("forgetting_"):
-            values = [r.forgetting(name.removeprefix("forgetting_")) for r in self.runs]
-        else:
-            values = [r.average(name) for r in self.runs]
-        return mean_std(values)
+        return mean_std([run_value(r, name) for r in self.runs])
 
     def per_phase(self, classifier: str = "cnn") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(classes seen, mean accuracy, sample std or NaN) after each phase of the group."""
@@ -106,6 +102,13 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
     mean = float(np.mean(finite))
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
     return mean, std, len(finite)
+
+
+def run_value(run: Run, name: str) -> float:
+    """A run's value of `Group.stat`'s `name`."""
+    if name.startswith("forgetting_"):
+        return run.forgetting(name.removeprefix("forgetting_"))
+    return run.average(name)
 
 
 def _variant_key(run: Run) -> tuple:
@@ -254,7 +257,11 @@ def markdown_table(groups: list[Group]) -> str:
 
 
 def _gain_rows(members: list[Group], ns: list[int]) -> list[str]:
-    """Rows 'AANets gain': the mean with minus the mean without AANets, per host and N.
+    """Rows 'AANets gain': with minus without AANets, per host and N, over the seeds
+    (class orders) both rows ran: the mean of the per-seed differences, the count of
+    those seeds in the runs column. Two rows over different seeds are not compared on
+    the seeds only one of them has: the spread between class orders is larger than
+    the gain.
 
     Only where the pair is unambiguous: finished groups of the paper's method with no
     variant (rows split by another setting are compared by eye).
@@ -273,17 +280,23 @@ def _gain_rows(members: list[Group], ns: list[int]) -> list[str]:
             if len(pair) < 2:
                 cells += [""] * 5
                 continue
+            with_runs = {r.seed: r for r in pair[True].runs}
+            without_runs = {r.seed: r for r in pair[False].runs}
+            seeds = sorted(set(with_runs) & set(without_runs))
+            if not seeds:
+                cells += [""] * 5
+                continue
             any_pair = True
             deltas = []
             for name in ("cnn", "nme", "forgetting_cnn"):
-                with_, without = pair[True].stat(name)[0], pair[False].stat(name)[0]
-                deltas.append(MISSING if with_ is None or without is None
-                              else f"{with_ - without:+.2f}")
+                mean, _, _ = mean_std([run_value(with_runs[s], name)
+                                       - run_value(without_runs[s], name) for s in seeds])
+                deltas.append(MISSING if mean is None else f"{mean:+.2f}")
             with_paper, without_paper = pair[True].paper(), pair[False].paper()
             paper_gain = (f"{with_paper.value - without_paper.value:+.2f}"
                           if with_paper and without_paper
                           and with_paper.classifier == without_paper.classifier else MISSING)
-            cells += [""] + deltas + [paper_gain]
+            cells += [str(len(seeds))] + deltas + [paper_gain]
         if any_pair:
             rows.append("| " + " | ".join(cells) + " |")
     return rows
