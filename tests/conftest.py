@@ -13,6 +13,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import support  # noqa: E402,F401 - puts the repository on the path (tools, the library)
 
+# Before any test module imports Keras or TensorFlow: the library's choice of kernels and
+# allocator (aanets_tf.cpu), so that this process computes as the tools it starts do (on a
+# CPU without AVX-512, TensorFlow would otherwise run Eigen's kernels here and oneDNN's
+# there, and runs compared bit for bit would differ).
+import aanets_tf  # noqa: E402,F401
+
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 

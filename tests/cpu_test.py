@@ -88,3 +88,16 @@ def test_importing_the_library_gives_tensorflow_the_bfc_allocator(environment, b
     word = _fresh_python(code, **{cpu.BFC_ALLOCATOR_VARIABLE: environment,
                                   cpu.ONEDNN_VARIABLE: "0"})
     assert word == ("True" if bfc else "statistics")
+
+
+@pytest.mark.slow  # a fresh process
+def test_this_process_runs_the_kernels_the_tools_run():
+    # Runs compared bit for bit (resume, --phase0_from) are made here and in tools started
+    # from here: both must run the same kernels (conftest imports the library first).
+    from tensorflow.python.util import _pywrap_util_port
+
+    code = ("import aanets_tf, tensorflow\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print(_pywrap_util_port.IsMklEnabled())\n")
+    fresh = _fresh_python(code, **{cpu.ONEDNN_VARIABLE: os.environ.get(cpu.ONEDNN_VARIABLE)})
+    assert fresh == str(bool(_pywrap_util_port.IsMklEnabled()))
