@@ -17,8 +17,8 @@ BFC_ALLOCATOR_VARIABLE = "TF_CPU_ALLOCATOR_USE_BFC"
 # TensorFlow's switch for its oneDNN kernels, read once when TensorFlow is imported. By
 # default TensorFlow turns them on only on x86 CPUs with AVX-512 VNNI, bfloat16 or AMX;
 # elsewhere (an AVX2-only CPU) it runs Eigen's convolutions, whose filter gradient took half
-# of a phase-0 step: on a 2-core AVX2 EPYC oneDNN's kernels made phase 0 1.68x and Level 1
-# 1.87x faster (docs/performance.md, "Levers measured"). With them TensorFlow allocates
+# of a phase-0 step: on a 2-core AVX2 EPYC oneDNN's kernels made phase 0 1.89x and Level 1
+# 1.79x faster (docs/performance.md, "Levers measured"). With them TensorFlow allocates
 # CPU tensors through oneDNN's allocator (BFC for large blocks) whatever
 # `BFC_ALLOCATOR_VARIABLE` says.
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
@@ -69,9 +69,9 @@ def prefer_onednn(environ: MutableMapping[str, str] | None = None,
 
 
 def tensorflow_kernels() -> dict:
-    """Which CPU kernels and allocator the TensorFlow of this process runs:
-    `{"onednn": bool or None (unknown), "TF_ENABLE_ONEDNN_OPTS": ..., "TF_CPU_ALLOCATOR_USE_BFC": ...}`
-    (the variables as set, None where unset). Imports TensorFlow."""
+    """Which CPU kernels and allocator the TensorFlow of this process runs: `onednn`
+    (True, False, or None where TensorFlow does not say) and the two variables as set
+    (None where unset). Imports TensorFlow."""
     import tensorflow  # noqa: F401 - its oneDNN decision is made at import
 
     try:
