@@ -155,6 +155,34 @@ def _kernels_words(described: dict) -> str:
     return "" if onednn is None else (" (oneDNN kernels)" if onednn else " (Eigen kernels)")
 
 
+# === CPU time of timed steps ===
+
+# What a step worker reports per request, summed per step by its parent.
+USAGE_KEYS = ("images", "user", "system", "minor_faults")
+
+
+def usage_between(before, after) -> dict:
+    """User and system CPU seconds and minor page faults between two `getrusage` results."""
+    return {"user": after.ru_utime - before.ru_utime,
+            "system": after.ru_stime - before.ru_stime,
+            "minor_faults": after.ru_minflt - before.ru_minflt}
+
+
+def add_usage(totals: dict, step: str, reply: dict) -> None:
+    """Add a worker's reply (`USAGE_KEYS`) to `totals[step]`."""
+    usage = totals.setdefault(step, dict.fromkeys(USAGE_KEYS, 0.0))
+    for key in USAGE_KEYS:
+        usage[key] += reply[key]
+
+
+def per_image(usage: dict) -> dict:
+    """CPU milliseconds, the system share of them and minor faults, per image of a step."""
+    cpu = usage["user"] + usage["system"]
+    return {"cpu_ms_per_image": 1000 * cpu / usage["images"],
+            "system_share": usage["system"] / cpu if cpu else 0.0,
+            "minor_faults_per_image": usage["minor_faults"] / usage["images"]}
+
+
 # === Memory ===
 
 def peak_rss_mib() -> float:
@@ -189,6 +217,25 @@ def python_command(program: str, *args: str) -> list[str]:
 def train_command(*args: str) -> list[str]:
     """`tools/train.py` with `args`."""
     return python_command(TRAIN, *args)
+
+
+def write_flagfile(config, directory: str, header: str) -> str:
+    """`config` as `directory/protocol.flags` (what a benchmark's subprocesses read);
+    its path."""
+    from tools import train_flags
+
+    path = os.path.join(directory, "protocol.flags")
+    with open(path, "w") as f:
+        f.write(train_flags.config_to_flagfile(config, header))
+    return path
+
+
+def with_absolute_data_dir(config):
+    """`config` with its TFDS data directory made absolute: subprocesses run from the
+    repository's root."""
+    if config.data_dir and config.dataset != "folder":
+        return config.replace(data_dir=os.path.abspath(config.data_dir))
+    return config
 
 
 # Runs a script (sys.argv[2:]) and writes its peak resident memory to sys.argv[1] at exit.

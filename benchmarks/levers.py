@@ -49,8 +49,9 @@ import time
 
 from absl import flags
 
-from aanets_tf.cpu import BFC_ALLOCATOR_VARIABLE
+from aanets_tf.cpu import BFC_ALLOCATOR_VARIABLE, ONEDNN_VARIABLE
 from benchmarks import harness, throughput
+from benchmarks.harness import per_image
 from tools import train_flags
 
 FLAGS = flags.FLAGS
@@ -76,11 +77,10 @@ LEVERS = {
     "onednn_caller_thread": {"env": {"TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD": "true"}},
     # TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI,
     # bfloat16 or AMX; elsewhere (an AVX2 CPU) it runs Eigen's convolutions.
-    "onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}},
-    "no_onednn": {"env": {"TF_ENABLE_ONEDNN_OPTS": "0"}},
+    "onednn": {"env": {ONEDNN_VARIABLE: "1"}},  # the default now (aanets_tf.cpu)
+    "no_onednn": {"env": {ONEDNN_VARIABLE: "0"}},  # TensorFlow's choice on an AVX2 CPU
 }
 TIMED = throughput.MODEL_STEPS
-USAGE_KEYS = ("images", "user", "system", "minor_faults")
 
 
 def define_flags() -> None:
@@ -132,9 +132,7 @@ def _worker(config, lever: str) -> None:
         images, seconds = bench.run(step, int(count))
         after = resource.getrusage(resource.RUSAGE_SELF)
         reply = {"images": images, "seconds": seconds,
-                 "user": after.ru_utime - before.ru_utime,
-                 "system": after.ru_stime - before.ru_stime,
-                 "minor_faults": after.ru_minflt - before.ru_minflt}
+                 **harness.usage_between(before, after)}
         if settings.get("torch"):  # the steps ran in the PyTorch step worker, a child
             reply.update(bench.last_usage)
         print(json.dumps(reply), flush=True)
@@ -165,9 +163,7 @@ class Worker:
         self.process.stdin.write(f"{step} {count}\n")
         self.process.stdin.flush()
         reply = json.loads(self.process.stdout.readline())
-        usage = self.usage.setdefault(step, dict.fromkeys(USAGE_KEYS, 0.0))
-        for key in USAGE_KEYS:
-            usage[key] += reply[key]
+        harness.add_usage(self.usage, step, reply)
         return reply["images"] / reply["seconds"]
 
     def close(self) -> None:
@@ -176,14 +172,6 @@ class Worker:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
-
-
-def per_image(usage: dict) -> dict:
-    """CPU milliseconds, the system share of them and minor faults, per image of a step."""
-    cpu = usage["user"] + usage["system"]
-    return {"cpu_ms_per_image": 1000 * cpu / usage["images"],
-            "system_share": usage["system"] / cpu if cpu else 0.0,
-            "minor_faults_per_image": usage["minor_faults"] / usage["images"]}
 
 
 def usage_table(usage: dict) -> str:

@@ -225,18 +225,14 @@ def main(argv):
             torch_protocol.check_supported(config)
         except ValueError as e:
             raise app.UsageError(str(e)) from None
-    if config.data_dir and config.dataset != "folder":
-        # The subprocesses run from the repository's root.
-        config = config.replace(data_dir=os.path.abspath(config.data_dir))
+    config = harness.with_absolute_data_dir(config)
     out_dir = os.path.abspath(FLAGS.output_dir)
     logs = os.path.join(out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="protocol_time_") as tmp:
-        flagfile = os.path.join(tmp, "protocol.flags")
-        with open(flagfile, "w") as f:
-            f.write(train_flags.config_to_flagfile(
-                config, "The timed configuration (benchmarks.protocol_time)."))
+        flagfile = harness.write_flagfile(
+            config, tmp, "The timed configuration (benchmarks.protocol_time).")
         for name in FLAGS.only:
             description = None
             if name == OURS_AUTO:

@@ -143,18 +143,14 @@ def main(argv):
     if not 0 <= FLAGS.tolerance < 1:
         raise app.UsageError(f"--tolerance must be in [0, 1). Received: "
                              f"--tolerance={FLAGS.tolerance}")
-    if config.data_dir and config.dataset != "folder":
-        # The subprocesses run from the repository's root.
-        config = config.replace(data_dir=os.path.abspath(config.data_dir))
+    config = harness.with_absolute_data_dir(config)
     FLAGS.output_dir = os.path.abspath(FLAGS.output_dir)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     throughput_command = run_command = "(given)"
     run_wall = None
     with tempfile.TemporaryDirectory(prefix="run_speed_") as tmp:
-        flagfile = os.path.join(tmp, "protocol.flags")
-        with open(flagfile, "w") as f:
-            f.write(train_flags.config_to_flagfile(
-                config, "The timed configuration (benchmarks.run_speed)."))
+        flagfile = harness.write_flagfile(
+            config, tmp, "The timed configuration (benchmarks.run_speed).")
         throughput_json = FLAGS.throughput_json
         if not throughput_json:
             steps_dir = os.path.join(FLAGS.output_dir, "steps")

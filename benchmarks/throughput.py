@@ -299,7 +299,7 @@ class TorchBench:
 
         import numpy as np
 
-        load_torch_reference()  # a UsageError naming the requirements file without torch
+        authors = load_torch_reference()  # a UsageError naming the requirements file
         batches = bench.batches()
         num_old, num_new = bench.num_classes
         settings = dict(num_old=num_old, num_new=num_new, learning_rate=config.learning_rate,
@@ -318,7 +318,7 @@ class TorchBench:
                          for k, v in settings.items()})],
             cwd=harness.REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = self._reply()
-        self.supported = load_torch_reference().STEPS
+        self.supported = authors.STEPS
         self.batch = bench.batch
         self.versions = ready["versions"]
         self._parameter_counts = ready["parameter_counts"]
@@ -341,10 +341,7 @@ class TorchBench:
         self._worker.stdin.flush()
         reply = self._reply()
         self.last_usage = {k: reply[k] for k in ("user", "system", "minor_faults")}
-        usage = self.usage.setdefault(step, {"images": 0, "user": 0.0, "system": 0.0,
-                                             "minor_faults": 0})
-        for key in usage:
-            usage[key] += reply[key]
+        harness.add_usage(self.usage, step, reply)
         return reply["images"], reply["seconds"]
 
     def close(self) -> None:
@@ -399,10 +396,8 @@ def run_protocol(config, epochs: int, log=print) -> dict:
     It runs in a temporary workdir, removed afterwards.
     """
     with tempfile.TemporaryDirectory(prefix="throughput_protocol_") as tmp:
-        flagfile = os.path.join(tmp, "protocol.flags")
-        with open(flagfile, "w") as f:
-            f.write(train_flags.config_to_flagfile(
-                config, "The benchmarked configuration (benchmarks.throughput)."))
+        flagfile = harness.write_flagfile(
+            config, tmp, "The benchmarked configuration (benchmarks.throughput).")
         command = harness.train_command(f"--flagfile={flagfile}", f"--epochs={epochs}",
                                         f"--workdir={os.path.join(tmp, 'run')}", "--overwrite",
                                         "--noexport")
@@ -481,11 +476,8 @@ def main(argv):
         load = {"before": load_before, "after": os.getloadavg()}
         report.update(torch=versions, parameter_counts=parameters, fidelity=fidelity,
                       torch_comparison=comparison, load_average_1_5_15_min=load,
-                      torch_cpu_usage={step: {
-                          "cpu_ms_per_image": 1000 * (u["user"] + u["system"]) / u["images"],
-                          "system_share": u["system"] / max(1e-9, u["user"] + u["system"]),
-                          "minor_faults_per_image": u["minor_faults"] / u["images"]}
-                          for step, u in usage.items() if u["images"]})
+                      torch_cpu_usage={step: harness.per_image(u)
+                                       for step, u in usage.items() if u["images"]})
         markdown = (torch_table(comparison, config.batch_size,
                                 harness.summary_line(report["machine"]), versions)
                     + f"Load average (1, 5, 15 min) before the run: "

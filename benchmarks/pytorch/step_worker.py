@@ -24,6 +24,7 @@ import time
 def serve(batches_path: str, settings: dict, requests=sys.stdin, replies=sys.stdout) -> None:
     import numpy as np
 
+    from benchmarks import harness
     from benchmarks.pytorch import authors
 
     with np.load(batches_path) as batches:
@@ -45,9 +46,7 @@ def serve(batches_path: str, settings: dict, requests=sys.stdin, replies=sys.std
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
         print(json.dumps({"images": int(count) * steps.batch, "seconds": seconds,
-                          "user": after.ru_utime - before.ru_utime,
-                          "system": after.ru_stime - before.ru_stime,
-                          "minor_faults": after.ru_minflt - before.ru_minflt}),
+                          **harness.usage_between(before, after)}),
               file=replies, flush=True)
 
 
