@@ -119,6 +119,9 @@ class TrainConfig:
     strategy: str = "default"
     deterministic: bool = False
     workdir: str = "runs/aanets"
+    # Seconds of training between two epoch checkpoints (0: after every epoch); a crash
+    # loses at most this plus one epoch.
+    checkpoint_seconds: float = 30.0
     # A finished run's workdir whose phase 0 this run takes instead of training its own
     # (`aanets_tf.protocol.run_state.adopt_phase0`); None: train phase 0.
     phase0_from: str | None = None
@@ -153,6 +156,8 @@ class TrainConfig:
         need(self.max_image_pixels >= 1, "max_image_pixels", "must be >= 1")
         need(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1")
         need(self.cache_mib >= 0, "cache_mib", "must be >= 0 (0 = always stream)")
+        need(self.checkpoint_seconds >= 0, "checkpoint_seconds",
+             "must be >= 0 (0 = after every epoch)")
         need(self.arch in ARCHS, "arch", f"must be one of {ARCHS}")
         need(self.branch_mode in BRANCH_MODES, "branch_mode", f"must be one of {BRANCH_MODES}")
         need(self.aggregation in AGGREGATION_MODES, "aggregation",

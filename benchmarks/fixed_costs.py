@@ -110,8 +110,10 @@ def table(costs: dict, config) -> str:
         ("Level-1 step (steady)", costs["level1_step"], "-"),
         ("Level-1 epoch of phase 1 at that speed "
          f"({costs['phase1_steps_per_epoch']} steps)", epoch, "-"),
-        ("epoch checkpoint (every epoch)", costs["epoch_checkpoint"],
-         f"{100 * costs['epoch_checkpoint'] / epoch:.1f}% of an epoch"),
+        ("epoch checkpoint (one save)", costs["epoch_checkpoint"],
+         f"{100 * costs['epoch_checkpoint'] / epoch:.1f}% of an epoch; "
+         f"{100 * costs['epoch_checkpoint'] / max(config.checkpoint_seconds, epoch):.1f}% "
+         f"at a save per {config.checkpoint_seconds:g} s of training"),
         ("tracing the Level-1 step (once a phase)", costs["trace_level1"],
          f"{100 * costs['trace_level1'] / (epoch * config.epochs):.1f}% of "
          f"{config.epochs} epochs"),

@@ -9,7 +9,8 @@ Level 1) and the flagfile's command (`tools/train.py --noexport` in a temporary
 workdir), then compares phase by phase: the images Level 1 trained (the phase's
 training images times `--epochs`) over its seconds in `metrics.json`
 (`timings.level1`: the epochs' steps with their checkpoints and the step's tracing,
-not Level 2, herding or evaluation), against the step's images per second. From files
+not Level 2, herding or evaluation; its parts `timings.first_step` and
+`timings.checkpoints` are shown beside it), against the step's images per second. From files
 a sitting already wrote (the run's `metrics.json` and its `config.json` beside it, a
 `throughput.json` of the same machine and sitting): `--metrics_json=... --throughput_json=...`.
 Writes `run_speed.json` and `run_speed.md` (target: each phase within `--tolerance`).
@@ -53,11 +54,16 @@ def define_flags() -> None:
                        "(1 - tolerance) x the step's.")
 
 
-def step_of(phase: int, branch_mode: str) -> str:
-    """The step of `benchmarks.throughput` that a phase's Level 1 runs."""
+def step_of(phase: int, branch_mode: str, steps=()) -> str:
+    """The step of `benchmarks.throughput` that a phase's Level 1 runs (`steps`: those the
+    step benchmark measured; phase 2 on trains under an AANet teacher when it has that
+    step)."""
     if phase == 0:
         return "phase0"
-    return "level1_aanet" if branch_mode == "dual" else "level1_single"
+    if branch_mode != "dual":
+        return "level1_single"
+    return "level1_aanet_teacher" if phase >= 2 and "level1_aanet_teacher" in steps \
+        else "level1_aanet"
 
 
 def epoch_seconds(log_text: str) -> list[list[int]]:
@@ -81,7 +87,7 @@ def compare(metrics: dict, config: dict, throughput: dict, tolerance: float,
     steps = summary["float32"]["images_per_second"]
     rows = []
     for phase in metrics["phases"]:
-        step = step_of(phase["phase"], config.get("branch_mode", "dual"))
+        step = step_of(phase["phase"], config.get("branch_mode", "dual"), steps)
         images = int(phase["num_train_images"]) * int(config["epochs"])
         seconds = float((phase.get("timings") or {}).get("level1") or phase["train_seconds"])
         run_rate = images / seconds
@@ -90,6 +96,10 @@ def compare(metrics: dict, config: dict, throughput: dict, tolerance: float,
                "level1_seconds": seconds, "run_images_per_second": run_rate,
                "step_images_per_second": steps[step], "run / step": ratio,
                "within_target": ratio >= 1 - tolerance}
+        timings = phase.get("timings") or {}
+        if "first_step" in timings:  # runs from before these parts were timed lack them
+            row.update({"first_step_seconds": float(timings["first_step"]),
+                        "checkpoint_seconds": float(timings["checkpoints"])})
         index = len(rows)
         if epochs_seconds and index < len(epochs_seconds) and len(epochs_seconds[index]) > 1:
             first, *later = epochs_seconds[index]
@@ -117,6 +127,17 @@ def table(report: dict) -> str:
                      f"{r['level1_seconds']:.1f} | {r['run_images_per_second']:.1f} | "
                      f"{r['step_images_per_second']:.1f} | {r['run / step']:.3f} | "
                      f"{'yes' if r['within_target'] else 'no'} |")
+    parts = [r for r in report["phases"] if "first_step_seconds" in r]
+    if parts:
+        lines += ["", "Parts of the Level-1 seconds (`timings` in `metrics.json`):", "",
+                  "| phase | first step: tracing, pipeline start (s) | epoch checkpoints (s) | "
+                  "the rest, img/s | the rest / step |", "|---|---|---|---|---|"]
+        for r in parts:
+            rest = r["images"] / (r["level1_seconds"] - r["first_step_seconds"]
+                                  - r["checkpoint_seconds"])
+            lines.append(f"| {r['phase']} | {r['first_step_seconds']:.1f} | "
+                         f"{r['checkpoint_seconds']:.1f} | {rest:.1f} | "
+                         f"{rest / r['step_images_per_second']:.3f} |")
     split = [r for r in report["phases"] if "steady / step" in r]
     if split:
         lines += ["", "From the progress lines (whole seconds per epoch):", "",

@@ -9,6 +9,9 @@ Images per second, after warm-up, median of `--repeats` timed repeats of
 - `level1_single`: a later phase's Level-1 step of the single-branch
   baseline (LUCIR: ResNet + frozen teacher);
 - `level1_aanet`: the AANet Level-1 step (stable + plastic blocks + teacher);
+- `level1_aanet_teacher`: the Level-1 step of phase 2 on, where the teacher is an
+  AANet too (phase 1's) instead of phase 0's plain ResNet (skipped when the
+  flagfile has no phase 2);
 - `level2_aanet`: the Level-2 step (aggregation weights only);
 - `eval_plain`, `eval_aanet`: the evaluation (predict) step;
 - `level1_aanet_pipeline`: the AANet Level-1 step fed from the real input
@@ -64,7 +67,9 @@ FLAGS = flags.FLAGS
 MODEL_STEPS = ("phase0", "level1_single", "level1_aanet", "level2_aanet", "eval_plain",
                "eval_aanet")
 TORCH_STEPS = MODEL_STEPS
-STEPS = MODEL_STEPS + ("level1_aanet_pipeline", "input_pipeline")
+STEPS = MODEL_STEPS + ("level1_aanet_teacher", "level1_aanet_pipeline", "input_pipeline")
+# Steps that train a learner of their own name.
+LEARNER_STEPS = ("phase0", "level1_single", "level1_aanet", "level1_aanet_teacher")
 
 
 def define_flags() -> None:
@@ -190,6 +195,22 @@ class StepBench:
             self.learners = {"phase0": learner(plain, None, phase0_data),
                              "level1_single": learner(single, teacher, phase1_data),
                              "level1_aanet": learner(aanet, teacher, phase1_data)}
+            if min(plan.num_phases, config.num_phases or plan.num_phases) > 2:
+                # Phase 2: the teacher is a phase-1 AANet of its own (a learner freezes
+                # its teacher, and `aanet` is trained above).
+                newer = plan.new_classes(2)
+                newer_indices = np.flatnonzero(np.isin(labels, newer))
+                num_seen = len(base) + len(new)
+                phase2_data = phase.PhaseData(2, list(newer), num_seen, num_seen + len(newer),
+                                              part(newer_indices), labels[newer_indices],
+                                              phase1, config.exemplars_per_class,
+                                              level2_new=part(newer_indices))
+                aanet_teacher = phase.next_network(step_config.replace(branch_mode="dual"),
+                                                   phase1_data, teacher, infer)
+                phase2 = phase.next_network(step_config.replace(branch_mode="dual"),
+                                            phase2_data, aanet_teacher, infer)
+                self.learners["level1_aanet_teacher"] = learner(phase2, aanet_teacher,
+                                                                phase2_data)
             for network in (teacher, aanet):
                 network.compile(jit_compile=jit_compile)
                 network.make_predict_function()
@@ -208,8 +229,11 @@ class StepBench:
         phase1_cached, train = cached(phase1)
         self.iterators = {"phase0": phase0_cached, "level1_single": phase1_cached,
                           "level1_aanet": phase1_cached, "level2_aanet": phase1_cached,
+                          "level1_aanet_teacher": phase1_cached,
                           "level1_aanet_pipeline": iter(train), "input_pipeline": iter(train)}
         self.pipeline_step = 0
+        # The steps this bench runs (`measure` skips the others).
+        self.supported = [s for s in STEPS if s in self.learners or s not in LEARNER_STEPS]
         self.eval_batch = (next(iter(pipeline.eval_dataset(
             data.test.source, data.test.positions[:batch], batch, transform=transform,
             pad_last_batch=True))),)
@@ -370,7 +394,8 @@ def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_
             warmup: int, log=print) -> dict:
     """`{variant: {step: [images/s per repeat]}}`, every (variant, step) timed once a repeat.
 
-    A bench with a `supported` attribute (the PyTorch reference) runs only those steps.
+    A bench runs only the steps its `supported` attribute lists, when it has one (the
+    PyTorch reference; a flagfile without a phase 2 has no `level1_aanet_teacher`).
     """
     tasks = [(v, s) for v in benches for s in names
              if s in getattr(benches[v], "supported", names)]

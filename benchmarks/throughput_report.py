@@ -20,6 +20,7 @@ TARGETS = {  # ratio name -> (slower step, reference step, highest allowed ratio
 INFORMATIVE = {
     "level1_single / phase0": ("level1_single", "phase0"),
     "eval_aanet / eval_plain": ("eval_aanet", "eval_plain"),
+    "level1_aanet_teacher / level1_aanet": ("level1_aanet_teacher", "level1_aanet"),
 }
 # step -> lowest allowed ratio of images per second, ours / the authors' code (issue 27).
 TORCH_TARGETS = {"phase0": 1.5, "level1_aanet": 1.5, "level2_aanet": 2.0, "eval_aanet": 2.0}
@@ -118,7 +119,8 @@ def table(summary: dict, batch_size: int, memory: dict) -> str:
     variants = list(summary)
     reference = {"level1_single": "phase0", "level1_aanet": "phase0",
                  "level2_aanet": "phase0", "eval_aanet": "eval_plain",
-                 "level1_aanet_pipeline": "level1_aanet"}
+                 "level1_aanet_pipeline": "level1_aanet",
+                 "level1_aanet_teacher": "level1_aanet"}
     first = summary[variants[0]]
     ratios = {**{n: t["ratio"] for n, t in first["targets"].items()}, **first["ratios"]}
     speeds = []

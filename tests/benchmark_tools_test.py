@@ -149,6 +149,15 @@ def test_run_speed_compares_each_phase_with_the_step_it_runs():
     assert rows[0]["steady_images_per_second"] == pytest.approx(250.0)  # 2000 / 8 s
     # Phase 1: 10 s an epoch less 10 / 3 s of Level 2.
     assert rows[1]["steady_images_per_second"] == pytest.approx(1000 / (10 - 10 / 3))
+    # A run that timed its first step and its checkpoints: the rest is shown beside them.
+    metrics["phases"][1]["timings"].update(first_step=20.0, checkpoints=5.0)
+    rows = run_speed.compare(metrics, {"epochs": 20, "branch_mode": "dual"}, throughput, 0.05)
+    assert rows[1]["first_step_seconds"] == 20.0 and rows[1]["checkpoint_seconds"] == 5.0
+    assert "first_step_seconds" not in rows[0]
+    report = {"machine_summary": "m", "run_command": "r", "throughput_command": "t",
+              "phases": rows, "run_wall_seconds": None, "tolerance": 0.05}
+    # 20,000 images in 250 - 20 - 5 s: 88.9 img/s, 0.889 of the step's 100.
+    assert "| 1 | 20.0 | 5.0 | 88.9 | 0.889 |" in run_speed.table(report)
 
 
 def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
@@ -158,7 +167,10 @@ def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
              "epoch_checkpoint": 0.45, "trace_level1": 9.0, "trace_level2": 1.0,
              "trace_predict": 1.5, "predict_call_setup": 0.3}
     markdown = fixed_costs.table(costs, TrainConfig(epochs=20))
-    assert "| epoch checkpoint (every epoch) | 0.450 | 10.0% of an epoch |" in markdown
+    assert ("| epoch checkpoint (one save) | 0.450 | 10.0% of an epoch; 1.5% at a save per "
+            "30 s of training |") in markdown
+    markdown = fixed_costs.table(costs, TrainConfig(epochs=20, checkpoint_seconds=0))
+    assert "10.0% of an epoch; 10.0% at a save per 0 s of training" in markdown
     assert "| tracing the Level-1 step (once a phase) | 9.000 | 10.0% of 20 epochs |" in markdown
 
 
@@ -435,3 +447,42 @@ def test_benchmarks_start_quietly_unless_verbosity_is_given(monkeypatch):
         assert started == [False, True] and ran[-1][1] == logging.INFO
     finally:
         logging.set_verbosity(before)
+
+
+@pytest.mark.slow  # reads real CIFAR-10 and builds five networks
+def test_step_bench_times_phase_two_under_an_aanet_teacher():
+    import numpy as np
+
+    from aanets_tf.models.network import backbone_of
+    from benchmarks import throughput
+
+    config = train_config(num_phases=0)
+    data, plan = throughput.protocol_data(config)
+    bench = throughput.StepBench(config, data, plan, "float32", False)
+    assert "level1_aanet_teacher" in bench.supported
+    phase2 = bench.learners["level1_aanet_teacher"]
+    assert backbone_of(phase2.teacher).is_aanet and backbone_of(phase2.network).is_aanet
+    assert phase2.teacher is not bench.learners["level1_aanet"].network
+    # Phase 1's AANet still trains (a learner freezes its teacher, not this one).
+    phase1 = bench.learners["level1_aanet"]
+    before = [v.numpy().copy() for v in phase1.level1_variables()]
+    for step in ("level1_aanet", "level1_aanet_teacher"):
+        images, seconds = bench.run(step, 1)
+        assert images == config.batch_size and seconds > 0
+    assert any(not np.array_equal(b, v.numpy())
+               for b, v in zip(before, phase1.level1_variables()))
+    # Two phases (no phase 2): the step is not offered.
+    short = train_config(num_phases=2)
+    data, plan = throughput.protocol_data(short)
+    assert "level1_aanet_teacher" not in throughput.StepBench(
+        short, data, plan, "float32", False).supported
+
+
+def train_config(**overrides):
+    from aanets_tf.config import TrainConfig
+    from support import SHARED_DATA_DIR
+
+    return TrainConfig(**{**dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8",
+                                 num_base_classes=4, classes_per_phase=2,
+                                 train_images_per_class=20, test_images_per_class=10,
+                                 batch_size=16, exemplars_per_class=3), **overrides})

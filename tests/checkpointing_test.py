@@ -44,6 +44,52 @@ def test_the_last_epoch_is_restored_and_earlier_ones_removed(tmp_path):
     assert os.listdir(Workdir(workdir).checkpoints) == []
 
 
+class _Clock:
+    """Training seconds that advance by hand."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_epoch_checkpoints_are_saved_every_so_many_seconds_and_after_the_last_epoch(tmp_path):
+    workdir, clock = str(tmp_path), _Clock()
+    state = EpochState(checkpoint_seconds=1.5, first_step_seconds=2.0)  # a resumed phase
+    callback = checkpointing.EpochCheckpoint(workdir, 0, state, clock, every_seconds=10.0,
+                                             last_epoch=6)
+    callback.set_model(_model(0))
+    first = checkpointing.FirstStepClock(state, clock)
+    saved = []
+    for epoch in range(6):
+        clock.now += 4.0  # an epoch of training
+        if epoch == 0:
+            first.on_train_batch_end(0)
+            first.on_train_batch_end(1)  # only the first batch counts
+        callback.on_epoch_end(epoch, {"loss": float(epoch)})
+        path = Workdir(workdir).epoch_state(0)
+        if os.path.exists(path):
+            with open(path) as f:
+                saved.append(json.load(f)["epochs_done"])
+        else:
+            saved.append(None)
+    # 10 s between saves: after epoch 3 (12 s) and 6 (the last epoch, 24 s), not between.
+    assert saved == [None, None, 3, 3, 3, 6]
+    assert state.history["loss"] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # every epoch's logs
+    assert state.train_seconds == 24.0 and state.first_step_seconds == 6.0
+    restored = checkpointing.restore_epoch(_model(1), workdir, 0)
+    assert restored.epochs_done == 6 and restored.first_step_seconds == 6.0
+    # The first save's seconds (no time passes on this clock) count, after the base's.
+    assert restored.checkpoint_seconds == 1.5
+    # 0: every epoch.
+    every, clock = str(tmp_path / "every"), _Clock()
+    callback = checkpointing.EpochCheckpoint(every, 0, EpochState(), clock, last_epoch=6)
+    callback.set_model(_model(0))
+    callback.on_epoch_end(0, {})
+    assert os.path.exists(Workdir(every).epoch_state(0))
+
+
 def test_an_unreadable_epoch_checkpoint_restarts_the_phase(tmp_path):
     workdir = str(tmp_path)
     checkpointing.save_epoch(_model(0), workdir, 0, EpochState(1))

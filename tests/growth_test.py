@@ -108,7 +108,8 @@ def test_grown_run_has_three_phases_and_serves_version_3(grown, trees):
 def test_grow_killed_mid_phase_resumes_to_the_same_metrics(grown, trees):
     _, results, copy, _ = grown
     command = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
-               f"--workdir={copy}", f"--add_classes_from={trees[1]}"]
+               f"--workdir={copy}", f"--add_classes_from={trees[1]}",
+               "--checkpoint_seconds=0"]  # a checkpoint every epoch, to be killed after
     kill_after_epoch(command, Workdir(copy).epoch_state(2), REPO_ROOT)
     assert not os.path.exists(os.path.join(copy, "checkpoints", "phase_2.keras"))
     resumed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)

@@ -19,7 +19,8 @@ SHARED_DATA_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "tensorflow
 TINY = dict(dataset="cifar10", data_dir=SHARED_DATA_DIR, arch="resnet8", num_base_classes=4,
             classes_per_phase=2, num_phases=2, train_images_per_class=12,
             test_images_per_class=10, epochs=2, batch_size=16, exemplars_per_class=3,
-            eval_batch_size=64, export=False, aggregation_lr=0.5)
+            eval_batch_size=64, export=False, aggregation_lr=0.5,
+            checkpoint_seconds=0.0)  # a checkpoint every epoch: the kill tests wait for one
 
 
 def phase1_learner(input_shape: tuple, *, num_old: int = 2, num_new: int = 2,

@@ -59,9 +59,9 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(REPO_ROOT, "runs", "fault_injection"))
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the kill moments.")
-    parser.add_argument("--extra", default="--epochs=3",
+    parser.add_argument("--extra", default="--epochs=3 --checkpoint_seconds=0",
                         help="Extra flags for tools/train.py, space-separated (3 epochs "
-                             "per phase, so kills land inside phases).")
+                             "per phase, each checkpointed, so kills land inside phases).")
     args = parser.parse_args()
     if args.kills < 1:
         parser.error(f"--kills must be >= 1. Received: {args.kills}")

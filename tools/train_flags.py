@@ -114,6 +114,10 @@ HELP = {
     "strategy": "tf.distribute strategy: default (one device), mirrored (all local GPUs, "
                 "else all logical CPUs), multi_worker (hosts from TF_CONFIG) or tpu. "
                 "--batch_size is the global batch.",
+    "checkpoint_seconds": "Save the epoch checkpoint once this many seconds of training have "
+                          "passed since the last one (0: after every epoch). A crash loses at "
+                          "most this plus one epoch; a resumed run computes what an "
+                          "uninterrupted one would.",
     "deterministic": "Enable TensorFlow op determinism (slower, reproducible).",
     "workdir": "Directory for config.json, metrics.json, checkpoints, logs and plots.",
     "phase0_from": "A finished run's workdir whose phase 0 (network, exemplars, results) "

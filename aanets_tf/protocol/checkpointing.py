@@ -1,16 +1,17 @@
-"""Checkpoints of a run: one network per finished phase, and the last finished epoch.
+"""Checkpoints of a run: one network per finished phase, and the last saved epoch.
 
 Layout under `<workdir>/checkpoints/` (paths: `aanets_tf.workdir.Workdir`):
 - `phase_{p}.keras`: the network after phase `p` (a `.keras` archive);
 - `phase_{p}.state.json`: exemplar memory and metrics after phase `p`;
 - `phase_{p}.epoch_{e}.weights.h5`: the learner after epoch `e` of the phase
-  in progress (network, teacher, both optimizers' slots and step counters);
+  in progress (network, teacher, both optimizers' slots and step counters),
+  saved once `checkpoint_seconds` of training have passed since the last save;
 - `phase_{p}.epoch.json`: which epoch file is current, with the Level-2
   trajectory and the per-epoch logs so far.
 
 Every file is written under a temporary name and renamed, and the epoch JSON
 is written only after the weights it names, so a crash at any instant leaves
-a consistent set: a resumed run continues after the last complete epoch.
+a consistent set: a resumed run continues after the last saved epoch.
 """
 
 from __future__ import annotations
@@ -108,16 +109,23 @@ class EpochState:
 
     def __init__(self, epochs_done: int = 0, trajectory: list | None = None,
                  history: dict | None = None, train_seconds: float = 0.0,
-                 level2_seconds: float = 0.0):
+                 level2_seconds: float = 0.0, checkpoint_seconds: float = 0.0,
+                 first_step_seconds: float = 0.0):
         self.epochs_done = epochs_done
         self.trajectory = trajectory if trajectory is not None else []
         self.history = current_loss_names(history or {})
         self.train_seconds = train_seconds
-        self.level2_seconds = level2_seconds  # the part of train_seconds spent in Level 2
+        # Parts of train_seconds: Level 2's passes, saving epoch checkpoints, and each
+        # process's first Level-1 step (the step's tracing and the input pipeline's start).
+        self.level2_seconds = level2_seconds
+        self.checkpoint_seconds = checkpoint_seconds
+        self.first_step_seconds = first_step_seconds
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves the learner and the phase's progress after every epoch.
+    """Saves the learner and the phase's progress after an epoch: once `every_seconds`
+    of training have passed since the last save (0: after every epoch), and after the
+    phase's last epoch.
 
     Place it after the callbacks that change the model at epoch end (the
     Level-2 pass) and after the divergence guard, so a saved epoch is complete
@@ -130,26 +138,60 @@ class EpochCheckpoint(keras.callbacks.Callback):
             is the one the Level-2 callback appends to).
         clock: returns the seconds of training so far in this process.
         level2_clock: returns the part of them spent in Level 2 (None: no Level 2).
+        every_seconds: training seconds between two saves (0: every epoch).
+        last_epoch: the phase's last epoch (1-based), always saved.
     """
 
-    def __init__(self, workdir: str, phase: int, state: EpochState, clock, level2_clock=None):
+    def __init__(self, workdir: str, phase: int, state: EpochState, clock, level2_clock=None,
+                 *, every_seconds: float = 0.0, last_epoch: int | None = None):
         super().__init__()
         self.workdir = workdir
         self.phase = phase
         self.state = state
         self.clock = clock
         self.level2_clock = level2_clock
+        self.every_seconds = float(every_seconds)
+        self.last_epoch = last_epoch
         self._base_seconds = state.train_seconds
         self._base_level2_seconds = state.level2_seconds
+        self._base_checkpoint_seconds = state.checkpoint_seconds
+        self._saving = 0.0  # seconds of this process's saves so far
+        self._last_save = 0.0  # the clock at the end of the last save
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.state.history.setdefault(key, []).append(float(value))
         self.state.epochs_done = epoch + 1
-        self.state.train_seconds = self._base_seconds + self.clock()
+        now = self.clock()
+        self.state.train_seconds = self._base_seconds + now
         if self.level2_clock is not None:
             self.state.level2_seconds = self._base_level2_seconds + self.level2_clock()
+        # The saves that ended before now; this one's time counts from the next epoch on.
+        self.state.checkpoint_seconds = self._base_checkpoint_seconds + self._saving
+        if (now - self._last_save < self.every_seconds
+                and self.state.epochs_done != self.last_epoch):
+            return
+        start = self.clock()
         save_epoch(self.model, self.workdir, self.phase, self.state)
+        self._last_save = self.clock()
+        self._saving += self._last_save - start
+
+
+class FirstStepClock(keras.callbacks.Callback):
+    """Adds the seconds to the end of `fit`'s first batch (`clock`: the seconds of
+    training so far in this process) to `state.first_step_seconds`: the Level-1
+    step's tracing, the input pipeline's start and one step."""
+
+    def __init__(self, state: EpochState, clock):
+        super().__init__()
+        self.state = state
+        self.clock = clock
+        self._done = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._done:
+            self._done = True
+            self.state.first_step_seconds += self.clock()
 
 
 def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState) -> None:
@@ -164,6 +206,8 @@ def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState
         "history": state.history,
         "train_seconds": state.train_seconds,
         "level2_seconds": state.level2_seconds,
+        "checkpoint_seconds": state.checkpoint_seconds,
+        "first_step_seconds": state.first_step_seconds,
     })
     for old in Workdir(workdir).epoch_weight_files(phase):
         if os.path.basename(old) != os.path.basename(weights):
@@ -186,7 +230,9 @@ def restore_epoch(learner: keras.Model, workdir: str, phase: int,
         learner.load_weights(os.path.join(Workdir(workdir).checkpoints, saved["weights"]))
         state = EpochState(int(saved["epochs_done"]), saved["trajectory"], saved["history"],
                            float(saved["train_seconds"]),
-                           float(saved.get("level2_seconds", 0.0)))
+                           float(saved.get("level2_seconds", 0.0)),
+                           float(saved.get("checkpoint_seconds", 0.0)),
+                           float(saved.get("first_step_seconds", 0.0)))
     except Exception as e:  # noqa: BLE001 - any failure: restart the phase
         log(f"Epoch checkpoint of phase {phase} is unreadable ({type(e).__name__}: "
             f"{str(e)[:200]}); restarting the phase from its first epoch.")

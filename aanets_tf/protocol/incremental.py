@@ -258,9 +258,14 @@ class PhaseRunner:
             "eval_seconds": seconds["herding"] + seconds["host_step"] + seconds["evaluation"],
             # Where the phase's time went (wall seconds; a resumed phase adds the
             # epochs of each process that trained it). `host_step`: the host's
-            # step after herding (PODNet's fine-tuning of the head).
+            # step after herding (PODNet's fine-tuning of the head). Parts of
+            # `level1`: `first_step`, each process's first Level-1 step (its tracing
+            # and the input pipeline's start), and `checkpoints`, saving the epoch
+            # checkpoints.
             "timings": {"level1": progress.train_seconds - progress.level2_seconds,
-                        "level2": progress.level2_seconds, **seconds},
+                        "level2": progress.level2_seconds,
+                        "first_step": progress.first_step_seconds,
+                        "checkpoints": progress.checkpoint_seconds, **seconds},
             **outcome.host_step,
             "final_losses": {k: v[-1] for k, v in progress.history.items()},
         })

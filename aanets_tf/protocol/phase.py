@@ -302,9 +302,15 @@ def train_phase(config: TrainConfig, learner: IncrementalLearner, data: PhaseDat
             level2.steps, progress.trajectory)
         callbacks.insert(0, aggregation)
     start = time.perf_counter()
+
+    def clock():
+        return time.perf_counter() - start
+
+    callbacks.insert(0, checkpointing.FirstStepClock(progress, clock))
     callbacks.append(EpochCheckpoint(
-        config.workdir, phase, progress, clock=lambda: time.perf_counter() - start,
-        level2_clock=None if aggregation is None else lambda: aggregation.seconds))
+        config.workdir, phase, progress, clock=clock,
+        level2_clock=None if aggregation is None else lambda: aggregation.seconds,
+        every_seconds=config.checkpoint_seconds, last_epoch=config.epochs))
     callbacks.append(keras.callbacks.TensorBoard(
         Workdir(config.workdir).tensorboard(phase),
         write_graph=False, profile_batch=0))

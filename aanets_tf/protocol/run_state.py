@@ -29,7 +29,8 @@ from aanets_tf.workdir import RUN_OUTPUTS, Workdir
 
 # Settings that may differ between a run and its resumption.
 RELOCATABLE_KEYS = ("workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size",
-                    "jit_compile", "strategy", "manual_dir", "cache_mib", "phase0_from")
+                    "jit_compile", "strategy", "manual_dir", "cache_mib", "phase0_from",
+                    "checkpoint_seconds")
 
 
 # Settings without effect in the single-branch baseline (it has no aggregation weights).

@@ -35,7 +35,7 @@ MISSING = "—"
 # they never split runs into separate groups (as in `run_state.RELOCATABLE_KEYS`).
 LOCATION_KEYS = frozenset({
     "workdir", "data_dir", "export", "export_dir", "download", "eval_batch_size", "jit_compile",
-    "strategy", "manual_dir", "cache_mib", "model_name", "phase0_from"})
+    "strategy", "manual_dir", "cache_mib", "model_name", "phase0_from", "checkpoint_seconds"})
 # Settings without effect in a single-branch run (it has no aggregation weights
 # and no stable block), as in `run_state.AGGREGATION_KEYS`.
 DUAL_ONLY_KEYS = frozenset({
