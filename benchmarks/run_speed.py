@@ -5,7 +5,7 @@ run of the protocol, against the step that `benchmarks.throughput` times, in one
         --output_dir=benchmarks/results/run_speed
 
 runs, one after another, `benchmarks.throughput` (the float32 steps of phase 0 and
-Level 1) and the flagfile's command (`tools/train.py --noexport` in a temporary
+Level 1, phase 2's under its AANet teacher among them) and the flagfile's command (`tools/train.py --noexport` in a temporary
 workdir), then compares phase by phase: the images Level 1 trained (the phase's
 training images times `--epochs`) over its seconds in `metrics.json`
 (`timings.level1`: the epochs' steps with their checkpoints and the step's tracing,
@@ -177,7 +177,8 @@ def main(argv):
             steps_dir = os.path.join(FLAGS.output_dir, "steps")
             argv = harness.python_command(THROUGHPUT, f"--flagfile={flagfile}",
                                           "--variants=float32", "--protocol_epochs=0",
-                                          "--only=phase0,level1_single,level1_aanet",
+                                          "--only=phase0,level1_single,level1_aanet,"
+                                          "level1_aanet_teacher",
                                           f"--output_dir={steps_dir}")
             throughput_command = " ".join(argv[1:])
             finished = harness.run(argv, os.path.join(FLAGS.output_dir, "throughput.log"))
