@@ -11,7 +11,8 @@ teacher; the networks and learners of `throughput.StepBench`) this measures:
 - `trace_level1`, `trace_level2`, `trace_predict`: the first call of the
   Level-1 train function, the Level-2 pass (one step) and the network's
   predict step, less the median of `--repeats` later calls: the tracing
-  (and graph optimisation) of that step;
+  (and graph optimisation) of that step; `python_trace_level1`: the part of
+  `trace_level1` that turns the step's Python into a graph;
 - `epoch_checkpoint`: one `checkpointing.save_epoch` of the Level-1 learner
   (network, teacher, both optimizers' state; median of `--repeats`);
 - `predict_call_setup`: `phase.predict` on one batch of test images (the
@@ -69,6 +70,15 @@ def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
         lambda: float(learner.train_function(iterator)["loss"]), repeats)
     out["trace_level1"] = first - steady
     out["level1_step"] = steady
+    # Of it, tracing the step's Python into a graph: the same step traced again, into a
+    # function of its own (autograph's conversions are cached by then, as they are in a
+    # run's later phases); the rest is optimising the graph and the first kernels' setup.
+    import tensorflow as tf
+
+    batch = next(iterator)
+    start = time.perf_counter()
+    tf.function(learner.train_step).get_concrete_function(batch)
+    out["python_trace_level1"] = time.perf_counter() - start
     first, steady = first_and_steady(
         lambda: float(learner.level2_pass(bench.iterators["level2_aanet"], 1)), repeats)
     out["trace_level2"] = first - steady
@@ -117,6 +127,9 @@ def table(costs: dict, config) -> str:
         ("tracing the Level-1 step (once a phase)", costs["trace_level1"],
          f"{100 * costs['trace_level1'] / (epoch * config.epochs):.1f}% of "
          f"{config.epochs} epochs"),
+        ("of which Python tracing", costs["python_trace_level1"], "-"),
+        ("of which optimising the graph, first kernels",
+         costs["trace_level1"] - costs["python_trace_level1"], "-"),
         ("tracing the Level-2 pass (once a phase)", costs["trace_level2"], "-"),
         ("tracing the predict step (once a network)", costs["trace_predict"], "-"),
         ("setting up one predict call (each call)", costs["predict_call_setup"], "-"),

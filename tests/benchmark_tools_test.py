@@ -164,11 +164,13 @@ def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
     from aanets_tf.config import TrainConfig
 
     costs = {"level1_step": 0.5, "level1_epoch": 4.5, "phase1_steps_per_epoch": 9,
-             "epoch_checkpoint": 0.45, "trace_level1": 9.0, "trace_level2": 1.0,
+             "epoch_checkpoint": 0.45, "trace_level1": 9.0, "python_trace_level1": 4.0,
+             "trace_level2": 1.0,
              "trace_predict": 1.5, "predict_call_setup": 0.3}
     markdown = fixed_costs.table(costs, TrainConfig(epochs=20))
     assert ("| epoch checkpoint (one save) | 0.450 | 10.0% of an epoch; 1.5% at a save per "
             "30 s of training |") in markdown
+    assert "| of which optimising the graph, first kernels | 5.000 | - |" in markdown
     markdown = fixed_costs.table(costs, TrainConfig(epochs=20, checkpoint_seconds=0))
     assert "10.0% of an epoch; 10.0% at a save per 0 s of training" in markdown
     assert "| tracing the Level-1 step (once a phase) | 9.000 | 10.0% of 20 epochs |" in markdown
