@@ -56,7 +56,7 @@ import time
 
 from absl import app, flags
 
-from benchmarks import harness, pytorch
+from benchmarks import arithmetic, harness, pytorch
 from benchmarks.throughput_report import (TORCH_VARIANT, compare_frameworks, summarize, table,
                                           torch_table)
 from tools import train_flags
@@ -94,6 +94,10 @@ def define_flags() -> None:
                       f" {', '.join(TORCH_STEPS)} unless --only is given, and skips "
                       "the protocol run unless --protocol_epochs is given.")
     pytorch.define_torch_threads()
+    flags.DEFINE_bool("arithmetic", True,
+                      "Also report each step's GFLOP/s against a large matrix product's on "
+                      "this machine (benchmarks.arithmetic), for the float32 and bfloat16 "
+                      "variants.")
     flags.DEFINE_integer("protocol_epochs", 1, "Also run the flagfile's protocol with this "
                                                "many epochs per phase in a subprocess and "
                                                "report its peak memory (0: skip).")
@@ -253,6 +257,14 @@ class StepBench:
         return {"phase0": numpy(self.iterators["phase0"]),
                 "phase1": numpy(self.iterators["level1_aanet"]),
                 "eval": self.eval_batch[0].numpy()}
+
+    def forward_flops(self) -> dict[str, int]:
+        """Operations of one image's forward pass: `{"plain": ..., "aanet": ...}`."""
+        from benchmarks import arithmetic
+
+        shape = tuple(self.eval_batch[0].shape[1:])
+        return {name: arithmetic.forward_flops(self.networks[f"eval_{name}"], shape)
+                for name in ("plain", "aanet")}
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters (BatchNorm statistics excluded) of the phase-0 and phase-1 AANet networks."""
@@ -415,6 +427,23 @@ def measure(benches: dict, names: list[str], repeats: int, steps: int, pipeline_
                                                           log)
 
 
+def arithmetic_limit(benches: dict, variants: dict, summary: dict) -> dict:
+    """Per float32 or bfloat16 variant: the matrix product's GFLOP/s (same precision) and
+    each step's GFLOP/s and share of it (`benchmarks.arithmetic`)."""
+    out = {}
+    for name, (precision, _) in variants.items():
+        dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16"}.get(precision)
+        if dtype is None:
+            continue
+        forward = benches[name].forward_flops()
+        peak = arithmetic.matmul_gflops(dtype=dtype)
+        out[name] = {"matmul_gflops": peak, "matmul_dtype": dtype, "forward_flops": forward,
+                     "steps": arithmetic.shares(
+                         summary[name]["images_per_second"],
+                         arithmetic.step_flops(forward["plain"], forward["aanet"]), peak)}
+    return out
+
+
 def run_protocol(config, epochs: int, log=print) -> dict:
     """The configuration's protocol via tools/train.py, `epochs` per phase; its peak memory.
 
@@ -467,6 +496,7 @@ def main(argv):
     samples = measure(benches, names, FLAGS.repeats, FLAGS.steps, FLAGS.pipeline_steps,
                       FLAGS.warmup)
     summary = summarize({v: s for v, s in samples.items() if v != TORCH_VARIANT})
+    limit = arithmetic_limit(benches, variants, summary) if FLAGS.arithmetic else {}
     memory = {"benchmark peak RSS (MiB)": round(harness.peak_rss_mib(), 1),
               "benchmark RSS at the end (MiB)": round(
                   psutil.Process().memory_info().rss / 2 ** 20, 1)}
@@ -486,9 +516,12 @@ def main(argv):
         "summary": summary,
         "memory": memory,
         "protocol": protocol,
+        "arithmetic": limit,
         "wall_seconds": time.perf_counter() - started,
     }
-    markdown = table(summary, config.batch_size, memory)
+    markdown = table(summary, config.batch_size, memory) + "".join(
+        "\n" + arithmetic.table(v["steps"], v["matmul_gflops"], name)
+        for name, v in limit.items())
     failed = [f"{v}: {n}" for v, s in summary.items() for n, t in s["targets"].items()
               if not t["pass"]]
     if torch_mode:
