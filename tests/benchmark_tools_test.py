@@ -488,3 +488,19 @@ def train_config(**overrides):
                                  num_base_classes=4, classes_per_phase=2,
                                  train_images_per_class=20, test_images_per_class=10,
                                  batch_size=16, exemplars_per_class=3), **overrides})
+
+
+def test_the_layout_benchmark_builds_one_network_in_both_layouts():
+    import numpy as np
+
+    from benchmarks import layout
+
+    last, first = layout.resnet32("channels_last"), layout.resnet32("channels_first")
+    assert last.count_params() == first.count_params() > 460_000  # ResNet-32: 0.46M
+    assert last.input_shape == (None, 32, 32, 3) and first.input_shape == (None, 3, 32, 32)
+    step = layout.training_step("channels_first", batch_size=4)
+    assert np.isfinite(float(step())) and np.isfinite(float(step()))
+    summary = {"images_per_second": {"channels_last": 200.0, "channels_first": 120.0},
+               "channels_first / channels_last": 0.6}
+    assert "NCHW / NHWC, median of the per-repeat ratios: 0.60" in layout.table(
+        summary, "m", 128)
