@@ -43,8 +43,10 @@ def test_metrics_json_schema(finished_run):
             assert 0.0 <= p[key] <= 100.0
         assert p["train_seconds"] > 0
         timings = p["timings"]
-        assert set(timings) == {"level1", "level2", "herding", "host_step", "evaluation",
-                                "export"}
+        assert set(timings) == {"level1", "level2", "first_step", "checkpoints", "herding",
+                                "host_step", "evaluation", "export"}
+        # Parts of Level 1: its first step and its epoch checkpoints.
+        assert 0 < timings["first_step"] + timings["checkpoints"] < timings["level1"]
         assert "finetune_losses" not in p  # LUCIR has no step after herding
         assert all(v >= 0 for v in timings.values()) and timings["export"] == 0.0  # no export
         assert timings["level1"] + timings["level2"] == pytest.approx(p["train_seconds"])

@@ -79,8 +79,8 @@ def test_phases_step_by_step_each_step_feeding_the_next(tmp_path):
         outcome = runner.evaluate(network, step, memory)
         assert outcome.per_class["cnn"].shape == (step.num_seen,)
         recorded = runner.commit(state, network, outcome, progress)
-        assert set(recorded["timings"]) == {"level1", "level2", "herding", "host_step",
-                                            "evaluation", "export"}
+        assert set(recorded["timings"]) == {"level1", "level2", "first_step", "checkpoints",
+                                            "herding", "host_step", "evaluation", "export"}
         assert recorded["timings"]["herding"] > 0 and recorded["timings"]["export"] == 0
         assert recorded["eval_seconds"] == pytest.approx(sum(
             recorded["timings"][k] for k in ("herding", "host_step", "evaluation")))
