@@ -18,6 +18,8 @@ from __future__ import annotations
 import statistics
 import time
 
+from benchmarks import harness
+
 # A training step's cost in forward passes of the network it trains.
 TRAINING_PASSES = 3
 
@@ -85,11 +87,10 @@ def shares(images_per_second: dict[str, float], flops: dict[str, int],
 
 
 def table(rows: dict[str, dict[str, float]], peak_gflops: float, variant: str) -> str:
-    from benchmarks.harness import markdown_table
-
     lines = [f"Against the arithmetic limit ({variant}): a 2048 x 2048 matrix product ran "
              f"at {peak_gflops:.1f} GFLOP/s in this run.", "",
-             markdown_table(["step", "GFLOP per image", "GFLOP/s", "share of the product's"],
-                            [[step, f"{r['gflop_per_image']:.3f}", f"{r['gflops']:.1f}",
-                              f"{r['share_of_matmul']:.0%}"] for step, r in rows.items()])]
+             harness.markdown_table(
+                 ["step", "GFLOP per image", "GFLOP/s", "share of the product's"],
+                 [[step, f"{r['gflop_per_image']:.3f}", f"{r['gflops']:.1f}",
+                   f"{r['share_of_matmul']:.0%}"] for step, r in rows.items()])]
     return "\n".join(lines) + "\n"

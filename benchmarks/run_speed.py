@@ -119,34 +119,37 @@ def table(report: dict) -> str:
     lines = ["# A run against its steps", "",
              f"Machine: {report['machine_summary']}.",
              f"Run: `{report['run_command']}`; steps: `{report['throughput_command']}`.", "",
-             "| phase | step | Level-1 images | Level-1 seconds | run img/s | step img/s | "
-             "run / step | within target |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in report["phases"]:
-        lines.append(f"| {r['phase']} | {r['step']} | {r['images']} | "
-                     f"{r['level1_seconds']:.1f} | {r['run_images_per_second']:.1f} | "
-                     f"{r['step_images_per_second']:.1f} | {r['run / step']:.3f} | "
-                     f"{'yes' if r['within_target'] else 'no'} |")
+             harness.markdown_table(
+                 ["phase", "step", "Level-1 images", "Level-1 seconds", "run img/s",
+                  "step img/s", "run / step", "within target"],
+                 [[r["phase"], r["step"], r["images"], f"{r['level1_seconds']:.1f}",
+                   f"{r['run_images_per_second']:.1f}", f"{r['step_images_per_second']:.1f}",
+                   f"{r['run / step']:.3f}", "yes" if r["within_target"] else "no"]
+                  for r in report["phases"]]).rstrip("\n")]
     parts = [r for r in report["phases"] if "first_step_seconds" in r]
     if parts:
-        lines += ["", "Parts of the Level-1 seconds (`timings` in `metrics.json`):", "",
-                  "| phase | first step: tracing, pipeline start (s) | epoch checkpoints (s) | "
-                  "the rest, img/s | the rest / step |", "|---|---|---|---|---|"]
+        rows = []
         for r in parts:
             rest = r["images"] / (r["level1_seconds"] - r["first_step_seconds"]
                                   - r["checkpoint_seconds"])
-            lines.append(f"| {r['phase']} | {r['first_step_seconds']:.1f} | "
-                         f"{r['checkpoint_seconds']:.1f} | {rest:.1f} | "
-                         f"{rest / r['step_images_per_second']:.3f} |")
+            rows.append([r["phase"], f"{r['first_step_seconds']:.1f}",
+                         f"{r['checkpoint_seconds']:.1f}", f"{rest:.1f}",
+                         f"{rest / r['step_images_per_second']:.3f}"])
+        lines += ["", "Parts of the Level-1 seconds (`timings` in `metrics.json`):", "",
+                  harness.markdown_table(
+                      ["phase", "first step: tracing, pipeline start (s)",
+                       "epoch checkpoints (s)", "the rest, img/s", "the rest / step"],
+                      rows).rstrip("\n")]
     split = [r for r in report["phases"] if "steady / step" in r]
     if split:
         lines += ["", "From the progress lines (whole seconds per epoch):", "",
-                  "| phase | first epoch (s) | its excess over a later epoch (s) | "
-                  "steady epochs, img/s | steady / step |", "|---|---|---|---|---|"]
-        for r in split:
-            lines.append(f"| {r['phase']} | {r['first_epoch_seconds']} | "
-                         f"{r['first_epoch_excess_seconds']:.1f} | "
-                         f"{r['steady_images_per_second']:.1f} | {r['steady / step']:.3f} |")
+                  harness.markdown_table(
+                      ["phase", "first epoch (s)", "its excess over a later epoch (s)",
+                       "steady epochs, img/s", "steady / step"],
+                      [[r["phase"], r["first_epoch_seconds"],
+                        f"{r['first_epoch_excess_seconds']:.1f}",
+                        f"{r['steady_images_per_second']:.1f}", f"{r['steady / step']:.3f}"]
+                       for r in split]).rstrip("\n")]
     wall = report["run_wall_seconds"]
     lines += ["", f"Target: run / step >= {1 - report['tolerance']:.2f} in every phase. "
               + (f"Wall time of the run: {wall:.1f} s." if wall is not None

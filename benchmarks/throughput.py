@@ -260,8 +260,6 @@ class StepBench:
 
     def forward_flops(self) -> dict[str, int]:
         """Operations of one image's forward pass: `{"plain": ..., "aanet": ...}`."""
-        from benchmarks import arithmetic
-
         shape = tuple(self.eval_batch[0].shape[1:])
         return {name: arithmetic.forward_flops(self.networks[f"eval_{name}"], shape)
                 for name in ("plain", "aanet")}

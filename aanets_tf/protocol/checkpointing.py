@@ -171,10 +171,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if (now - self._last_save < self.every_seconds
                 and self.state.epochs_done != self.last_epoch):
             return
-        start = self.clock()
         save_epoch(self.model, self.workdir, self.phase, self.state)
         self._last_save = self.clock()
-        self._saving += self._last_save - start
+        self._saving += self._last_save - now
 
 
 class FirstStepClock(keras.callbacks.Callback):
