@@ -8,7 +8,8 @@
         phase_{p}.keras        the network after phase p
         phase_{p}.state.json   exemplar memory and metrics after phase p
         phase_{p}.epoch.json   the last finished epoch of the phase in progress
-        phase_{p}.epoch_{e}.weights.h5   the learner after that epoch
+        phase_{p}.epoch_{e}.weights.npz  the learner after that epoch (.weights.h5
+                                         in runs saved before the .npz format)
       exemplars/phase_{p}.tfrecord   the exemplars phase p chose
       data_index/              the checked image index of the streamed data
       tensorboard/phase_{p}/   training curves
@@ -89,12 +90,12 @@ class Workdir:
         return os.path.join(self.checkpoints, f"phase_{phase}.epoch.json")
 
     def epoch_weights(self, phase: int, epoch: int) -> str:
-        return os.path.join(self.checkpoints, f"phase_{phase}.epoch_{epoch}.weights.h5")
+        return os.path.join(self.checkpoints, f"phase_{phase}.epoch_{epoch}.weights.npz")
 
     def epoch_weight_files(self, phase: int) -> list[str]:
-        """Every epoch weights file of `phase` on disk."""
-        return glob.glob(os.path.join(glob.escape(self.checkpoints),
-                                      f"phase_{phase}.epoch_*.weights.h5"))
+        """Every epoch weights file of `phase` on disk (`.weights.h5`: an earlier format)."""
+        return sorted(path for ext in ("npz", "h5") for path in glob.glob(
+            os.path.join(glob.escape(self.checkpoints), f"phase_{phase}.epoch_*.weights.{ext}")))
 
     def epoch_files(self, phase: int) -> list[str]:
         """Every epoch file of `phase` on disk (weights and the epoch state)."""

@@ -19,12 +19,17 @@ teacher; the networks and learners of `throughput.StepBench`) this measures:
   streamed split read, decoded and batched, Keras' predict loop) less the
   predict step alone on one cached batch (median of `--repeats`);
 - `level1_epoch`: the steady Level-1 step times the steps of a phase-1 epoch
-  of the flagfile (new classes and exemplars), for scale.
+  of the flagfile (new classes and exemplars), for scale;
+- `update_*`: one SGD update with momentum of the Level-1 variables (copies),
+  by Keras' `SGD` and by `MomentumSGD` (one fused kernel per variable): the
+  graph's operations, its tracing (first call less a later one) and a steady
+  update (median of `--repeats`).
 Writes `fixed_costs.json` and `fixed_costs.md` (with the CPU model and flags).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import tempfile
@@ -111,6 +116,30 @@ def measure(bench: throughput.StepBench, data, config, repeats: int) -> dict:
     out["phase1_epoch_images"] = int(sum(bench.pipeline_batch_sizes))
     out["phase1_steps_per_epoch"] = steps
     out["images_per_second_level1"] = bench.batch / out["level1_step"]
+    out.update(update_costs(learner.level1_variables(), repeats))
+    return out
+
+
+def update_costs(variables, repeats: int) -> dict:
+    """Graph operations, tracing and steady seconds of one momentum-SGD update of copies
+    of `variables`, by Keras' SGD (`update_keras_*`) and the fused one (`update_fused_*`)."""
+    import keras
+    import tensorflow as tf
+
+    from aanets_tf.training.optimizers import MomentumSGD
+
+    out = {}
+    for name, cls in (("keras", keras.optimizers.SGD), ("fused", MomentumSGD)):
+        copies = [keras.Variable(v.numpy()) for v in variables]
+        gradients = [tf.fill(v.shape, 1e-3) for v in copies]
+        optimizer = cls(0.1, momentum=0.9)
+        optimizer.build(copies)
+
+        update = tf.function(functools.partial(optimizer.apply, gradients, copies))
+        out[f"update_{name}_ops"] = len(update.get_concrete_function().graph.get_operations())
+        first, steady = first_and_steady(update, repeats)
+        out[f"update_{name}_trace"] = first - steady
+        out[f"update_{name}_step"] = steady
     return out
 
 
@@ -133,6 +162,14 @@ def table(costs: dict, config) -> str:
         ("tracing the Level-2 pass (once a phase)", costs["trace_level2"], "-"),
         ("tracing the predict step (once a network)", costs["trace_predict"], "-"),
         ("setting up one predict call (each call)", costs["predict_call_setup"], "-"),
+    ] + [
+        (f"SGD update, {label}: tracing ({costs[f'update_{name}_ops']} graph operations)",
+         costs[f"update_{name}_trace"], "-")
+        for name, label in (("keras", "Keras"), ("fused", "fused"))
+    ] + [
+        (f"SGD update, {label}: steady", costs[f"update_{name}_step"],
+         f"{100 * costs[f'update_{name}_step'] / costs['level1_step']:.1f}% of a Level-1 step")
+        for name, label in (("keras", "Keras"), ("fused", "fused"))
     ]
     return harness.markdown_table(["cost (phase-1 AANet)", "seconds", "share"],
                                   [(name, f"{s:.3f}", share) for name, s, share in rows])

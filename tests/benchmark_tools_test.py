@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from absl import flags
 
@@ -166,14 +167,30 @@ def test_fixed_costs_are_shares_of_an_epoch_and_of_a_phase():
     costs = {"level1_step": 0.5, "level1_epoch": 4.5, "phase1_steps_per_epoch": 9,
              "epoch_checkpoint": 0.45, "trace_level1": 9.0, "python_trace_level1": 4.0,
              "trace_level2": 1.0,
-             "trace_predict": 1.5, "predict_call_setup": 0.3}
+             "trace_predict": 1.5, "predict_call_setup": 0.3,
+             "update_keras_ops": 1200, "update_keras_trace": 2.0, "update_keras_step": 0.025,
+             "update_fused_ops": 400, "update_fused_trace": 0.8, "update_fused_step": 0.01}
     markdown = fixed_costs.table(costs, TrainConfig(epochs=20))
+    assert "| SGD update, Keras: tracing (1200 graph operations) | 2.000 | - |" in markdown
+    assert "| SGD update, fused: steady | 0.010 | 2.0% of a Level-1 step |" in markdown
     assert ("| epoch checkpoint (one save) | 0.450 | 10.0% of an epoch; 1.5% at a save per "
             "30 s of training |") in markdown
     assert "| of which optimising the graph, first kernels | 5.000 | - |" in markdown
     markdown = fixed_costs.table(costs, TrainConfig(epochs=20, checkpoint_seconds=0))
     assert "10.0% of an epoch; 10.0% at a save per 0 s of training" in markdown
     assert "| tracing the Level-1 step (once a phase) | 9.000 | 10.0% of 20 epochs |" in markdown
+
+
+def test_fixed_costs_time_both_sgd_updates_on_copies():
+    import keras
+
+    variables = [keras.Variable(np.ones((3, 3, 8, 8), "float32")),
+                 keras.Variable(np.ones((8,), "float32"))]
+    costs = fixed_costs.update_costs(variables, repeats=2)
+    assert costs["update_fused_ops"] < costs["update_keras_ops"]
+    assert costs["update_keras_step"] > 0 and costs["update_fused_step"] > 0
+    for v in variables:  # the learner's own variables are not updated
+        np.testing.assert_array_equal(v.numpy(), np.ones(v.shape, "float32"))
 
 
 def test_hosts_grid_knows_a_finished_run_from_a_partial_one(tmp_path):

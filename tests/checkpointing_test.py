@@ -28,7 +28,7 @@ def test_the_last_epoch_is_restored_and_earlier_ones_removed(tmp_path):
                            train_seconds=3.0 * epoch, level2_seconds=epoch)
         checkpointing.save_epoch(model, workdir, 1, state)
     assert [os.path.basename(p) for p in Workdir(workdir).epoch_weight_files(1)] == [
-        "phase_1.epoch_2.weights.h5"]
+        "phase_1.epoch_2.weights.npz"]
     other = _model(1)
     assert not np.allclose(other.get_weights()[0], model.get_weights()[0])
     lines = []
@@ -42,6 +42,68 @@ def test_the_last_epoch_is_restored_and_earlier_ones_removed(tmp_path):
     assert checkpointing.restore_epoch(other, workdir, 2).epochs_done == 0
     checkpointing.clear_epochs(workdir, 1)
     assert os.listdir(Workdir(workdir).checkpoints) == []
+
+
+def _compiled(seed: int) -> keras.Model:
+    model = _model(seed)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    return model
+
+
+def _train(model: keras.Model, steps: int) -> None:
+    rng = np.random.default_rng(7)
+    model.fit(rng.normal(size=(8 * steps, 4)), rng.normal(size=(8 * steps, 3)), batch_size=8,
+              epochs=1, shuffle=False, verbose=0)
+
+
+def test_an_epoch_checkpoint_holds_the_optimizer_and_continues_training_identically(tmp_path):
+    workdir = str(tmp_path)
+    model = _compiled(0)
+    _train(model, 3)
+    checkpointing.save_epoch(model, workdir, 1, EpochState(1))
+    other = _compiled(1)
+    _train(other, 1)  # other momentum, another step count
+    assert checkpointing.restore_epoch(other, workdir, 1).epochs_done == 1
+    for a, b in zip(checkpointing.epoch_variables(model), checkpointing.epoch_variables(other)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(other.optimizer.iterations.numpy()) == 3
+    # Both go on the same way: the momentum slots came back too.
+    _train(model, 2)
+    _train(other, 2)
+    np.testing.assert_array_equal(model.get_weights()[0], other.get_weights()[0])
+
+
+def test_an_epoch_checkpoint_of_another_learner_is_refused_by_name(tmp_path):
+    workdir = str(tmp_path)
+    checkpointing.save_epoch(_compiled(0), workdir, 1, EpochState(1))
+    inputs = keras.Input((4,))
+    wider = keras.Model(inputs, keras.layers.Dense(5, name="dense")(inputs))
+    wider.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    before = wider.get_weights()[0].copy()
+    lines = []
+    assert checkpointing.restore_epoch(wider, workdir, 1, log=lines.append).epochs_done == 0
+    assert len(lines) == 1 and "restarting the phase" in lines[0]
+    assert "dense/kernel [4, 3] float32" in lines[0] and "[4, 5]" in lines[0], lines[0]
+    np.testing.assert_array_equal(wider.get_weights()[0], before)  # nothing assigned
+
+
+def test_an_epoch_checkpoint_saved_by_keras_before_the_npz_format_resumes(tmp_path):
+    workdir = str(tmp_path)
+    model = _compiled(0)
+    _train(model, 2)
+    os.makedirs(Workdir(workdir).checkpoints)
+    model.save_weights(os.path.join(Workdir(workdir).checkpoints, "phase_1.epoch_3.weights.h5"))
+    with open(Workdir(workdir).epoch_state(1), "w") as f:
+        json.dump({"phase": 1, "epochs_done": 3, "weights": "phase_1.epoch_3.weights.h5",
+                   "trajectory": [], "history": {}, "train_seconds": 5.0}, f)
+    other = _compiled(1)
+    _train(other, 1)
+    assert checkpointing.restore_epoch(other, workdir, 1).epochs_done == 3
+    np.testing.assert_array_equal(other.get_weights()[0], model.get_weights()[0])
+    # The next save is .npz and removes the .h5.
+    checkpointing.save_epoch(other, workdir, 1, EpochState(4))
+    assert [os.path.basename(p) for p in Workdir(workdir).epoch_weight_files(1)] == [
+        "phase_1.epoch_4.weights.npz"]
 
 
 class _Clock:

@@ -40,6 +40,10 @@ ALLOWED_PRIVATE = {
         "every BatchNormalization of a model, nested models included, to synchronise",
     ("aanets_tf/models/residual.py", "raw_ops"):
         "the fused BatchNorm kernel (FusedBatchNormV3), which Keras 3 does not call",
+    ("aanets_tf/training/optimizers.py", "raw_ops"):
+        "the fused momentum kernel (ResourceApplyKerasMomentum), which Keras' SGD does not call",
+    ("aanets_tf/training/optimizers.py", "_get_variable_index"):
+        "a variable's momentum slot, found as Keras' own SGD finds it",
     ("aanets_tf/protocol/phase.py", "predict_function"):
         "whether a model has predicted yet, so jit_compile is set before its first trace",
     ("aanets_tf/training/learner.py", "_maybe_symbolic_build"):

@@ -16,7 +16,7 @@ def test_layout_of_a_run(tmp_path):
     assert w.metrics == os.path.join(w.root, "metrics.json")
     assert w.phase_network(2) == os.path.join(w.root, "checkpoints", "phase_2.keras")
     assert w.phase_state(0).endswith(os.path.join("checkpoints", "phase_0.state.json"))
-    assert w.epoch_weights(1, 7).endswith("phase_1.epoch_7.weights.h5")
+    assert w.epoch_weights(1, 7).endswith("phase_1.epoch_7.weights.npz")
     assert w.exemplars(3) == os.path.join(w.root, "exemplars", "phase_3.tfrecord")
     assert w.tensorboard(1) == os.path.join(w.root, "tensorboard", "phase_1")
     assert w.export_root() == os.path.join(w.root, "export")
@@ -33,13 +33,14 @@ def test_finished_phases_and_epoch_files_from_the_disk(tmp_path):
     os.makedirs(w.checkpoints)
     for name in ("phase_0.keras", "phase_10.keras", "phase_2.keras", "phase_x.keras",
                  "phase_1.keras.tmp", "phase_3.epoch.json", "phase_3.epoch_4.weights.h5",
-                 "phase_3.epoch_5.weights.h5", "phase_30.epoch.json"):
+                 "phase_3.epoch_5.weights.npz", "phase_30.epoch.json"):
         open(os.path.join(w.checkpoints, name), "w").close()
     assert w.completed_phases() == [0, 2, 10]
+    # Both formats: .npz, and .h5 of runs saved before it.
     assert sorted(map(os.path.basename, w.epoch_weight_files(3))) == [
-        "phase_3.epoch_4.weights.h5", "phase_3.epoch_5.weights.h5"]
+        "phase_3.epoch_4.weights.h5", "phase_3.epoch_5.weights.npz"]
     assert sorted(map(os.path.basename, w.epoch_files(3))) == [
-        "phase_3.epoch.json", "phase_3.epoch_4.weights.h5", "phase_3.epoch_5.weights.h5"]
+        "phase_3.epoch.json", "phase_3.epoch_4.weights.h5", "phase_3.epoch_5.weights.npz"]
     open(w.config, "w").close()
     assert w.holds_run()
 

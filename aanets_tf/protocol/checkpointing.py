@@ -3,9 +3,12 @@
 Layout under `<workdir>/checkpoints/` (paths: `aanets_tf.workdir.Workdir`):
 - `phase_{p}.keras`: the network after phase `p` (a `.keras` archive);
 - `phase_{p}.state.json`: exemplar memory and metrics after phase `p`;
-- `phase_{p}.epoch_{e}.weights.h5`: the learner after epoch `e` of the phase
+- `phase_{p}.epoch_{e}.weights.npz`: the learner after epoch `e` of the phase
   in progress (network, teacher, both optimizers' slots and step counters),
-  saved once `checkpoint_seconds` of training have passed since the last save;
+  saved once `checkpoint_seconds` of training have passed since the last save.
+  One NumPy array per variable and a manifest of their paths and shapes: a
+  tenth of the time of Keras' `.weights.h5` (which runs saved earlier hold,
+  and which a resume still reads);
 - `phase_{p}.epoch.json`: which epoch file is current, with the Level-2
   trajectory and the per-epoch logs so far.
 
@@ -21,6 +24,7 @@ import os
 import zipfile
 
 import keras
+import numpy as np
 
 from aanets_tf import atomic_io
 # Imported for their side effect: they register the custom layers that a
@@ -193,10 +197,61 @@ class FirstStepClock(keras.callbacks.Callback):
             self.state.first_step_seconds += self.clock()
 
 
+def epoch_variables(learner: keras.Model) -> list:
+    """What an epoch checkpoint holds, in a fixed order: the learner's weights (its
+    networks, the teacher included), then the variables of its optimizers (Level 1's
+    and, where it has one, Level 2's: slots and step counters)."""
+    found, seen = [], set()
+    optimizers = [getattr(learner, name, None) for name in ("optimizer", "level2_optimizer")]
+    for variable in list(learner.weights) + [
+            v for opt in optimizers if opt is not None for v in opt.variables]:
+        if id(variable) not in seen:
+            seen.add(id(variable))
+            found.append(variable)
+    return found
+
+
+_MANIFEST = "manifest"
+
+
+def _write_epoch_arrays(learner: keras.Model, path: str) -> None:
+    variables = epoch_variables(learner)
+    arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+    manifest = [[v.path, list(a.shape), str(a.dtype)]
+                for v, a in zip(variables, arrays.values())]
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, **{_MANIFEST: np.array(json.dumps(manifest))})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_epoch_arrays(learner: keras.Model, path: str) -> None:
+    """Assign the arrays of `path` to `learner`'s epoch variables; refuses a file saved
+    from another learner (another count, shape or dtype of its variables), naming the
+    first difference, before assigning any. Variables are matched by position: their
+    paths (kept in the manifest to read) hold Keras' auto-numbered names, which depend
+    on what a process built before."""
+    variables = epoch_variables(learner)
+    with np.load(path, allow_pickle=False) as saved:
+        manifest = json.loads(str(saved[_MANIFEST]))
+        if len(manifest) != len(variables):
+            raise ValueError(f"{path} holds {len(manifest)} variables; this learner has "
+                             f"{len(variables)}.")
+        arrays = []
+        for i, (variable, (name, shape, dtype)) in enumerate(zip(variables, manifest)):
+            here = [list(variable.shape), str(np.dtype(variable.dtype))]
+            if here != [shape, dtype]:
+                raise ValueError(f"Variable {i} of {path} is {name} {shape} {dtype}; this "
+                                 f"learner's is {variable.path} {here[0]} {here[1]}.")
+            arrays.append(saved[f"v{i:05d}"])
+    for variable, array in zip(variables, arrays):
+        variable.assign(array)
+
+
 def save_epoch(learner: keras.Model, workdir: str, phase: int, state: EpochState) -> None:
     weights = Workdir(workdir).epoch_weights(phase, state.epochs_done)
     with atomic_io.staged_path(weights) as tmp:
-        learner.save_weights(tmp)
+        _write_epoch_arrays(learner, tmp)
     atomic_io.write_json(Workdir(workdir).epoch_state(phase), {
         "phase": phase,
         "epochs_done": state.epochs_done,
@@ -226,7 +281,11 @@ def restore_epoch(learner: keras.Model, workdir: str, phase: int,
     try:
         with open(path) as f:
             saved = json.load(f)
-        learner.load_weights(os.path.join(Workdir(workdir).checkpoints, saved["weights"]))
+        weights = os.path.join(Workdir(workdir).checkpoints, saved["weights"])
+        if weights.endswith(".h5"):  # saved before the .npz format
+            learner.load_weights(weights)
+        else:
+            _read_epoch_arrays(learner, weights)
         state = EpochState(int(saved["epochs_done"]), saved["trajectory"], saved["history"],
                            float(saved["train_seconds"]),
                            float(saved.get("level2_seconds", 0.0)),

@@ -44,6 +44,7 @@ from aanets_tf.protocol.exemplar_store import ExemplarSource, write_exemplars
 from aanets_tf.protocol.herding import ExemplarMemory
 from aanets_tf.training.learner import (AggregationCallback, DivergenceGuard, IncrementalLearner,
                                         step_schedule)
+from aanets_tf.training.optimizers import MomentumSGD
 from aanets_tf.training.progress import PhaseProgress
 from aanets_tf.workdir import Workdir
 
@@ -249,15 +250,15 @@ def make_learner(config: TrainConfig, network: keras.Model, previous: keras.Mode
     level2 = None
     plan = level2_plan(config, network, data)
     if plan is not None:
-        level2 = keras.optimizers.SGD(_schedule(config, config.aggregation_lr, plan.steps),
-                                      momentum=config.aggregation_momentum)
+        level2 = MomentumSGD(_schedule(config, config.aggregation_lr, plan.steps),
+                             momentum=config.aggregation_momentum)
     learner = IncrementalLearner(network, previous, objective=objective,
                                  num_old_classes=data.num_old,
                                  weight_decay=config.weight_decay, level2_optimizer=level2)
     steps = pipeline.steps_per_epoch(data.num_train, config.batch_size)
     learner.compile(
-        optimizer=keras.optimizers.SGD(_schedule(config, config.learning_rate, steps),
-                                       momentum=config.momentum),
+        optimizer=MomentumSGD(_schedule(config, config.learning_rate, steps),
+                              momentum=config.momentum),
         jit_compile=config.jit_compile)
     learner.build_optimizers()
     return learner
