@@ -6,9 +6,9 @@ Layout under `<workdir>/checkpoints/` (paths: `aanets_tf.workdir.Workdir`):
 - `phase_{p}.epoch_{e}.weights.npz`: the learner after epoch `e` of the phase
   in progress (network, teacher, both optimizers' slots and step counters),
   saved once `checkpoint_seconds` of training have passed since the last save.
-  One NumPy array per variable and a manifest of their paths and shapes: a
-  tenth of the time of Keras' `.weights.h5` (which runs saved earlier hold,
-  and which a resume still reads);
+  One NumPy array per variable and a manifest of their paths, shapes and
+  dtypes: a sixth of the time of Keras' `.weights.h5` (which runs saved
+  earlier hold, and which a resume still reads);
 - `phase_{p}.epoch.json`: which epoch file is current, with the Level-2
   trajectory and the per-epoch logs so far.
 
