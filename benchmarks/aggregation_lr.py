@@ -1,9 +1,10 @@
 r"""Choose the Level-2 learning rate of the aggregation weights by measurement.
 
 Trains phase 0 of the CPU protocol once, then phase 1 once per candidate
-`--aggregation_lr` (and once with fixed weights, the 1e-8 behaviour of the
-public code, and once with the host alone, `--branch_mode=single`, to show
-whether the two branches help at all), all from the same phase-0 checkpoint.
+`--aggregation_lr` (and once per `--fixed_aggregations` value with the weights fixed
+there: 0.5 is the 1e-8 behaviour of the public code; and once with the host alone,
+`--branch_mode=single`, to show whether the two branches help at all), all from the
+same phase-0 checkpoint.
 Candidates are scored on a validation split carved from the training data (the last
 `--validation_images_per_class` images of each class), never the test split.
 Writes `results.json` (per candidate: alpha trajectory, CNN/NME/old/new
@@ -14,6 +15,8 @@ validation accuracy; the machine) and `trajectories.png` into `--output_dir`.
         --output_dir=runs/aggregation_lr_icarl
     python -m benchmarks.aggregation_lr --host=podnet --level2_images=held_out \
         --learning_rates=0.003,0.03,0.3 --output_dir=runs/aggregation_lr_podnet_held_out
+    python -m benchmarks.aggregation_lr --host=podnet --learning_rates= \
+        --fixed_aggregations=0.5,0.35,0.2 --output_dir=runs/aggregation_lr_podnet_mixtures
 
 The rule (README, "Aggregation weights"): the largest learning rate whose validation
 headline accuracy (iCaRL: NME; LUCIR, PODNet: CNN) stays within one point of fixed
@@ -42,7 +45,10 @@ def define_flags() -> None:
                               "and the report")
     flags.DEFINE_string("data_dir", harness.SHARED_DATA_DIR, "Where TFDS keeps CIFAR-10.")
     flags.DEFINE_list("learning_rates", ["0.01", "0.1", "1.0"],
-                      "Candidate aggregation learning rates, comma-separated.")
+                      "Candidate aggregation learning rates, comma-separated (empty: none).")
+    flags.DEFINE_list("fixed_aggregations", ["0.5"],
+                      "Alphas (the stable block's share) at which a candidate keeps the "
+                      "aggregation weights fixed, comma-separated (empty: none).")
     flags.DEFINE_integer("validation_images_per_class", 200,
                          "Training images per class held out to score the candidates.",
                          lower_bound=1)
@@ -60,12 +66,8 @@ def define_flags() -> None:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    try:
-        candidates = [float(v) for v in FLAGS.learning_rates]
-    except ValueError:
-        raise app.UsageError(f"--learning_rates must be numbers. "
-                             f"Received: --learning_rates={','.join(FLAGS.learning_rates)}"
-                             ) from None
+    candidates = _numbers("learning_rates", lower=0.0, upper=None)
+    mixtures = _numbers("fixed_aggregations", lower=0.0, upper=1.0)
     from aanets_tf.config import TrainConfig
     from aanets_tf.data import datasets
     from aanets_tf.protocol import incremental
@@ -88,8 +90,10 @@ def main(argv) -> int:
     phase0 = base.replace(num_phases=1, workdir=phase0_dir)
     incremental.run(phase0, data=data, eval_split="validation", verbose=2)
 
-    runs = [("single", base.replace(branch_mode="single")),
-            ("fixed", base.replace(aggregation="fixed"))]
+    runs = [("single", base.replace(branch_mode="single"))]
+    runs += [("fixed" if alpha == 0.5 else f"fixed={alpha:g}",
+              base.replace(aggregation="fixed", initial_aggregation=alpha))
+             for alpha in mixtures]
     runs += [(f"lr={lr:g}", base.replace(aggregation_lr=lr)) for lr in candidates]
     results = {"protocol": base.to_dict(), "headline": HOST_HEADLINES[FLAGS.host],
                "machine": harness.describe(), "candidates": {}}
@@ -100,7 +104,8 @@ def main(argv) -> int:
         metrics = incremental.run(config, data=data, eval_split="validation", verbose=2)
         phase1 = metrics["phases"][1]
         results["candidates"][name] = {
-            "aggregation_lr": None if name in ("single", "fixed") else config.aggregation_lr,
+            "aggregation_lr": (config.aggregation_lr if name.startswith("lr=") else None),
+            "initial_aggregation": (None if name == "single" else config.initial_aggregation),
             "cnn_accuracy": phase1["cnn_accuracy"],
             "nme_accuracy": phase1["nme_accuracy"],
             "old_accuracy": phase1["old_accuracy"],
@@ -118,6 +123,21 @@ def main(argv) -> int:
               f"{r['old_accuracy']:7.2f} {r['new_accuracy']:7.2f}  {alphas}")
     _plot(results, os.path.join(out, "trajectories.png"))
     return 0
+
+
+def _numbers(name: str, lower: float, upper: float | None) -> list[float]:
+    """The comma-separated numbers of flag `name`, each inside [lower, upper]."""
+    values = FLAGS[name].value
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--{name} must be numbers. Received: --{name}={','.join(values)}"
+                             ) from None
+    for v in numbers:
+        if v < lower or (upper is not None and v > upper):
+            bounds = f"lie in [{lower:g}, {upper:g}]" if upper is not None else f"be >= {lower:g}"
+            raise app.UsageError(f"--{name} must {bounds}. Received: {v:g}")
+    return numbers
 
 
 def _plot(results: dict, path: str) -> None:

@@ -425,8 +425,23 @@ def test_every_benchmark_imports_as_a_module_and_defines_its_flags():
             assert "output_dir" in f["flags"], name
     assert {"flagfile_path", "extra_flags", "parallel", "runs"} <= set(
         scripts["benchmarks.hosts"]["flags"])
-    assert {"output_dir", "host", "learning_rates", "level2_images"} <= set(
-        scripts["benchmarks.aggregation_lr"]["flags"])
+    assert {"output_dir", "host", "learning_rates", "fixed_aggregations",
+            "level2_images"} <= set(scripts["benchmarks.aggregation_lr"]["flags"])
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--fixed_aggregations=0.5,1.5", "--fixed_aggregations must lie in [0, 1]. Received: 1.5"),
+    ("--fixed_aggregations=half", "--fixed_aggregations must be numbers"),
+    ("--learning_rates=-0.1", "--learning_rates must be >= 0. Received: -0.1"),
+])
+def test_aggregation_lr_refuses_bad_candidates_by_name_before_training(tmp_path, flag, message):
+    out = tmp_path / "out"
+    process = subprocess.run(
+        [sys.executable, "-m", "benchmarks.aggregation_lr", flag, f"--output_dir={out}"],
+        capture_output=True, text=True, cwd=harness.REPO_ROOT)
+    assert process.returncode != 0
+    assert message in process.stderr + process.stdout
+    assert not (out / "phase0").exists()
 
 
 def test_same_metrics_sets_timings_and_old_loss_names_aside_and_names_what_differs(tmp_path):
