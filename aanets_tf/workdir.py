@@ -15,14 +15,20 @@
       tensorboard/phase_{p}/   training curves
       plots/                   accuracy.png, aggregation.png
       export/<model_name>/<v>/ SavedModel versions (unless `export_dir` is set)
+      .lock                    held while a run trains here (who holds it: pid, host, start)
 
 Framework-free: tools and reports use it before TensorFlow starts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import errno
+import fcntl
 import glob
 import os
+import socket
 
 CONFIG = "config.json"
 METRICS = "metrics.json"
@@ -30,6 +36,11 @@ GROWTH = "growth.json"
 # What starting a run over (`overwrite`) removes: everything but the config
 # (rewritten), the data index (a cache of the data, not of the run) and exports.
 RUN_OUTPUTS = ("checkpoints", "exemplars", "tensorboard", "plots", METRICS, GROWTH)
+LOCK = ".lock"
+
+
+class WorkdirInUseError(RuntimeError):
+    """Another process is running in the workdir."""
 
 
 class Workdir:
@@ -115,3 +126,45 @@ class Workdir:
 
     def holds_run(self) -> bool:
         return os.path.isfile(self.config)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the workdir for one run: a second run here is refused, naming the first.
+
+        An advisory `flock` on `<workdir>/.lock`: the kernel releases it when the process
+        ends, however it ends, so a killed run never leaves the workdir locked (its
+        `.lock` file stays, unlocked, and the next run takes it). The file is removed
+        when the run ends; a run that opened it just before is caught by comparing
+        inodes, so two runs never both hold the lock.
+        """
+        os.makedirs(self.root, exist_ok=True)
+        path = self.path(LOCK)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise WorkdirInUseError(
+                    f"workdir={self.root} is in use by another run ({holder or 'holder unknown'})"
+                    f". Wait for it to end, or use another `workdir`.") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # removed by the run that held it: take the new file
+        try:
+            started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n"
+                     .encode())
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            os.close(fd)

@@ -23,6 +23,9 @@ by phase (CNN and NME accuracy, average, forgetting, training minutes) and
 each variant's average and forgetting minus `single`'s. A run already
 finished there is skipped, so a rerun (another session, another machine)
 resumes the grid; a run whose workdir holds finished phases resumes after them.
+Two processes can share one grid (`--runs`): a run another process is training
+(its workdir is locked) is left to it and named at the end, and a phase-0 run in
+progress elsewhere is waited for.
 
     python -m benchmarks.hosts                                   # the CPU protocol
     python -m benchmarks.hosts --seeds=1993,1994 --hosts=icarl --variants=dual,fixed
@@ -41,6 +44,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from absl import flags
@@ -48,6 +52,7 @@ from absl import flags
 from aanets_tf import atomic_io
 from aanets_tf.config import HOST_NAMES, HOSTS
 from aanets_tf.hosts.registry import PHASE0_FAMILIES
+from aanets_tf.workdir import Workdir, WorkdirInUseError
 from benchmarks import harness
 
 VARIANTS = {"single": ["--branch_mode=single"],
@@ -82,6 +87,10 @@ def define_flags() -> None:
 
 
 _report_lock = threading.Lock()
+# `_run`'s code for a run another process is training.
+BUSY = -1
+# Seconds between looks at a phase-0 run another process is training.
+WAIT_SECONDS = 30.0
 
 
 def _protocol() -> str:
@@ -112,6 +121,10 @@ def finished(directory: str) -> bool:
 def _phase0_run(family: str, seed: str) -> str | None:
     workdir = os.path.join(FLAGS.runs, f"phase0_{family}_{seed}")
     host = phase0_host(family)
+    if in_use(workdir):
+        print(f"{workdir}: phase 0 in progress in another process; waiting.", flush=True)
+        while in_use(workdir):
+            time.sleep(WAIT_SECONDS)
     if checkpoint_exists(workdir):
         return workdir
     code = _train(workdir, [f"--host={host}", "--branch_mode=single", f"--seed={seed}",
@@ -130,6 +143,17 @@ def checkpoint_exists(workdir: str) -> bool:
     return os.path.isfile(os.path.join(workdir, "checkpoints", "phase_0.keras"))
 
 
+def in_use(workdir: str) -> bool:
+    """Whether another process is training in `workdir` (it holds the workdir's lock)."""
+    if not os.path.isdir(workdir):
+        return False
+    try:
+        with Workdir(workdir).lock():
+            return False
+    except WorkdirInUseError:
+        return True
+
+
 def _run(host: str, variant: str, seed: str, phase0: Future | None) -> tuple[str, int]:
     name = f"{host}_{variant}_{seed}"
     workdir = os.path.join(FLAGS.runs, name)
@@ -142,6 +166,9 @@ def _run(host: str, variant: str, seed: str, phase0: Future | None) -> tuple[str
             print(f"{name}: its phase-0 run failed; skipped.", flush=True)
             return name, 1
         args.append(f"--phase0_from={source}")
+    if in_use(workdir):
+        print(f"{name}: in progress in another process; left to it.", flush=True)
+        return name, BUSY
     finished_run = _train(workdir, args)
     code = finished_run.returncode
     print(f"{workdir}: exit {code} after {finished_run.wall_seconds / 60:.1f} min", flush=True)
@@ -273,7 +300,7 @@ def main(argv):
     jobs = [(h, v, s) for s in FLAGS.seeds for h in FLAGS.hosts for v in FLAGS.variants
             if not finished(os.path.join(FLAGS.output_dir, "runs", f"{h}_{v}_{s}"))]
     print(f"{len(jobs)} runs to go on {harness.summary_line(harness.describe())}", flush=True)
-    failed = []
+    failed, busy = [], []
     with ThreadPoolExecutor(FLAGS.parallel) as pool:
         # Seed by seed, each seed's phase-0 runs first: a run waits only on phase-0 runs
         # submitted before it (so already started), and the table fills seed by seed.
@@ -285,8 +312,13 @@ def main(argv):
             runs.append(pool.submit(_run, h, v, s, phase0.get((family, s))))
         for future in runs:
             name, code = future.result()
-            if code:
+            if code == BUSY:
+                busy.append(name)
+            elif code:
                 failed.append(name)
+    if busy:
+        print(f"Runs another process is training (rerun once it ends to add them): {busy}",
+              flush=True)
     if failed:
         print(f"Runs that failed (see their train.log under {FLAGS.runs}): {failed}",
               file=sys.stderr)

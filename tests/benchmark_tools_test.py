@@ -205,6 +205,50 @@ def test_hosts_grid_knows_a_finished_run_from_a_partial_one(tmp_path):
     assert hosts.finished(write_run_workdir(tmp_path / "phase0", [70], num_phases=1))
 
 
+def test_hosts_grid_leaves_a_run_another_process_trains_and_waits_for_its_phase0(
+        tmp_path, monkeypatch):
+    import threading
+    import types
+
+    from benchmarks import hosts
+    from aanets_tf.workdir import Workdir
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(hosts, "FLAGS", types.SimpleNamespace(
+        runs=str(runs), output_dir=str(tmp_path / "out")))
+    monkeypatch.setattr(hosts, "WAIT_SECONDS", 0.05)
+
+    def train(workdir, args):
+        raise AssertionError(f"trained {workdir}")
+
+    monkeypatch.setattr(hosts, "_train", train)
+    run = runs / "lucir_dual_1993"
+    assert not hosts.in_use(str(run))
+    run.mkdir(parents=True)
+    assert not hosts.in_use(str(run)) and os.listdir(run) == []
+    with Workdir(run).lock():
+        assert hosts.in_use(str(run))
+        assert hosts._run("lucir", "dual", "1993", None) == ("lucir_dual_1993", hosts.BUSY)
+
+    # A phase-0 run in progress elsewhere is waited for, then taken as it is.
+    phase0 = Workdir(runs / "phase0_cosine_1993")
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():
+        with phase0.lock():
+            held.set()
+            release.wait(10)
+            os.makedirs(phase0.checkpoints)
+            open(phase0.phase_network(0), "w").close()
+
+    thread = threading.Thread(target=other_process)
+    thread.start()
+    held.wait(10)
+    threading.Timer(0.3, release.set).start()
+    assert hosts._phase0_run("cosine", "1993") == phase0.root
+    thread.join()
+
+
 def test_hosts_grid_shares_phase0_within_a_family():
     from benchmarks import hosts
 

@@ -14,7 +14,7 @@ from aanets_tf.protocol import incremental, run_state
 from aanets_tf.reports.reporting import without_timings
 from aanets_tf.training.learner import TrainingDivergedError
 from support import REPO_ROOT, TINY, kill_after_epoch
-from aanets_tf.workdir import Workdir
+from aanets_tf.workdir import Workdir, WorkdirInUseError
 
 pytestmark = pytest.mark.slow
 
@@ -198,6 +198,29 @@ def test_phase0_from_refuses_another_phase0_by_name(finished_run, data, tmp_path
         incremental.run(config.replace(workdir=workdir, phase0_from=config.workdir, **change),
                         data=data, verbose=0, log=lambda _: None)
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_workdir_in_use_is_refused_and_left_as_it_was(finished_run, data, tmp_path):
+    import shutil
+
+    config, results = finished_run
+    workdir = str(tmp_path / "copy")
+    shutil.copytree(config.workdir, workdir)
+    def stamps():
+        return {os.path.join(root, name): os.path.getmtime(os.path.join(root, name))
+                for root, _, names in os.walk(workdir) for name in names}
+
+    before = stamps()
+    with Workdir(workdir).lock():
+        # Even `overwrite`, which would clear the run's outputs, is refused first.
+        with pytest.raises(WorkdirInUseError, match=rf"pid {os.getpid()} on "):
+            incremental.run(config.replace(workdir=workdir), data=data, overwrite=True,
+                            verbose=0, log=lambda _: None)
+    assert stamps() == before
+    again = incremental.run(config.replace(workdir=workdir), data=data, verbose=0,
+                            log=lambda _: None)
+    assert without_timings(again) == without_timings(results)
+    assert not os.path.exists(Workdir(workdir).path(".lock"))
 
 
 def test_phase0_from_without_a_finished_phase0_is_refused(data, tmp_path):

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from aanets_tf import workdir as workdir_lib
 from aanets_tf.workdir import Workdir
 from support import REPO_ROOT
@@ -49,3 +51,56 @@ def test_imports_without_tensorflow():
     code = ("import sys; import aanets_tf.workdir; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT).returncode == 0
+
+
+_HOLD = """
+import sys, time
+from aanets_tf.workdir import Workdir
+with Workdir(sys.argv[1]).lock():
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_held_workdir_refuses_a_second_run_naming_the_first(tmp_path):
+    w = Workdir(tmp_path / "run")
+    with w.lock():
+        with open(w.path(workdir_lib.LOCK)) as f:
+            assert f.read().startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(workdir_lib.WorkdirInUseError,
+                           match=rf"workdir=.*run is in use by another run \(pid {os.getpid()} "):
+            with w.lock():
+                pass
+    # Released, and the lock file gone: the workdir can be held again.
+    assert not os.path.exists(w.path(workdir_lib.LOCK))
+    with w.lock():
+        pass
+
+
+def test_the_lock_is_refused_across_processes_and_released_when_its_holder_is_killed(
+        tmp_path):
+    w = Workdir(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, w.root], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(workdir_lib.WorkdirInUseError, match=rf"\(pid {holder.pid} on "):
+            with w.lock():
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    # SIGKILL leaves the file behind but not the lock.
+    assert os.path.exists(w.path(workdir_lib.LOCK))
+    with w.lock():
+        with open(w.path(workdir_lib.LOCK)) as f:
+            assert f.read().startswith(f"pid {os.getpid()} ")
+    assert not os.path.exists(w.path(workdir_lib.LOCK))
+
+
+def test_an_exception_inside_releases_the_workdir(tmp_path):
+    w = Workdir(tmp_path / "run")
+    with pytest.raises(KeyError):
+        with w.lock():
+            raise KeyError("boom")
+    assert os.listdir(w.root) == []

@@ -96,6 +96,7 @@ def main(argv):
     from aanets_tf.protocol import incremental
     from aanets_tf.protocol.run_state import WorkdirConflictError
     from aanets_tf.reports import reporting
+    from aanets_tf.workdir import WorkdirInUseError
 
     verbose = 1 if sys.stdout.isatty() else 2
     try:
@@ -103,7 +104,7 @@ def main(argv):
             results = _grow(verbose)
         else:
             results = incremental.run(config, overwrite=FLAGS.overwrite, verbose=verbose)
-    except (DatasetNotFoundError, WorkdirConflictError, FileExistsError,
+    except (DatasetNotFoundError, WorkdirConflictError, WorkdirInUseError, FileExistsError,
             StrategyUnavailableError, ValueError) as e:
         print(f"error: {train_flags.as_flag_names(str(e))}", file=sys.stderr)
         return 2

@@ -294,9 +294,14 @@ class PhaseOutcome:
 
 def prepare_run(config: TrainConfig, *, data: datasets.ClassIncrementalData | None,
                 plan: PhasePlan | None, eval_split: str, overwrite: bool,
-                verbose: int | str, log: Callable[[str], None]) -> RunContext:
+                verbose: int | str, log: Callable[[str], None],
+                hold: contextlib.ExitStack | None = None) -> RunContext:
     """Check the setting, read the data and prepare the workdir; refuses a bad setting
-    before anything is written (the data index aside)."""
+    before anything is written (the data index aside).
+
+    With `hold`, the workdir's lock is taken into it once the setting has passed, before
+    anything is written: a second run in the same workdir is refused
+    (`WorkdirInUseError`, naming the first) until `hold` closes."""
     if eval_split not in ("test", "validation"):
         raise ValueError(f"`eval_split` must be 'test' or 'validation'. "
                          f"Received: eval_split={eval_split!r}")
@@ -304,6 +309,8 @@ def prepare_run(config: TrainConfig, *, data: datasets.ClassIncrementalData | No
     run_state.check_workdir(config, overwrite)
     if config.phase0_from and (overwrite or not Workdir(config.workdir).completed_phases()):
         run_state.phase0_files(config)
+    if hold is not None:
+        hold.enter_context(Workdir(config.workdir).lock())
     if data is None:
         data = _load_data(config, log)
     if config.num_classes:
@@ -330,7 +337,13 @@ def _run_phases(config: TrainConfig, **options) -> dict:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    run = prepare_run(config, **options)
+    with contextlib.ExitStack() as hold:
+        run = prepare_run(config, hold=hold, **options)
+        return _train_phases(config, run)
+
+
+def _train_phases(config: TrainConfig, run: RunContext) -> dict:
+    """Every phase not yet finished, then the run's outputs; the workdir is held."""
     adopted = bool(config.phase0_from) and run_state.adopt_phase0(config, run.log)
     state, previous = run_state.resume(config.workdir, run.log)
     if adopted and config.export and run.num_phases:
