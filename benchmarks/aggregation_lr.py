@@ -66,8 +66,8 @@ def define_flags() -> None:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    candidates = _numbers("learning_rates", lower=0.0, upper=None)
-    mixtures = _numbers("fixed_aggregations", lower=0.0, upper=1.0)
+    candidates = _numbers("learning_rates")
+    mixtures = _numbers("fixed_aggregations")
     from aanets_tf.config import TrainConfig
     from aanets_tf.data import datasets
     from aanets_tf.protocol import incremental
@@ -81,6 +81,14 @@ def main(argv) -> int:
                        level2_images=FLAGS.level2_images,
                        validation_images_per_class=FLAGS.validation_images_per_class,
                        num_phases=2, export=False)
+    # Every candidate's setting is checked (by TrainConfig) before phase 0 trains.
+    runs = [("single", base.replace(branch_mode="single"))]
+    runs += [("fixed" if alpha == 0.5 else f"fixed={alpha:g}",
+              _candidate(base, "fixed_aggregations", alpha, aggregation="fixed",
+                         initial_aggregation=alpha))
+             for alpha in mixtures]
+    runs += [(f"lr={lr:g}", _candidate(base, "learning_rates", lr, aggregation_lr=lr))
+             for lr in candidates]
     data = datasets.load_dataset(
         base.dataset, base.data_dir, train_images_per_class=base.train_images_per_class,
         validation_images_per_class=base.validation_images_per_class)
@@ -90,11 +98,6 @@ def main(argv) -> int:
     phase0 = base.replace(num_phases=1, workdir=phase0_dir)
     incremental.run(phase0, data=data, eval_split="validation", verbose=2)
 
-    runs = [("single", base.replace(branch_mode="single"))]
-    runs += [("fixed" if alpha == 0.5 else f"fixed={alpha:g}",
-              base.replace(aggregation="fixed", initial_aggregation=alpha))
-             for alpha in mixtures]
-    runs += [(f"lr={lr:g}", base.replace(aggregation_lr=lr)) for lr in candidates]
     results = {"protocol": base.to_dict(), "headline": HOST_HEADLINES[FLAGS.host],
                "machine": harness.describe(), "candidates": {}}
     for name, config in runs:
@@ -125,19 +128,22 @@ def main(argv) -> int:
     return 0
 
 
-def _numbers(name: str, lower: float, upper: float | None) -> list[float]:
-    """The comma-separated numbers of flag `name`, each inside [lower, upper]."""
+def _numbers(name: str) -> list[float]:
+    """The comma-separated numbers of flag `name`."""
     values = FLAGS[name].value
     try:
-        numbers = [float(v) for v in values]
+        return [float(v) for v in values]
     except ValueError:
         raise app.UsageError(f"--{name} must be numbers. Received: --{name}={','.join(values)}"
                              ) from None
-    for v in numbers:
-        if v < lower or (upper is not None and v > upper):
-            bounds = f"lie in [{lower:g}, {upper:g}]" if upper is not None else f"be >= {lower:g}"
-            raise app.UsageError(f"--{name} must {bounds}. Received: {v:g}")
-    return numbers
+
+
+def _candidate(base, flag: str, value: float, **changes):
+    """`base` with `changes`; a setting TrainConfig refuses is named by its flag and value."""
+    try:
+        return base.replace(**changes)
+    except ValueError as e:
+        raise app.UsageError(f"--{flag}={value:g} is refused: {e}") from None
 
 
 def _plot(results: dict, path: str) -> None:
