@@ -19,8 +19,10 @@ first in `<--runs>/phase0_<family>_<seed>`. Each run lives in
 `<--output_dir>/runs/<name>/` and the table is rewritten (`tools/report.py`:
 table.md, table.csv, accuracy_per_phase.png), with `comparison.md` and
 `comparison.json`: per host and class order, the variants side by side phase
-by phase (CNN and NME accuracy, average, forgetting, training minutes) and
-each variant's average and forgetting minus `single`'s. A run already
+by phase (CNN and NME accuracy, average, forgetting, accuracy on old and on new
+classes, training minutes) and each variant's average and forgetting minus
+`single`'s; `comparison.md` opens with each variant's old- and new-class accuracy
+over the class orders, which shows what a gain or a loss is made of. A run already
 finished there is skipped, so a rerun (another session, another machine)
 resumes the grid; a run whose workdir holds finished phases resumes after them.
 Two processes can share one grid (`--runs`): a run another process is training
@@ -199,12 +201,33 @@ def parse_run_name(name: str) -> tuple[str, str, str] | None:
     return None
 
 
+# The per-phase accuracy on the classes of earlier phases and on the phase's own, as
+# metrics.json names them.
+SPLIT_KEYS = {"old": {"cnn": "old_accuracy", "nme": "nme_old_accuracy"},
+              "new": {"cnn": "new_accuracy", "nme": "nme_new_accuracy"}}
+
+
+def _split_means(phases: list) -> dict | None:
+    """Mean over the incremental phases (1 on) of the accuracy on old and on new classes.
+
+    `{"old": {"cnn", "nme"}, "new": {...}}`; None for a run without incremental phases or
+    whose metrics.json predates the split.
+    """
+    later = phases[1:]
+    if not later or any(key not in p for p in later for split in SPLIT_KEYS.values()
+                        for key in split.values()):
+        return None
+    return {split: {k: sum(p[key] for p in later) / len(later) for k, key in keys.items()}
+            for split, keys in SPLIT_KEYS.items()}
+
+
 def _summary(metrics: dict) -> dict:
     phases = metrics["phases"]
     return {"cnn_accuracy": [p["cnn_accuracy"] for p in phases],
             "nme_accuracy": [p["nme_accuracy"] for p in phases],
             "average_incremental_accuracy": metrics["average_incremental_accuracy"],
             "forgetting": metrics["forgetting"],
+            "old_new": _split_means(phases),
             "train_seconds": sum(p["train_seconds"] for p in phases)}
 
 
@@ -213,8 +236,9 @@ def comparison(runs_dir: str) -> dict:
 
     Returns:
         `{"<host>_<seed>": {"variants": {variant: its per-phase CNN and NME accuracy,
-        average, forgetting, training seconds}, "minus_single": {variant: its average
-        and forgetting minus single's}}}`, hosts and variants in the grid's order.
+        average, forgetting, old- and new-class accuracy (`_split_means`), training
+        seconds}, "minus_single": {variant: its average and forgetting minus single's}}}`,
+        hosts and variants in the grid's order.
     """
     found = {}
     for directory in sorted(glob.glob(os.path.join(runs_dir, "*"))):
@@ -237,12 +261,47 @@ def comparison(runs_dir: str) -> dict:
     return out
 
 
+def split_summary(compared: dict) -> dict:
+    """Per host and variant, the old- and new-class accuracy of `comparison`'s entries
+    averaged over the class orders where both the variant and `single` have it.
+
+    `{host: {variant: {"orders": n, "old": {"cnn", "nme"}, "new": {...}}}}`; hosts and
+    variants without such an order are left out.
+    """
+    out = {}
+    for key, entry in compared.items():
+        host = key.rpartition("_")[0]
+        runs = entry["variants"]
+        if not (runs.get("single") or {}).get("old_new"):
+            continue
+        for variant, r in runs.items():
+            if r["old_new"]:
+                out.setdefault(host, {}).setdefault(variant, []).append(r["old_new"])
+    return {host: {variant: {"orders": len(splits), **{
+        split: {k: sum(s[split][k] for s in splits) / len(splits) for k in ("cnn", "nme")}
+        for split in SPLIT_KEYS}} for variant, splits in variants.items()}
+        for host, variants in out.items()}
+
+
 def comparison_table(compared: dict) -> str:
     """Markdown: a table per host and class order, a row per phase, two columns per variant."""
     lines = ["# Variants side by side", "",
              "Per host and class order: top-1 accuracy (%) per phase, CNN and NME; average "
-             "incremental accuracy; forgetting (points, lower is better); training minutes; "
-             "and each variant's average minus the single-branch run's.", ""]
+             "incremental accuracy; forgetting (points, lower is better); the accuracy on "
+             "old classes (those of earlier phases) and on the phase's new ones, averaged "
+             "over phases 1 on; training minutes; and each variant's average minus the "
+             "single-branch run's.", ""]
+    summary = split_summary(compared)
+    if summary:
+        lines += ["## Old and new classes, mean over class orders", "",
+                  "CNN and NME accuracy on old and on new classes, averaged over phases 1 on "
+                  "and over the class orders where both the variant and `single` finished "
+                  "(`orders`).", ""]
+        rows = [[HOST_NAMES[host], variant, entry["orders"]]
+                + [f"{entry[split][k]:.2f}" for split in SPLIT_KEYS for k in ("cnn", "nme")]
+                for host, variants in summary.items() for variant, entry in variants.items()]
+        lines += [harness.markdown_table(
+            ["host", "variant", "orders", "old CNN", "old NME", "new CNN", "new NME"], rows)]
     for key, entry in compared.items():
         host, _, seed = key.rpartition("_")
         runs = entry["variants"]
@@ -262,6 +321,11 @@ def comparison_table(compared: dict) -> str:
         rows.append(["forgetting"] + [cell for r in runs.values() for cell in (
             pair([r["forgetting"][k] for k in ("cnn", "nme")]) if r["forgetting"]
             else ["-", "-"])])
+        for split in SPLIT_KEYS:
+            rows.append([f"{split} classes, phases 1+"] + [
+                cell for r in runs.values() for cell in (
+                    pair([r["old_new"][split][k] for k in ("cnn", "nme")]) if r["old_new"]
+                    else ["-", "-"])])
         rows.append(["training (min)"] + [cell for r in runs.values()
                                           for cell in (f"{r['train_seconds'] / 60:.1f}", "")])
         if entry["minus_single"]:

@@ -299,6 +299,45 @@ def test_hosts_grid_compares_variants_with_the_single_branch_run(tmp_path):
     assert "| average minus single | - | - | +3.50 | +3.00 |" in markdown
 
 
+def test_hosts_grid_splits_accuracy_into_old_and_new_classes(tmp_path):
+    from benchmarks import hosts
+    from support import write_run_workdir
+
+    runs = tmp_path / "runs"
+
+    def run(name, old_new):
+        # old_new: per incremental phase, (old CNN, old NME, new CNN, new NME).
+        workdir = write_run_workdir(runs / name, [70] + [50] * len(old_new))
+        path = os.path.join(workdir, "metrics.json")
+        with open(path) as f:
+            metrics = json.load(f)
+        for phase, values in zip(metrics["phases"][1:], old_new):
+            phase.update(zip(("old_accuracy", "nme_old_accuracy", "new_accuracy",
+                              "nme_new_accuracy"), values))
+        with open(path, "w") as f:
+            json.dump(metrics, f)
+
+    run("podnet_single_1993", [(40, 30, 80, 60), (20, 10, 60, 40), (30, 20, 70, 50)])
+    run("podnet_dual_1993", [(50, 40, 70, 50), (30, 20, 50, 30), (40, 30, 60, 40)])
+    run("podnet_single_1994", [(10, 10, 90, 90), (20, 20, 80, 80), (30, 30, 70, 70)])
+    run("podnet_dual_1994", [(20, 20, 80, 80), (30, 30, 70, 70), (40, 40, 60, 60)])
+    write_run_workdir(runs / "podnet_dual_1995", [70, 50, 40, 30])  # no split recorded
+    write_run_workdir(runs / "podnet_single_1995", [70, 50, 40, 30])
+    compared = hosts.comparison(str(runs))
+    assert compared["podnet_1993"]["variants"]["dual"]["old_new"] == {
+        "old": {"cnn": 40.0, "nme": 30.0}, "new": {"cnn": 60.0, "nme": 40.0}}
+    assert compared["podnet_1995"]["variants"]["dual"]["old_new"] is None
+    # Over the orders that have the split: 1993 and 1994, not 1995.
+    summary = hosts.split_summary(compared)["podnet"]
+    assert summary["single"] == {"orders": 2, "old": {"cnn": 25.0, "nme": 20.0},
+                                 "new": {"cnn": 75.0, "nme": 65.0}}
+    assert summary["dual"]["old"] == {"cnn": 35.0, "nme": 30.0}
+    markdown = hosts.comparison_table(compared)
+    assert "| PODNet | dual | 2 | 35.00 | 30.00 | 65.00 | 55.00 |" in markdown
+    assert "| old classes, phases 1+ | 30.00 | 20.00 | 40.00 | 30.00 |" in markdown
+    assert "| new classes, phases 1+ | - | - | - | - |" in markdown
+
+
 # === The harness ===
 
 def test_markdown_table_lays_out_header_rule_and_rows():
