@@ -263,20 +263,22 @@ def comparison(runs_dir: str) -> dict:
 
 def split_summary(compared: dict) -> dict:
     """Per host and variant, the old- and new-class accuracy of `comparison`'s entries
-    averaged over the class orders where both the variant and `single` have it.
+    averaged over the class orders where every variant the host has run has it, so that
+    a host's rows average the same orders (a grid in progress has fewer).
 
-    `{host: {variant: {"orders": n, "old": {"cnn", "nme"}, "new": {...}}}}`; hosts and
-    variants without such an order are left out.
+    `{host: {variant: {"orders": n, "old": {"cnn", "nme"}, "new": {...}}}}`; a host
+    without such an order is left out.
     """
-    out = {}
+    by_host = {}
     for key, entry in compared.items():
-        host = key.rpartition("_")[0]
-        runs = entry["variants"]
-        if not (runs.get("single") or {}).get("old_new"):
-            continue
-        for variant, r in runs.items():
-            if r["old_new"]:
-                out.setdefault(host, {}).setdefault(variant, []).append(r["old_new"])
+        by_host.setdefault(key.rpartition("_")[0], []).append(entry["variants"])
+    out = {}
+    for host, orders in by_host.items():
+        variants = [v for v in VARIANTS if any(v in runs for runs in orders)]
+        for runs in orders:
+            if all(v in runs and runs[v]["old_new"] for v in variants):
+                for v in variants:
+                    out.setdefault(host, {}).setdefault(v, []).append(runs[v]["old_new"])
     return {host: {variant: {"orders": len(splits), **{
         split: {k: sum(s[split][k] for s in splits) / len(splits) for k in ("cnn", "nme")}
         for split in SPLIT_KEYS}} for variant, splits in variants.items()}
@@ -295,8 +297,8 @@ def comparison_table(compared: dict) -> str:
     if summary:
         lines += ["## Old and new classes, mean over class orders", "",
                   "CNN and NME accuracy on old and on new classes, averaged over phases 1 on "
-                  "and over the class orders where both the variant and `single` finished "
-                  "(`orders`).", ""]
+                  "and over the class orders (`orders`) where every variant of the host "
+                  "finished.", ""]
         rows = [[HOST_NAMES[host], variant, entry["orders"]]
                 + [f"{entry[split][k]:.2f}" for split in SPLIT_KEYS for k in ("cnn", "nme")]
                 for host, variants in summary.items() for variant, entry in variants.items()]

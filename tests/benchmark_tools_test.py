@@ -323,15 +323,21 @@ def test_hosts_grid_splits_accuracy_into_old_and_new_classes(tmp_path):
     run("podnet_dual_1994", [(20, 20, 80, 80), (30, 30, 70, 70), (40, 40, 60, 60)])
     write_run_workdir(runs / "podnet_dual_1995", [70, 50, 40, 30])  # no split recorded
     write_run_workdir(runs / "podnet_single_1995", [70, 50, 40, 30])
+    run("podnet_single_1996", [(90, 90, 10, 10)] * 3)  # its dual run has not finished
+    run("lucir_single_1993", [(40, 30, 80, 60)] * 3)
+    run("lucir_fixed_1993", [(60, 50, 60, 40)] * 3)
     compared = hosts.comparison(str(runs))
     assert compared["podnet_1993"]["variants"]["dual"]["old_new"] == {
         "old": {"cnn": 40.0, "nme": 30.0}, "new": {"cnn": 60.0, "nme": 40.0}}
     assert compared["podnet_1995"]["variants"]["dual"]["old_new"] is None
-    # Over the orders that have the split: 1993 and 1994, not 1995.
-    summary = hosts.split_summary(compared)["podnet"]
-    assert summary["single"] == {"orders": 2, "old": {"cnn": 25.0, "nme": 20.0},
-                                 "new": {"cnn": 75.0, "nme": 65.0}}
-    assert summary["dual"]["old"] == {"cnn": 35.0, "nme": 30.0}
+    # Every row of a host averages the same orders: those where all its variants have the
+    # split (1993 and 1994; not 1995, without it, nor 1996, without a dual run).
+    summary = hosts.split_summary(compared)
+    assert summary["podnet"]["single"] == {"orders": 2, "old": {"cnn": 25.0, "nme": 20.0},
+                                           "new": {"cnn": 75.0, "nme": 65.0}}
+    assert summary["podnet"]["dual"]["old"] == {"cnn": 35.0, "nme": 30.0}
+    assert list(summary["lucir"]) == ["single", "fixed"]
+    assert summary["lucir"]["fixed"]["old"] == {"cnn": 60.0, "nme": 50.0}
     markdown = hosts.comparison_table(compared)
     assert "| PODNet | dual | 2 | 35.00 | 30.00 | 65.00 | 55.00 |" in markdown
     assert "| old classes, phases 1+ | 30.00 | 20.00 | 40.00 | 30.00 |" in markdown
