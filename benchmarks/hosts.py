@@ -281,8 +281,8 @@ def split_summary(compared: dict) -> dict:
                     out.setdefault(host, {}).setdefault(v, []).append(runs[v]["old_new"])
     return {host: {variant: {"orders": len(splits), **{
         split: {k: sum(s[split][k] for s in splits) / len(splits) for k in ("cnn", "nme")}
-        for split in SPLIT_KEYS}} for variant, splits in variants.items()}
-        for host, variants in out.items()}
+        for split in SPLIT_KEYS}} for variant, splits in per_variant.items()}
+        for host, per_variant in out.items()}
 
 
 def comparison_table(compared: dict) -> str:
