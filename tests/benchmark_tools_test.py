@@ -307,15 +307,9 @@ def test_hosts_grid_splits_accuracy_into_old_and_new_classes(tmp_path):
 
     def run(name, old_new):
         # old_new: per incremental phase, (old CNN, old NME, new CNN, new NME).
-        workdir = write_run_workdir(runs / name, [70] + [50] * len(old_new))
-        path = os.path.join(workdir, "metrics.json")
-        with open(path) as f:
-            metrics = json.load(f)
-        for phase, values in zip(metrics["phases"][1:], old_new):
-            phase.update(zip(("old_accuracy", "nme_old_accuracy", "new_accuracy",
-                              "nme_new_accuracy"), values))
-        with open(path, "w") as f:
-            json.dump(metrics, f)
+        keys = ("old_accuracy", "nme_old_accuracy", "new_accuracy", "nme_new_accuracy")
+        write_run_workdir(runs / name, [70] + [50] * len(old_new),
+                          phase_fields=[{}] + [dict(zip(keys, values)) for values in old_new])
 
     run("podnet_single_1993", [(40, 30, 80, 60), (20, 10, 60, 40), (30, 20, 70, 50)])
     run("podnet_dual_1993", [(50, 40, 70, 50), (30, 20, 50, 30), (40, 30, 60, 40)])

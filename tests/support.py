@@ -100,9 +100,12 @@ def bomb_png(side: int = 60_000) -> bytes:
 
 
 def write_run_workdir(workdir, cnn, nme=None, /, *, forgetting=None, num_classes=10,
-                      **config) -> str:
+                      phase_fields=(), **config) -> str:
     """A hand-written run workdir: config.json and metrics.json shaped as tools/train.py
     writes them, with the CNN (and NME) accuracy of each evaluated phase.
+
+    `phase_fields`, a dict per phase from phase 0 on (fewer than the phases: the first
+    ones), adds more of metrics.json's per-phase fields to those phases.
 
     `config` overrides the few settings written (the reader fills in the defaults of
     the others, as for a config.json older than a setting), `workdir` among them (the
@@ -120,6 +123,8 @@ def write_run_workdir(workdir, cnn, nme=None, /, *, forgetting=None, num_classes
     base, step = settings["num_base_classes"], settings["classes_per_phase"]
     phases = [{"phase": i, "num_seen_classes": base + i * step, "cnn_accuracy": c,
                "nme_accuracy": n, "train_seconds": 1.0} for i, (c, n) in enumerate(zip(cnn, nme))]
+    for phase, fields in zip(phases, phase_fields):
+        phase.update(fields)
     metrics = {"dataset": settings["dataset"], "class_order": list(range(num_classes)),
                "branch_mode": settings["branch_mode"], "aggregation": settings["aggregation"],
                "phases": phases,
